@@ -1,0 +1,244 @@
+//! Mutual challenge-response authentication with the cluster secret.
+//!
+//! The connecting side sends a [`Hello`] with a random nonce, its role and
+//! member id; the accepting side answers with its own nonce and a proof; the
+//! connecting side checks it and sends its proof; the accepting side checks
+//! that (and, for a peer, that the member is known) and sends a
+//! [`Verdict`]. A proof is the BLAKE3 keyed hash, keyed with the 32-byte
+//! secret, of a context string, the side, both nonces, the role and the
+//! member id, so a proof cannot be replayed on another connection or passed
+//! off for the other side.
+
+use crate::protocol::{read_msg, write_msg, FrameError, MAX_CLIENT_FRAME};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+const CONTEXT: &[u8] = b"metad auth v1";
+
+/// Errors of authentication and of secret files.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The secret file could not be read or written.
+    #[error("secret file {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The secret file does not hold 64 hex digits.
+    #[error("secret file {0}: not 64 hex digits")]
+    BadSecret(String),
+    /// The frames of the handshake failed.
+    #[error("handshake: {0}")]
+    Frame(#[from] FrameError),
+    /// The other side's proof is wrong: it does not hold the secret.
+    #[error("authentication failed: the other side does not prove the cluster secret")]
+    BadProof,
+    /// The accepting side refused us.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// The 32-byte cluster secret.
+#[derive(Clone)]
+pub struct Secret([u8; 32]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    /// A fresh random secret.
+    pub fn generate() -> Secret {
+        let mut b = [0u8; 32];
+        rand::rng().fill_bytes(&mut b);
+        Secret(b)
+    }
+
+    /// A secret from its 32 bytes.
+    pub fn from_bytes(b: [u8; 32]) -> Secret {
+        Secret(b)
+    }
+
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 64 hex digits (surrounding whitespace ignored).
+    pub fn from_hex(s: &str) -> Option<Secret> {
+        let s = s.trim();
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut b = [0u8; 32];
+        for (i, out) in b.iter_mut().enumerate() {
+            *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Secret(b))
+    }
+
+    /// Reads a secret file (hex).
+    pub fn load(path: &Path) -> Result<Secret, AuthError> {
+        let p = path.display().to_string();
+        let s = std::fs::read_to_string(path).map_err(|source| AuthError::File { path: p.clone(), source })?;
+        Secret::from_hex(&s).ok_or(AuthError::BadSecret(p))
+    }
+
+    /// Writes the secret as hex to a new file of mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), AuthError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = path.display().to_string();
+        let err = |source| AuthError::File { path: p.clone(), source };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(err)?;
+        writeln!(f, "{}", self.to_hex()).map_err(err)
+    }
+
+    fn proof(&self, side: &[u8], h: &Hello, server_nonce: &[u8; 32]) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.0);
+        hasher.update(CONTEXT);
+        hasher.update(side);
+        hasher.update(&h.nonce);
+        hasher.update(server_nonce);
+        hasher.update(&[h.role as u8]);
+        hasher.update(&h.member_id.to_be_bytes());
+        *hasher.finalize().as_bytes()
+    }
+}
+
+fn nonce() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    b
+}
+
+/// What the connecting side is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A client; its frames are [`crate::protocol::Request`]s.
+    Client = 1,
+    /// A member; its frames are Raft messages.
+    Peer = 2,
+}
+
+/// First message of the connecting side.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// Random nonce.
+    pub nonce: [u8; 32],
+    /// Client or peer.
+    pub role: Role,
+    /// The peer's member id (0 for a client).
+    pub member_id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Challenge {
+    nonce: [u8; 32],
+    proof: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize)]
+struct Proof {
+    proof: [u8; 32],
+}
+
+/// Last message of the accepting side.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Authenticated.
+    Welcome,
+    /// Refused, with the reason.
+    Refused(String),
+}
+
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    // constant time: blake3::Hash's equality is.
+    blake3::Hash::from(*a) == blake3::Hash::from(*b)
+}
+
+/// Runs the connecting side of the handshake.
+pub async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    secret: &Secret,
+    role: Role,
+    member_id: u64,
+) -> Result<(), AuthError> {
+    let hello = Hello { nonce: nonce(), role, member_id };
+    write_msg(s, &hello).await?;
+    let ch: Challenge = read_msg(s, MAX_CLIENT_FRAME).await?;
+    if !same(&ch.proof, &secret.proof(b"server", &hello, &ch.nonce)) {
+        return Err(AuthError::BadProof);
+    }
+    write_msg(s, &Proof { proof: secret.proof(b"client", &hello, &ch.nonce) }).await?;
+    match read_msg(s, MAX_CLIENT_FRAME).await? {
+        Verdict::Welcome => Ok(()),
+        Verdict::Refused(why) => Err(AuthError::Refused(why)),
+    }
+}
+
+/// Runs the accepting side of the handshake; `known_peer` says whether a
+/// member id may connect as a peer. Returns the authenticated [`Hello`].
+pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    secret: &Secret,
+    known_peer: impl FnOnce(u64) -> bool,
+) -> Result<Hello, AuthError> {
+    let hello: Hello = read_msg(s, MAX_CLIENT_FRAME).await?;
+    let server_nonce = nonce();
+    let proof = secret.proof(b"server", &hello, &server_nonce);
+    write_msg(s, &Challenge { nonce: server_nonce, proof }).await?;
+    let p: Proof = read_msg(s, MAX_CLIENT_FRAME).await?;
+    let refusal = if !same(&p.proof, &secret.proof(b"client", &hello, &server_nonce)) {
+        Some(AuthError::BadProof)
+    } else if hello.role == Role::Peer && !known_peer(hello.member_id) {
+        Some(AuthError::Refused(format!("member {} is not a member of this cluster", hello.member_id)))
+    } else {
+        None
+    };
+    match refusal {
+        Some(e) => {
+            let _ = write_msg(s, &Verdict::Refused(e.to_string())).await;
+            Err(e)
+        }
+        None => {
+            write_msg(s, &Verdict::Welcome).await?;
+            Ok(hello)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair(server_secret: Secret, client_secret: Secret, role: Role) -> (Result<Hello, AuthError>, Result<(), AuthError>) {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let server = tokio::spawn(async move { accept_handshake(&mut a, &server_secret, |id| id == 2).await });
+        let client = connect_handshake(&mut b, &client_secret, role, 3).await;
+        (server.await.unwrap(), client)
+    }
+
+    #[tokio::test]
+    async fn handshake_accepts_the_secret_and_refuses_others() {
+        let s = Secret::generate();
+        let (srv, cli) = pair(s.clone(), s.clone(), Role::Client).await;
+        assert!(srv.is_ok() && cli.is_ok());
+        let (srv, cli) = pair(s.clone(), Secret::generate(), Role::Client).await;
+        assert!(srv.is_err() && matches!(cli, Err(AuthError::BadProof)));
+        let (srv, cli) = pair(s.clone(), s.clone(), Role::Peer).await;
+        assert!(srv.is_err() && matches!(cli, Err(AuthError::Refused(_))));
+        assert_eq!(Secret::from_hex(&s.to_hex()).unwrap().0, s.0);
+    }
+}

@@ -1,0 +1,34 @@
+//! metad: the grid's replicated metadata service, a Raft group (raft-rs)
+//! whose log and state machine live in RocksDB.
+//!
+//! The library half holds the service ([`node`], [`server`]) and the client
+//! every other part of the grid uses ([`client::Client`]).
+//!
+//! Modules, one job each:
+//! - [`state`]: the key-value state machine (revisions, history, CAS
+//!   transactions, leases, member addresses);
+//! - [`storage`]: raft-rs `Storage` on RocksDB, snapshots and compaction;
+//! - [`node`]: the Raft loop thread (batching, ReadIndex, conf changes,
+//!   lease expiry);
+//! - [`protocol`]: frames and the client request/response types;
+//! - [`auth`]: the cluster secret and the mutual challenge-response;
+//! - [`transport`]: outbound Raft messages to peers;
+//! - [`server`]: the listening port for peers and clients;
+//! - [`client`]: the client;
+//! - [`member`]: a member's data directory (identity, secret, database);
+//! - [`linearizability`]: a checker for histories of register operations.
+
+pub mod auth;
+pub mod client;
+pub mod linearizability;
+pub mod member;
+pub mod node;
+pub mod protocol;
+pub mod server;
+pub mod state;
+pub mod storage;
+pub mod transport;
+
+pub use auth::Secret;
+pub use client::{Client, ClientConfig, ClientError, ClusterStatus, MemberHealth, Watch};
+pub use state::{Compare, CompareTarget, Event, EventKind, KeyValue, Op, Txn, TxnResult};

@@ -1,0 +1,222 @@
+//! `metad`: the grid's replicated metadata service (Raft on RocksDB), and
+//! its operator's client.
+
+use clap::{Parser, Subcommand};
+use metad::member::{DataDir, MemberFile};
+use metad::{Client, ClientConfig, Secret};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// metad: the grid's replicated metadata service (Raft on RocksDB)
+#[derive(Parser)]
+#[command(name = "metad", version)]
+struct Cli {
+    /// Members to talk to, host:port, comma-separated.
+    #[arg(long, env = "METAD_ENDPOINTS", value_delimiter = ',', global = true, default_value = "127.0.0.1:2380")]
+    endpoints: Vec<String>,
+    /// The cluster secret (hex).
+    #[arg(long, env = "METAD_SECRET_FILE", global = true, default_value = "/etc/grid/secret")]
+    secret_file: PathBuf,
+    /// Give up on a client call after this many milliseconds.
+    #[arg(long, global = true, default_value_t = 5000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create member 1 of a new cluster and the cluster secret (DIR/secret), then exit.
+    Init {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:2380")]
+        listen: String,
+        /// Address the other members reach this one at (default: --listen).
+        #[arg(long)]
+        advertise: Option<String>,
+    },
+    /// Serve as a member.
+    Run {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Applied entries between snapshots (log compactions).
+        #[arg(long, default_value_t = 10_000)]
+        snapshot_interval: u64,
+        /// Revisions of history kept for resuming watches.
+        #[arg(long, default_value_t = metad::state::DEFAULT_HISTORY)]
+        history: usize,
+    },
+    /// Ask the cluster (--endpoints, --secret-file) to add this member, record its id, then exit; then `run`.
+    Join {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:2380")]
+        listen: String,
+        /// Address the other members reach this one at (default: --listen).
+        #[arg(long)]
+        advertise: Option<String>,
+    },
+    /// Membership changes.
+    Member {
+        #[command(subcommand)]
+        cmd: MemberCmd,
+    },
+    /// Members, leader, term, commit and applied index, and each member's health.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a key's value.
+    Get {
+        /// Key.
+        key: String,
+    },
+    /// Set a key.
+    Put {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Delete a key.
+    Del {
+        /// Key.
+        key: String,
+    },
+    /// List the keys under a prefix.
+    List {
+        /// Prefix.
+        prefix: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the events under a prefix as they happen.
+    Watch {
+        /// Prefix.
+        prefix: String,
+        /// First revision (default: from now on).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Remove a member by id.
+    Remove {
+        /// Member id.
+        id: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("metad: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(cli: &Cli) -> anyhow::Result<Client> {
+    let secret = Secret::load(&cli.secret_file)?;
+    let mut cfg = ClientConfig::new(cli.endpoints.clone(), secret);
+    cfg.timeout = Duration::from_millis(cli.timeout_ms);
+    Ok(Client::new(cfg))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.cmd {
+        Cmd::Init { data_dir, listen, advertise } => {
+            let m = DataDir::new(data_dir).init(listen, advertise.as_deref().unwrap_or(listen))?;
+            println!("initialized member {} ({}); secret in {}", m.id, m.advertise, DataDir::new(data_dir).secret_path().display());
+        }
+        Cmd::Run { data_dir, snapshot_interval, history } => DataDir::new(data_dir).run(*snapshot_interval, *history).await?,
+        Cmd::Join { data_dir, listen, advertise } => {
+            let c = client(&cli)?;
+            let advertise = advertise.clone().unwrap_or_else(|| listen.clone());
+            let (id, members) = c.member_add(&advertise).await?;
+            let m = MemberFile { id, listen: listen.clone(), advertise, peers: members.into_iter().collect() };
+            DataDir::new(data_dir).record_join(&m, &c.config().secret)?;
+            println!("joined as member {id}; now run: metad run --data-dir {}", data_dir.display());
+        }
+        Cmd::Member { cmd: MemberCmd::Remove { id } } => {
+            let members = client(&cli)?.member_remove(*id).await?;
+            println!("removed member {id}; members: {members:?}");
+        }
+        Cmd::Status { json } => {
+            let s = client(&cli)?.status().await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("leader: {}", s.leader);
+                for m in &s.members {
+                    match &m.status {
+                        Some(st) => println!(
+                            "member {} {} {} term {} commit {} applied {} revision {}",
+                            m.id, m.addr, st.role, st.term, st.commit, st.applied, st.revision
+                        ),
+                        None => println!("member {} {} unreachable: {}", m.id, m.addr, m.error.as_deref().unwrap_or("")),
+                    }
+                }
+            }
+        }
+        Cmd::Get { key } => match client(&cli)?.get(key.as_bytes()).await? {
+            Some(kv) => println!("{}", text(&kv.value)),
+            None => anyhow::bail!("key {key} not found"),
+        },
+        Cmd::Put { key, value } => {
+            let rev = client(&cli)?.put(key.as_bytes(), value.as_bytes()).await?;
+            println!("revision {rev}");
+        }
+        Cmd::Del { key } => {
+            let rev = client(&cli)?.delete(key.as_bytes()).await?;
+            println!("revision {rev}");
+        }
+        Cmd::List { prefix, json } => {
+            let (kvs, rev) = client(&cli)?.get_prefix(prefix.as_bytes()).await?;
+            if *json {
+                let items: Vec<_> = kvs
+                    .iter()
+                    .map(|kv| serde_json::json!({"key": text(&kv.key), "value": text(&kv.value), "mod_rev": kv.mod_rev, "version": kv.version, "lease": kv.lease}))
+                    .collect();
+                println!("{}", serde_json::json!({"revision": rev, "kvs": items}));
+            } else {
+                for kv in kvs {
+                    println!("{}\t{}", text(&kv.key), text(&kv.value));
+                }
+            }
+        }
+        Cmd::Watch { prefix, from } => {
+            let c = client(&cli)?;
+            let mut w = c.watch(prefix.as_bytes(), *from).await?;
+            use std::io::Write;
+            while let Some(ev) = w.next().await {
+                let ev = ev?;
+                println!("{} {:?} {} {}", ev.rev, ev.kind, text(&ev.kv.key), text(&ev.kv.value));
+                std::io::stdout().flush()?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The listening side: one TCP port serves both peers and clients. Every
+//! connection is authenticated first ([`crate::auth`]); an unauthenticated
+//! one is logged and closed before any of its frames reach the Raft loop or
+//! the state machine.
+
+use crate::auth::{accept_handshake, Role, Secret};
+use crate::node::{MemberChange, NodeHandle};
+use crate::protocol::{decode, read_frame, write_frame, ErrorReply, FrameError, Request, RequestBody, Response, ResponseBody, MAX_CLIENT_FRAME, MAX_PEER_FRAME};
+use crate::state::{check_command, check_key, Applied, Command};
+use protobuf::Message as _;
+use raft::prelude::Message;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc};
+
+/// Time a new connection has to authenticate.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts connections forever.
+pub async fn serve(listener: TcpListener, node: NodeHandle, secret: Secret) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let (node, secret) = (node.clone(), secret.clone());
+                tokio::spawn(async move { connection(stream, addr, node, secret).await });
+            }
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(mut stream: TcpStream, addr: SocketAddr, node: NodeHandle, secret: Secret) {
+    let _ = stream.set_nodelay(true);
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(&mut stream, &secret, |id| node.is_member(id))).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::warn!(%addr, "connection refused: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%addr, "connection refused: no handshake within {HANDSHAKE_TIMEOUT:?}");
+            return;
+        }
+    };
+    match hello.role {
+        Role::Peer => peer(stream, addr, hello.member_id, node).await,
+        Role::Client => client(stream, addr, node).await,
+    }
+}
+
+async fn peer(mut stream: TcpStream, addr: SocketAddr, from: u64, node: NodeHandle) {
+    loop {
+        let frame = match read_frame(&mut stream, MAX_PEER_FRAME).await {
+            Ok(f) => f,
+            Err(FrameError::Io(_)) => return,
+            Err(e) => {
+                tracing::warn!(%addr, member = from, "closing peer connection: {e}");
+                return;
+            }
+        };
+        match Message::parse_from_bytes(&frame) {
+            Ok(m) if m.from == from => node.step(m),
+            Ok(m) => {
+                tracing::warn!(%addr, member = from, claimed = m.from, "peer sent a message as another member; closing");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%addr, member = from, "malformed raft message; closing: {e}");
+                return;
+            }
+        }
+    }
+}
+
+async fn client(stream: TcpStream, addr: SocketAddr, node: NodeHandle) {
+    let (mut r, w) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Response>(1024);
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::new(w);
+        while let Some(resp) = rx.recv().await {
+            let mut ok = write_frame(&mut w, &crate::protocol::encode(&resp)).await.is_ok();
+            while ok {
+                match rx.try_recv() {
+                    Ok(resp) => ok = write_frame(&mut w, &crate::protocol::encode(&resp)).await.is_ok(),
+                    Err(_) => break,
+                }
+            }
+            if !ok || w.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let req = match read_frame(&mut r, MAX_CLIENT_FRAME).await.and_then(|f| decode::<Request>(&f)) {
+            Ok(req) => req,
+            Err(FrameError::Io(_)) => break,
+            Err(e) => {
+                tracing::warn!(%addr, "bad frame from client; closing: {e}");
+                let body = ResponseBody::Error(ErrorReply::Malformed(e.to_string()));
+                let _ = tx.send(Response { id: 0, body }).await;
+                break;
+            }
+        };
+        let (node, tx) = (node.clone(), tx.clone());
+        tokio::spawn(async move {
+            if let RequestBody::Watch { prefix, from_rev } = req.body {
+                watch(req.id, prefix, from_rev, node, tx).await;
+            } else {
+                let body = answer(req.body, &node).await.unwrap_or_else(ResponseBody::Error);
+                let _ = tx.send(Response { id: req.id, body }).await;
+            }
+        });
+    }
+    drop(tx);
+    // Let pending answers (the malformed-frame error included) go out, but
+    // end the watches of this connection.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while !writer.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    writer.abort();
+}
+
+async fn answer(body: RequestBody, node: &NodeHandle) -> Result<ResponseBody, ErrorReply> {
+    Ok(match body {
+        RequestBody::Get { key } => {
+            check_key(&key)?;
+            node.read_barrier().await?;
+            let st = node.state();
+            ResponseBody::Kvs { kvs: st.get(&key).cloned().into_iter().collect(), revision: st.revision() }
+        }
+        RequestBody::Range { prefix, limit } => {
+            node.read_barrier().await?;
+            let st = node.state();
+            ResponseBody::Kvs { kvs: st.range(&prefix, limit as usize), revision: st.revision() }
+        }
+        RequestBody::Txn(t) => {
+            let cmd = Command::Txn(t);
+            check_command(&cmd)?;
+            applied(node.propose(cmd).await?)
+        }
+        RequestBody::LeaseGrant { ttl_ms } => {
+            let cmd = Command::LeaseGrant { ttl_ms };
+            check_command(&cmd)?;
+            applied(node.propose(cmd).await?)
+        }
+        RequestBody::LeaseRevoke { id } => applied(node.propose(Command::LeaseRevoke { id }).await?),
+        RequestBody::LeaseKeepAlive { id } => ResponseBody::Lease { id, ttl_ms: node.keepalive(id).await? },
+        RequestBody::Status => ResponseBody::Status(node.status()),
+        RequestBody::MemberAdd { addr } => {
+            let (id, members) = node.change_member(MemberChange::Add(addr)).await?;
+            ResponseBody::Members { id, members }
+        }
+        RequestBody::MemberRemove { id } => {
+            let (id, members) = node.change_member(MemberChange::Remove(id)).await?;
+            ResponseBody::Members { id, members }
+        }
+        RequestBody::Watch { .. } => return Err(ErrorReply::Other("watch is a stream".into())),
+    })
+}
+
+fn applied(a: Applied) -> ResponseBody {
+    match a {
+        Applied::Txn(r) => ResponseBody::Txn(r),
+        Applied::LeaseGranted { id, ttl_ms } => ResponseBody::Lease { id, ttl_ms },
+        Applied::LeaseRevoked { revision } => ResponseBody::Revoked { revision },
+    }
+}
+
+/// Streams the events under `prefix` from `from_rev` (0: from now on): the
+/// kept history first, then live events, with no gap and no repeat: the
+/// subscription is taken before the history is read, and live events older
+/// than the history's end are skipped.
+async fn watch(id: u64, prefix: Vec<u8>, from_rev: u64, node: NodeHandle, tx: mpsc::Sender<Response>) {
+    let mut live = node.subscribe();
+    let (backlog, mut next) = {
+        let st = node.state();
+        let from = if from_rev == 0 { st.revision() + 1 } else { from_rev };
+        (st.history_since(&prefix, from), (st.revision() + 1).max(from))
+    };
+    let send = |body| {
+        let tx = tx.clone();
+        async move { tx.send(Response { id, body }).await.is_ok() }
+    };
+    match backlog {
+        Err(e) => {
+            send(ResponseBody::Error(e.into())).await;
+            return;
+        }
+        Ok(evs) if !evs.is_empty() => {
+            if !send(ResponseBody::Events(evs)).await {
+                return;
+            }
+        }
+        Ok(_) => {}
+    }
+    loop {
+        let batch = tokio::select! {
+            b = live.recv() => b,
+            _ = tx.closed() => return,
+        };
+        match batch {
+            Ok(batch) => {
+                let evs: Vec<_> = batch.iter().filter(|e| e.rev >= next && e.kv.key.starts_with(&prefix)).cloned().collect();
+                if let Some(last) = batch.last() {
+                    next = next.max(last.rev + 1);
+                }
+                if !evs.is_empty() && !send(ResponseBody::Events(evs)).await {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let msg = format!("watch fell behind; resume from revision {next}");
+                send(ResponseBody::Error(ErrorReply::Other(msg))).await;
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
