@@ -1,0 +1,471 @@
+//! A grid in a box: bringing N nodes up, operating on them, and tearing
+//! every piece down again, also after a crash halfway through `up`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sched::{setns, CloneFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::run;
+use crate::error::{Error, IoContext, Result};
+use crate::layout::{self, Layout, RUN_ROOT};
+use crate::process::{self, ProcId};
+use crate::{mountns, network};
+
+/// A daemon the grid runs on some of its nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonSpec {
+    /// Its name, as `devgrid kill|start NODE DAEMON` takes it.
+    pub name: String,
+    /// It runs on nodes 1..=`on_first` (all nodes when `None`).
+    pub on_first: Option<usize>,
+    /// Run once per node at `up`, before the daemon's first start (for
+    /// example `metad init` or `metad join`).
+    pub prepare: Option<Vec<String>>,
+    /// The daemon's command line. `{bin}` is replaced by the directory of
+    /// the grid's binaries, `{node}` by the node's name, `{i}` by its number
+    /// and `{addr}` by its address.
+    pub argv: Vec<String>,
+}
+
+impl DaemonSpec {
+    /// Whether the daemon runs on node `i`.
+    pub fn runs_on(&self, i: usize) -> bool {
+        self.on_first.is_none_or(|n| i <= n)
+    }
+}
+
+/// What `up` is asked to build.
+#[derive(Debug, Clone)]
+pub struct GridConfig {
+    /// The grid's name (see [`layout::validate_name`]).
+    pub name: String,
+    /// How many nodes.
+    pub nodes: usize,
+    /// The daemons, started in this order, node by node.
+    pub daemons: Vec<DaemonSpec>,
+    /// Where the grid's binaries are.
+    pub bin_dir: PathBuf,
+}
+
+impl GridConfig {
+    /// A grid of `nodes` nodes running the project's daemons.
+    pub fn new(name: &str, nodes: usize) -> Self {
+        GridConfig {
+            name: name.to_string(),
+            nodes,
+            daemons: crate::daemons::default_daemons(),
+            bin_dir: crate::daemons::bin_dir(),
+        }
+    }
+}
+
+/// What every `devgrid` command reads back about a grid that is up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    name: String,
+    subnet: u8,
+    nodes: usize,
+    daemons: Vec<DaemonSpec>,
+    bin_dir: PathBuf,
+    /// Running daemons by "nodeI.DAEMON".
+    running: BTreeMap<String, ProcId>,
+}
+
+/// What `devgrid status` shows of one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// `nodeI`.
+    pub name: String,
+    /// Its address on the grid's bridge.
+    pub addr: Ipv4Addr,
+    /// Its network namespace.
+    pub netns: String,
+    /// "no", "both ways" or "outgoing".
+    pub cut: String,
+    /// Each daemon it should run, with its pid when it runs.
+    pub daemons: BTreeMap<String, Option<i32>>,
+}
+
+/// A grid that is up.
+#[derive(Debug)]
+pub struct Grid {
+    layout: Layout,
+    state: State,
+}
+
+/// Serializes subnet allocation and `up`/`down` between concurrent devgrid
+/// processes and test threads.
+fn lock() -> Result<Flock<fs::File>> {
+    fs::create_dir_all(RUN_ROOT).ctx(|| format!("creating {RUN_ROOT}"))?;
+    let path = format!("{RUN_ROOT}/.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx(|| format!("opening {path}"))?;
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
+        what: format!("locking {path}"),
+        source: e.into(),
+    })
+}
+
+/// The lowest 10.77.x.0/24 that no grid and no host interface uses.
+fn free_subnet() -> Result<u8> {
+    let mut used = Vec::new();
+    for entry in fs::read_dir(RUN_ROOT).into_iter().flatten().flatten() {
+        if let Ok(s) = fs::read_to_string(entry.path().join("state.json")) {
+            if let Ok(st) = serde_json::from_str::<State>(&s) {
+                used.push(st.subnet);
+            }
+        }
+    }
+    let addrs = run(&["ip", "-o", "-4", "addr", "show"])?;
+    (1..=250u8)
+        .find(|k| !used.contains(k) && !addrs.contains(&format!(" 10.77.{k}.")))
+        .ok_or(Error::NoSubnet)
+}
+
+impl Grid {
+    /// Brings a grid up: bridge, nodes, namespaces, daemons. On failure,
+    /// whatever was made is torn down again before the error is returned.
+    pub fn up(cfg: &GridConfig) -> Result<Grid> {
+        layout::validate_name(&cfg.name)?;
+        if !(1..=layout::MAX_NODES).contains(&cfg.nodes) {
+            return Err(Error::BadNodeCount(cfg.nodes));
+        }
+        let grid = {
+            let _lock = lock()?;
+            let probe = Layout::new(&cfg.name, 0)?;
+            if probe.state_file().exists() || probe.netns_path(1).exists() {
+                return Err(Error::AlreadyUp(cfg.name.clone()));
+            }
+            let layout = Layout::new(&cfg.name, free_subnet()?)?;
+            let grid = Grid {
+                state: State {
+                    name: cfg.name.clone(),
+                    subnet: layout.subnet(),
+                    nodes: cfg.nodes,
+                    daemons: cfg.daemons.clone(),
+                    bin_dir: cfg.bin_dir.clone(),
+                    running: BTreeMap::new(),
+                },
+                layout,
+            };
+            // Saved first, so that `down` finds a grid whose `up` died.
+            grid.save()?;
+            grid
+        };
+        match grid.build() {
+            Ok(()) => Ok(grid),
+            Err(e) => {
+                let _ = teardown(&cfg.name);
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&self) -> Result<()> {
+        let l = &self.layout;
+        mountns::write_hosts(l, self.state.nodes)?;
+        mountns::prepare_ns_dir(l)?;
+        network::create_bridge(l)?;
+        for i in 1..=self.state.nodes {
+            network::create_node(l, i)?;
+            mountns::create_node(l, i)?;
+        }
+        for d in self.state.daemons.clone() {
+            for i in (1..=self.state.nodes).filter(|&i| d.runs_on(i)) {
+                if let Some(prep) = &d.prepare {
+                    let argv = self.expand(prep, i);
+                    let out = self.exec_output(i, &argv)?;
+                    if !out.status.success() {
+                        return Err(Error::Command {
+                            cmd: format!("node{i}: {}", argv.join(" ")),
+                            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                        });
+                    }
+                }
+                self.start_one(i, &d)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a grid that is up (from another process, or after `up`).
+    pub fn open(name: &str) -> Result<Grid> {
+        let probe = Layout::new(name, 0)?;
+        let path = probe.state_file();
+        let text = fs::read_to_string(&path).map_err(|_| Error::NotUp(name.to_string()))?;
+        let state: State = serde_json::from_str(&text).map_err(|source| Error::State {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Grid {
+            layout: Layout::new(name, state.subnet)?,
+            state,
+        })
+    }
+
+    fn save(&self) -> Result<()> {
+        let path = self.layout.state_file();
+        fs::create_dir_all(self.layout.run_dir())
+            .ctx(|| format!("creating {}", self.layout.run_dir().display()))?;
+        let text = serde_json::to_string_pretty(&self.state).expect("state serializes");
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, text).ctx(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).ctx(|| format!("writing {}", path.display()))
+    }
+
+    /// Re-reads the state file: another process may have started or killed
+    /// daemons since this handle was opened.
+    fn refresh(&mut self) -> Result<()> {
+        *self = Grid::open(&self.state.name)?;
+        Ok(())
+    }
+
+    /// The grid's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// How many nodes it has.
+    pub fn nodes(&self) -> usize {
+        self.state.nodes
+    }
+
+    /// Where its pieces are.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Node `i`'s address.
+    pub fn addr(&self, i: usize) -> Ipv4Addr {
+        self.layout.addr(i)
+    }
+
+    /// Parses a node name (`node2` or `2`) of this grid.
+    pub fn node(&self, s: &str) -> Result<usize> {
+        layout::parse_node(&self.state.name, self.state.nodes, s)
+    }
+
+    fn expand(&self, argv: &[String], i: usize) -> Vec<String> {
+        argv.iter()
+            .map(|a| {
+                a.replace("{bin}", &self.state.bin_dir.to_string_lossy())
+                    .replace("{node}", &format!("node{i}"))
+                    .replace("{i}", &i.to_string())
+                    .replace("{addr}", &self.layout.addr(i).to_string())
+            })
+            .collect()
+    }
+
+    /// A command that runs `program` inside node `i` (network, mount and
+    /// UTS namespaces); add arguments and run it as any `Command`.
+    pub fn command(&self, i: usize, program: &str) -> Command {
+        process::in_node(&self.layout, i, program)
+    }
+
+    /// Runs `argv` inside node `i` and collects its output.
+    pub fn exec_output(&self, i: usize, argv: &[String]) -> Result<Output> {
+        let mut cmd = self.command(i, &argv[0]);
+        cmd.args(&argv[1..]);
+        cmd.output()
+            .ctx(|| format!("running `{}` in node{i}", argv.join(" ")))
+    }
+
+    /// Runs `f` on a new thread whose network namespace is node `i`'s, and
+    /// returns what it returns: sockets it opens live in that node.
+    pub fn in_netns<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let path = self.layout.netns_path(i);
+        let ns = fs::File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::Io {
+                    what: format!("entering {}", path.display()),
+                    source: e.into(),
+                })?;
+                Ok(f())
+            })
+            .join()
+            .expect("in_netns closure panicked")
+        })
+    }
+
+    fn daemons_of(&self, i: usize, which: Option<&str>) -> Result<Vec<DaemonSpec>> {
+        let here: Vec<DaemonSpec> = self
+            .state
+            .daemons
+            .iter()
+            .filter(|d| d.runs_on(i))
+            .cloned()
+            .collect();
+        match which {
+            None => Ok(here),
+            Some(name) => match here.iter().find(|d| d.name == name) {
+                Some(d) => Ok(vec![d.clone()]),
+                None => Err(Error::NoSuchDaemon {
+                    node: format!("node{i}"),
+                    daemon: name.to_string(),
+                    known: here
+                        .iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
+            },
+        }
+    }
+
+    fn start_one(&self, i: usize, d: &DaemonSpec) -> Result<ProcId> {
+        let key = format!("node{i}.{}", d.name);
+        let mut me = Grid::open(&self.state.name)?;
+        if let Some(p) = me.state.running.get(&key).filter(|p| p.alive()) {
+            return Ok(*p);
+        }
+        let argv = self.expand(&d.argv, i);
+        let p = process::spawn(&self.layout, i, &argv, &self.layout.log_file(i, &d.name))?;
+        me.state.running.insert(key, p);
+        me.save()?;
+        Ok(p)
+    }
+
+    /// Starts node `i`'s daemons (or only `daemon`) that are not running.
+    pub fn start(&mut self, i: usize, daemon: Option<&str>) -> Result<()> {
+        for d in self.daemons_of(i, daemon)? {
+            self.start_one(i, &d)?;
+        }
+        self.refresh()
+    }
+
+    /// SIGKILLs node `i`'s daemons (or only `daemon`), as a crash would.
+    pub fn kill(&mut self, i: usize, daemon: Option<&str>) -> Result<()> {
+        self.refresh()?;
+        for d in self.daemons_of(i, daemon)? {
+            if let Some(p) = self.state.running.remove(&format!("node{i}.{}", d.name)) {
+                process::kill_and_wait(p);
+            }
+        }
+        self.save()
+    }
+
+    /// The pid of node `i`'s `daemon`, when it runs.
+    pub fn pid(&self, i: usize, daemon: &str) -> Option<i32> {
+        let g = Grid::open(&self.state.name).ok()?;
+        let p = g.state.running.get(&format!("node{i}.{daemon}"))?;
+        p.alive().then_some(p.pid)
+    }
+
+    /// Cuts node `i` off the network: both ways, or only its outgoing
+    /// traffic when `oneway`.
+    pub fn cut(&self, i: usize, oneway: bool) -> Result<()> {
+        network::cut(&self.layout, i, oneway)
+    }
+
+    /// Restores node `i`'s network.
+    pub fn heal(&self, i: usize) -> Result<()> {
+        network::heal(&self.layout, i)
+    }
+
+    /// What runs where, and which nodes are cut.
+    pub fn status(&self) -> Result<Vec<NodeStatus>> {
+        let g = Grid::open(&self.state.name)?;
+        (1..=g.state.nodes)
+            .map(|i| {
+                let cut = match network::is_cut(&g.layout, i)? {
+                    None => "no",
+                    Some(true) => "outgoing",
+                    Some(false) => "both ways",
+                };
+                let daemons = g
+                    .daemons_of(i, None)?
+                    .into_iter()
+                    .map(|d| (d.name.clone(), g.pid(i, &d.name)))
+                    .collect();
+                Ok(NodeStatus {
+                    name: format!("node{i}"),
+                    addr: g.layout.addr(i),
+                    netns: g.layout.netns(i),
+                    cut: cut.to_string(),
+                    daemons,
+                })
+            })
+            .collect()
+    }
+
+    /// Tears the grid down; see [`teardown`].
+    pub fn down(self) -> Result<()> {
+        teardown(&self.state.name)
+    }
+}
+
+/// Removes every piece of grid `name` that exists: processes inside its
+/// nodes, namespaces (and the mounts and TAP devices in them), veths, the
+/// bridge and its directories. Pieces are found on the system, not only in
+/// the state file, so a grid whose `up` crashed is removed too; running it
+/// again is harmless.
+pub fn teardown(name: &str) -> Result<()> {
+    layout::validate_name(name)?;
+    let _lock = lock()?;
+    let probe = Layout::new(name, 0)?;
+    let nodes = existing_nodes(&probe);
+    for &i in &nodes {
+        process::kill_all_in_node(&probe, i);
+    }
+    for &i in &nodes {
+        mountns::delete_node(&probe, i);
+        network::delete_node(&probe, i);
+    }
+    network::delete_bridge(&probe);
+    mountns::release_ns_dir(&probe);
+    for dir in [probe.run_dir(), probe.data_dir()] {
+        if dir.exists() {
+            fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The node numbers of grid `l` that have a namespace, a namespace file or
+/// a veth on this machine.
+fn existing_nodes(l: &Layout) -> Vec<usize> {
+    let mut found = std::collections::BTreeSet::new();
+    let netns_prefix = l.netns(0).trim_end_matches('0').to_string();
+    for e in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        if let Some(n) = e
+            .file_name()
+            .to_str()
+            .and_then(|f| f.strip_prefix(&netns_prefix))
+        {
+            found.extend(n.parse::<usize>());
+        }
+    }
+    for e in fs::read_dir(l.ns_dir()).into_iter().flatten().flatten() {
+        let f = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = f.strip_prefix("node").and_then(|f| f.split('.').next()) {
+            found.extend(n.parse::<usize>());
+        }
+    }
+    let veth_prefix = l.veth(0).trim_end_matches('0').to_string();
+    for e in fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Some(n) = e
+            .file_name()
+            .to_str()
+            .and_then(|f| f.strip_prefix(&veth_prefix))
+        {
+            found.extend(n.parse::<usize>());
+        }
+    }
+    found.into_iter().collect()
+}

@@ -1,0 +1,187 @@
+//! Processes inside nodes: starting a daemon detached inside a node's
+//! namespaces, telling whether it still runs, and killing every process a
+//! node holds so that nothing of a grid outlives `down`.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+
+use crate::cmd::display;
+use crate::error::{IoContext, Result};
+use crate::layout::Layout;
+
+/// A command that runs `program` inside node `i`'s network, mount and UTS
+/// namespaces (`nsenter` execs it: the pid is the program's own).
+pub(crate) fn in_node(l: &Layout, i: usize, program: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", l.netns_path(i).display()))
+        .arg(format!("--mount={}", l.mntns_path(i).display()))
+        .arg(format!("--uts={}", l.utsns_path(i).display()))
+        .arg("--")
+        .arg(program);
+    cmd
+}
+
+/// A running process, identified by pid and start time so that a recycled
+/// pid is never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcId {
+    /// The process id.
+    pub pid: i32,
+    /// Its start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start: u64,
+}
+
+impl ProcId {
+    /// Identifies `pid` if it is running now.
+    pub fn of(pid: i32) -> Option<ProcId> {
+        let (state, start) = stat(pid)?;
+        (state != 'Z').then_some(ProcId { pid, start })
+    }
+
+    /// Whether this very process still runs (not exited, not a zombie).
+    pub fn alive(&self) -> bool {
+        ProcId::of(self.pid) == Some(*self)
+    }
+}
+
+/// The state letter and start time of `pid`, from `/proc/PID/stat`.
+fn stat(pid: i32) -> Option<(char, u64)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields
+    // are counted from the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Starts `argv` detached inside node `i`, its output appended to `log`.
+pub(crate) fn spawn(l: &Layout, i: usize, argv: &[String], log: &Path) -> Result<ProcId> {
+    if let Some(dir) = log.parent() {
+        fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    }
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ctx(|| format!("opening log {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .ctx(|| format!("opening log {}", log.display()))?;
+    let mut cmd = in_node(l, i, &argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own process group: a ^C at the operator's shell does not reach
+        // it, and a kill reaches its children too.
+        .process_group(0);
+    let line = display(&cmd);
+    let child = cmd.spawn().ctx(|| format!("starting `{line}`"))?;
+    let pid = child.id() as i32;
+    // The child is reaped by `reap`, not through the handle.
+    drop(child);
+    Ok(ProcId::of(pid).unwrap_or(ProcId { pid, start: 0 }))
+}
+
+/// SIGKILLs the process and its group, and waits until it is gone.
+pub(crate) fn kill_and_wait(p: ProcId) {
+    if !p.alive() {
+        reap(p.pid);
+        return;
+    }
+    let _ = kill(Pid::from_raw(-p.pid), Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+    reap(p.pid);
+}
+
+/// Waits for `pid` to end, collecting its status if it is our child so that
+/// no zombie is left in the process table.
+fn reap(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => {}
+            Ok(_) => return,
+            // Not our child: its parent reaps it; wait until it is no longer
+            // running.
+            Err(Errno::ECHILD) => match stat(pid) {
+                None | Some(('Z', _)) => return,
+                Some(_) => {}
+            },
+            Err(_) => return,
+        }
+        if Instant::now() > deadline {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills every process whose network or mount namespace is node `i`'s: the
+/// daemons, what they started, and anything an operator ran with `exec`.
+pub(crate) fn kill_all_in_node(l: &Layout, i: usize) {
+    let targets: Vec<u64> = [l.netns_path(i), l.mntns_path(i)]
+        .iter()
+        .filter_map(|p| ns_inode(p))
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
+    // Repeat: a dying process may have forked just before its signal.
+    for _ in 0..5 {
+        let victims: Vec<ProcId> = pids()
+            .filter(|&pid| {
+                ["net", "mnt"].iter().any(|kind| {
+                    fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+                        .map(|m| targets.contains(&m.ino()))
+                        .unwrap_or(false)
+                })
+            })
+            .filter_map(ProcId::of)
+            .collect();
+        if victims.is_empty() {
+            return;
+        }
+        for v in victims {
+            kill_and_wait(v);
+        }
+    }
+}
+
+/// The inode that identifies the namespace a namespace file holds.
+fn ns_inode(path: &Path) -> Option<u64> {
+    // An unmounted placeholder file is a plain file, not a namespace.
+    if !is_mounted(path) {
+        return None;
+    }
+    fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// Whether something (here: a namespace) is mounted on `path`.
+pub(crate) fn is_mounted(path: &Path) -> bool {
+    let p = path.to_string_lossy();
+    fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|line| line.split(' ').nth(1) == Some(&*p)))
+        .unwrap_or(false)
+}
+
+/// Every pid in /proc.
+fn pids() -> impl Iterator<Item = i32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
