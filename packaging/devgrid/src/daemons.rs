@@ -1,14 +1,54 @@
 //! The project's daemons as the grid in a box runs them, and where their
 //! binaries are found.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::grid::DaemonSpec;
 
+/// How many nodes run a metad member: three give a quorum that survives one
+/// failure; more members only slow writes down.
+pub const METAD_MEMBERS: usize = 3;
+
+/// The port metad serves peers and clients on.
+pub const METAD_PORT: u16 = 2380;
+
 /// The daemons every grid runs, in start order. Each service adds itself
 /// here as it comes to exist.
 pub fn default_daemons() -> Vec<DaemonSpec> {
-    Vec::new()
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    vec![DaemonSpec {
+        name: "metad".into(),
+        on_first: Some(METAD_MEMBERS),
+        // node1 creates the cluster and its secret, shared with every node
+        // through /etc/grid; the others join it, one at a time.
+        prepare: Some(strings(&[
+            "sh",
+            "-c",
+            "set -e; if [ {i} = 1 ]; then \
+               {bin}/metad init --data-dir /var/lib/grid/metad --advertise {node}:2380; \
+               cp /var/lib/grid/metad/secret /etc/grid/secret; \
+             else \
+               {bin}/metad join --data-dir /var/lib/grid/metad --advertise {node}:2380; \
+             fi",
+        ])),
+        argv: strings(&["{bin}/metad", "run", "--data-dir", "/var/lib/grid/metad"]),
+    }]
+}
+
+/// The environment of every daemon and command in a grid of `nodes` nodes:
+/// where metad is, so that clients on any node find it.
+pub fn grid_env(nodes: usize) -> BTreeMap<String, String> {
+    let endpoints: Vec<String> = (1..=nodes.min(METAD_MEMBERS))
+        .map(|i| format!("node{i}:{METAD_PORT}"))
+        .collect();
+    BTreeMap::from([
+        ("METAD_ENDPOINTS".to_string(), endpoints.join(",")),
+        (
+            "METAD_SECRET_FILE".to_string(),
+            "/etc/grid/secret".to_string(),
+        ),
+    ])
 }
 
 /// The directory holding the grid's binaries: `$DEVGRID_BIN_DIR` when set,

@@ -52,6 +52,8 @@ pub struct GridConfig {
     pub daemons: Vec<DaemonSpec>,
     /// Where the grid's binaries are.
     pub bin_dir: PathBuf,
+    /// The environment of every daemon and `exec` in the grid.
+    pub env: BTreeMap<String, String>,
 }
 
 impl GridConfig {
@@ -62,6 +64,7 @@ impl GridConfig {
             nodes,
             daemons: crate::daemons::default_daemons(),
             bin_dir: crate::daemons::bin_dir(),
+            env: crate::daemons::grid_env(nodes),
         }
     }
 }
@@ -74,6 +77,7 @@ struct State {
     nodes: usize,
     daemons: Vec<DaemonSpec>,
     bin_dir: PathBuf,
+    env: BTreeMap<String, String>,
     /// Running daemons by "nodeI.DAEMON".
     running: BTreeMap<String, ProcId>,
 }
@@ -155,6 +159,7 @@ impl Grid {
                     nodes: cfg.nodes,
                     daemons: cfg.daemons.clone(),
                     bin_dir: cfg.bin_dir.clone(),
+                    env: cfg.env.clone(),
                     running: BTreeMap::new(),
                 },
                 layout,
@@ -268,9 +273,14 @@ impl Grid {
     }
 
     /// A command that runs `program` inside node `i` (network, mount and
-    /// UTS namespaces); add arguments and run it as any `Command`.
+    /// UTS namespaces) with the grid's environment and its binaries first
+    /// on the PATH; add arguments and run it as any `Command`.
     pub fn command(&self, i: usize, program: &str) -> Command {
-        process::in_node(&self.layout, i, program)
+        let mut cmd = process::in_node(&self.layout, i, program);
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        cmd.envs(&self.state.env)
+            .env("PATH", format!("{}:{path}", self.state.bin_dir.display()));
+        cmd
     }
 
     /// Runs `argv` inside node `i` and collects its output.
@@ -331,7 +341,8 @@ impl Grid {
             return Ok(*p);
         }
         let argv = self.expand(&d.argv, i);
-        let p = process::spawn(&self.layout, i, &argv, &self.layout.log_file(i, &d.name))?;
+        let log = self.layout.log_file(i, &d.name);
+        let p = process::spawn(self.command(i, &argv[0]).args(&argv[1..]), &log)?;
         me.state.running.insert(key, p);
         me.save()?;
         Ok(p)

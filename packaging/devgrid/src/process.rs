@@ -66,8 +66,8 @@ fn stat(pid: i32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-/// Starts `argv` detached inside node `i`, its output appended to `log`.
-pub(crate) fn spawn(l: &Layout, i: usize, argv: &[String], log: &Path) -> Result<ProcId> {
+/// Starts `cmd` (made by [`in_node`]) detached, its output appended to `log`.
+pub(crate) fn spawn(cmd: &mut Command, log: &Path) -> Result<ProcId> {
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     }
@@ -79,15 +79,13 @@ pub(crate) fn spawn(l: &Layout, i: usize, argv: &[String], log: &Path) -> Result
     let err = out
         .try_clone()
         .ctx(|| format!("opening log {}", log.display()))?;
-    let mut cmd = in_node(l, i, &argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         // Its own process group: a ^C at the operator's shell does not reach
         // it, and a kill reaches its children too.
         .process_group(0);
-    let line = display(&cmd);
+    let line = display(cmd);
     let child = cmd.spawn().ctx(|| format!("starting `{line}`"))?;
     let pid = child.id() as i32;
     // The child is reaped by `reap`, not through the handle.
