@@ -33,6 +33,13 @@ pub fn default_daemons() -> Vec<DaemonSpec> {
              fi",
         ])),
         argv: strings(&["{bin}/metad", "run", "--data-dir", "/var/lib/grid/metad"]),
+    },
+    // gvsfs: the /gvs mount and the node's chunk store, on every node.
+    DaemonSpec {
+        name: "gvsfs".into(),
+        on_first: None,
+        prepare: None,
+        argv: strings(&["{bin}/gvsfs", "mount", "--mountpoint", "/gvs", "--data-dir", "/var/lib/grid/gvsfs"]),
     }]
 }
 

@@ -1,0 +1,212 @@
+//! The daemon's life: connect to metad, serve the chunk store, register
+//! the node (with a TTL lease that write leases hang on), mount, follow
+//! the namespace, and on SIGTERM commit what is buffered and unmount.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fuser::{Config, MountOption, SessionACL};
+use metad::{Client, ClientConfig, Secret};
+
+use crate::chunk::ChunkStore;
+use crate::fs::{on_event, run_invalidations, GvsFs, Inval};
+use crate::gvs::Gvs;
+use crate::meta::{self, NodeInfo};
+
+/// TTL of the node's metad lease: how long a dead node keeps its write
+/// leases and its place among the live replicas.
+const NODE_TTL: Duration = Duration::from_secs(5);
+
+/// `gvsfs mount` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MountArgs {
+    /// Where to mount the global volume store.
+    #[arg(long, default_value = "/gvs")]
+    pub mountpoint: PathBuf,
+    /// The node's persistent data (the chunk store is DIR/chunks).
+    #[arg(long, default_value = "/var/lib/grid/gvsfs")]
+    pub data_dir: PathBuf,
+    /// Where the chunk server listens.
+    #[arg(long, default_value = "0.0.0.0:2390")]
+    pub listen: String,
+    /// The address other nodes reach the chunk server at (default: HOSTNAME:PORT).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// This node's name (default: the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Size of the chunk cache in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub cache_mb: usize,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Use the kernel's writeback cache.
+    #[arg(long, default_value_t = false)]
+    pub writeback: bool,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// Capacity and free bytes of the file system holding `dir`.
+fn capacity(dir: &Path) -> (u64, u64) {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return (0, 0) };
+    // SAFETY: statvfs fills the struct it is given; the path is a valid C string.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
+            return (0, 0);
+        }
+        (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize)
+    }
+}
+
+async fn register(gvs: &Gvs, info: &NodeInfo) -> anyhow::Result<u64> {
+    let lease = gvs.client.lease_grant(NODE_TTL).await?;
+    gvs.client.put_with_lease(meta::node_key(&gvs.me), info.encode(), lease).await?;
+    gvs.node_lease.store(lease, Ordering::SeqCst);
+    Ok(lease)
+}
+
+/// Keeps the node's lease alive and its registration current.
+async fn keep_registered(gvs: Arc<Gvs>, data_dir: PathBuf, addr: String) {
+    let mut last_free = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (cap, free) = capacity(&data_dir);
+        let info = NodeInfo { addr: addr.clone(), capacity: cap, free };
+        let lease = gvs.lease();
+        match gvs.client.lease_keepalive(lease).await {
+            Ok(_) => {
+                // Refresh the free space when it moved by a GiB (each
+                // write is an event on every node).
+                let changed = last_free.is_none_or(|l: u64| l.abs_diff(free) > 1 << 30);
+                if changed && gvs.client.put_with_lease(meta::node_key(&gvs.me), info.encode(), lease).await.is_ok() {
+                    last_free = Some(free);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("node lease {lease} lost ({e}); registering again");
+                match register(&gvs, &info).await {
+                    Ok(l) => tracing::info!("registered again with lease {l}"),
+                    Err(e) => tracing::warn!("registering: {e}"),
+                }
+            }
+        }
+    }
+}
+
+fn unmount_stale(mountpoint: &Path) {
+    if let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) {
+        // SAFETY: a plain syscall on a valid C string; failing (nothing
+        // mounted there) is fine.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Runs `gvsfs mount` until unmounted or signalled.
+pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyhow::Result<()> {
+    let secret = Secret::load(secret_file).with_context(|| format!("reading the cluster secret {}", secret_file.display()))?;
+    let me = args.node_name.clone().unwrap_or_else(hostname);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
+    let store = ChunkStore::open(&args.data_dir.join("chunks")).context("opening the chunk store")?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(&args.listen)).with_context(|| format!("listening on {}", args.listen))?;
+    let port = listener.local_addr()?.port();
+    let advertise = args.advertise.clone().unwrap_or_else(|| format!("{me}:{port}"));
+    rt.spawn(crate::net::serve(listener, store.clone(), secret.clone()));
+
+    let client = Arc::new(Client::new(ClientConfig::new(endpoints, secret.clone())));
+    let cache_chunks = (args.cache_mb << 20) / crate::DEFAULT_BLOCK_SIZE as usize;
+    let gvs = Arc::new(Gvs::new(me.clone(), client, store, crate::net::Peers::new(secret), cache_chunks, rt.handle().clone()));
+
+    // metad may be starting beside us: wait for it.
+    let (cap, free) = capacity(&args.data_dir);
+    let info = NodeInfo { addr: advertise.clone(), capacity: cap, free };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = rt.block_on(async {
+            gvs.init_root().await?;
+            register(&gvs, &info).await?;
+            let (kvs, rev) = gvs.client.get_prefix(meta::PREFIX).await?;
+            gvs.mirror.reset(kvs, rev);
+            anyhow::Ok(())
+        });
+        match r {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!("waiting for metad: {e:#}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.context("metad unreachable")),
+        }
+    }
+    tracing::info!("node {me} registered, chunk server at {advertise}");
+    rt.spawn(keep_registered(gvs.clone(), args.data_dir.clone(), advertise));
+
+    // A predecessor killed without unmounting leaves a dead mount behind.
+    unmount_stale(&args.mountpoint);
+    std::fs::create_dir_all(&args.mountpoint).with_context(|| format!("creating {}", args.mountpoint.display()))?;
+
+    let mut config = Config::default();
+    config.mount_options =
+        vec![MountOption::FSName("gvs".into()), MountOption::Subtype("gvsfs".into()), MountOption::DefaultPermissions, MountOption::NoDev, MountOption::NoSuid];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(args.threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::Session::new(GvsFs::new(gvs.clone(), args.writeback), &args.mountpoint, &config)
+        .with_context(|| format!("mounting {}", args.mountpoint.display()))?;
+    let inval: Arc<Mutex<Option<mpsc::Sender<Inval>>>> = Arc::default();
+    let (tx, rx) = mpsc::channel();
+    let notifier = session.notifier();
+    std::thread::spawn(move || run_invalidations(notifier, rx));
+    *inval.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    {
+        let gvs2 = gvs.clone();
+        let (client, mirror) = (gvs.client.clone(), gvs.mirror.clone());
+        rt.spawn(async move {
+            let cb = move |e: &metad::Event| on_event(&gvs2, &inval, e);
+            loop {
+                if let Err(e) = crate::mirror::follow(&client, &mirror, &cb).await {
+                    tracing::warn!("following gvs/: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+    let bg = session.spawn()?;
+    tracing::info!("mounted {}", args.mountpoint.display());
+
+    let signalled = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return std::io::Result::Ok(true),
+                _ = int.recv() => return Ok(true),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if bg.guard.is_finished() { return Ok(false); }
+                }
+            }
+        }
+    })?;
+    if signalled {
+        tracing::info!("stopping: committing buffered data and unmounting");
+    }
+    let vols: Vec<_> = gvs.volumes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+    for v in vols {
+        if let Err(e) = v.lock().unwrap_or_else(|e| e.into_inner()).commit(&gvs) {
+            tracing::warn!("commit at shutdown: {e}");
+        }
+    }
+    if let Err(e) = bg.umount_and_join() {
+        tracing::warn!("unmount: {e}");
+    }
+    let _ = rt.block_on(gvs.client.lease_revoke(gvs.lease()));
+    Ok(())
+}

@@ -1,0 +1,678 @@
+//! The FUSE face of GVS: turns kernel requests into namespace operations
+//! (gvs.rs) and volume reads and writes (volume.rs), answers attributes
+//! from the watched namespace copy, and invalidates the kernel's caches
+//! when another node changes something.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use metad::{Event, EventKind};
+
+use crate::error::{GvsError, Result};
+use crate::gvs::Gvs;
+use crate::meta::{self, Inode, Kind};
+
+const TTL: Duration = Duration::from_secs(1);
+
+/// What the watch asks the kernel to forget.
+pub enum Inval {
+    /// A name in a directory.
+    Entry(u64, String),
+    /// An inode's attributes and cached data.
+    Inode(u64),
+}
+
+struct Fh {
+    /// The lease generation this handle wrote under.
+    gen: Option<u64>,
+}
+
+/// The file system served at the mount point.
+pub struct GvsFs {
+    gvs: Arc<Gvs>,
+    fhs: Mutex<HashMap<u64, Fh>>,
+    next_fh: AtomicU64,
+    writeback: bool,
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+fn nanos(t: TimeOrNow) -> i64 {
+    match t {
+        TimeOrNow::Now => meta::now(),
+        TimeOrNow::SpecificTime(t) => t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+    }
+}
+
+fn name_str(name: &OsStr) -> Result<&str> {
+    name.to_str().ok_or_else(|| GvsError::Invalid("names must be UTF-8".into()))
+}
+
+impl GvsFs {
+    /// The file system over a node's context.
+    pub fn new(gvs: Arc<Gvs>, writeback: bool) -> GvsFs {
+        GvsFs { gvs, fhs: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1), writeback }
+    }
+
+    fn attr(&self, ino: u64, rec: &Inode) -> FileAttr {
+        let (size, written) = match (rec.kind, self.gvs.volume_if_any(ino)) {
+            (Kind::File, Some(v)) => {
+                let v = v.lock().unwrap_or_else(|e| e.into_inner());
+                (v.size(rec), v.written(rec))
+            }
+            (Kind::Symlink, _) => (rec.target.len() as u64, 0),
+            _ => (rec.size, rec.written),
+        };
+        let kind = match rec.kind {
+            Kind::Dir => FileType::Directory,
+            Kind::File => FileType::RegularFile,
+            Kind::Symlink => FileType::Symlink,
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: written * rec.block_size as u64 / 512,
+            atime: time(rec.atime),
+            mtime: time(rec.mtime),
+            ctime: time(rec.ctime),
+            crtime: time(rec.ctime),
+            kind,
+            perm: rec.perm,
+            nlink: if rec.kind == Kind::Dir { 2 } else { 1 },
+            uid: rec.uid,
+            gid: rec.gid,
+            rdev: 0,
+            blksize: rec.block_size,
+            flags: 0,
+        }
+    }
+
+    fn getattr_of(&self, ino: u64) -> Result<FileAttr> {
+        let (rec, _) = self.gvs.inode(ino)?;
+        Ok(self.attr(ino, &rec))
+    }
+
+    fn new_fh(&self, _ino: u64) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.fhs.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Fh { gen: None });
+        fh
+    }
+
+    /// Runs `f` on the volume with its write lease held, checking that the
+    /// handle `fh` (if any) was not fenced since it last wrote.
+    fn with_lease<T>(&self, ino: u64, fh: Option<u64>, f: impl FnOnce(&mut crate::volume::Volume, &Inode) -> Result<T>) -> Result<T> {
+        let (rec, _) = self.gvs.inode(ino)?;
+        if rec.kind != Kind::File {
+            return Err(GvsError::IsDir);
+        }
+        let vol = self.gvs.volume(ino);
+        let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
+        let prior = fh.and_then(|fh| self.fhs.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).and_then(|h| h.gen));
+        if let Some(g) = prior {
+            if g != v.gen {
+                return Err(GvsError::Fenced(ino));
+            }
+        }
+        v.ensure_lease(&self.gvs, &rec)?;
+        if let Some(fh) = fh {
+            if let Some(h) = self.fhs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&fh) {
+                h.gen = Some(v.gen);
+            }
+        }
+        let (rec, _) = self.gvs.inode(ino)?;
+        let r = f(&mut v, &rec)?;
+        if v.dirty_bytes() > crate::volume::DIRTY_LIMIT {
+            v.commit(&self.gvs)?;
+        }
+        Ok(r)
+    }
+
+    fn commit(&self, ino: u64, fh: Option<u64>) -> Result<()> {
+        let Some(vol) = self.gvs.volume_if_any(ino) else { return Ok(()) };
+        let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
+        let prior = fh.and_then(|fh| self.fhs.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).and_then(|h| h.gen));
+        if let Some(g) = prior {
+            if g != v.gen {
+                return Err(GvsError::Fenced(ino));
+            }
+        }
+        v.commit(&self.gvs)
+    }
+
+    fn new_node(&self, req: &Request, parent: INodeNo, name: &OsStr, kind: Kind, mode: u32, umask: u32, target: Option<&Path>) -> Result<FileAttr> {
+        let name = name_str(name)?;
+        let mut rec = Inode::new(kind, (mode & !umask & 0o7777) as u16, req.uid(), req.gid());
+        if let Some(t) = target {
+            rec.target = t.to_string_lossy().into_owned();
+            rec.perm = 0o777;
+        }
+        // setgid directories pass their group on.
+        if let Ok((p, _)) = self.gvs.inode(parent.0) {
+            if p.perm & 0o2000 != 0 {
+                rec.gid = p.gid;
+                if kind == Kind::Dir {
+                    rec.perm |= 0o2000;
+                }
+            }
+        }
+        let (ino, rec) = self.gvs.create(parent.0, name, rec)?;
+        Ok(self.attr(ino, &rec))
+    }
+
+    fn gvs_xattr(&self, rec: &Inode, name: &str) -> Result<Vec<u8>> {
+        let v = match name {
+            "gvs.mirrors" => rec.mirrors.to_string(),
+            "gvs.replicas" => rec.replicas.join(","),
+            "gvs.state" if rec.kind == Kind::File => (if rec.degraded { "degraded" } else { "in-sync" }).to_string(),
+            "gvs.block_size" => rec.block_size.to_string(),
+            _ => return Err(GvsError::NoAttr),
+        };
+        Ok(v.into_bytes())
+    }
+
+    fn set_gvs_xattr(&self, ino: u64, name: &str, value: &[u8]) -> Result<()> {
+        let text = std::str::from_utf8(value).unwrap_or("").trim().trim_end_matches('\0');
+        match name {
+            "gvs.block_size" => {
+                let bs: u32 = text.parse().map_err(|_| GvsError::Invalid(format!("gvs.block_size {text:?} is not a number")))?;
+                if !bs.is_power_of_two() || !(4096..=crate::MAX_BLOCK_SIZE).contains(&bs) {
+                    return Err(GvsError::Invalid(format!("gvs.block_size must be a power of two in 4096..={}, not {bs}", crate::MAX_BLOCK_SIZE)));
+                }
+                let dirty = self.gvs.volume_if_any(ino).is_some_and(|v| v.lock().unwrap_or_else(|e| e.into_inner()).is_dirty());
+                if dirty {
+                    return Err(GvsError::Invalid("gvs.block_size can only be set before the volume holds data".into()));
+                }
+                self.gvs.update_inode(ino, |i| {
+                    if i.kind == Kind::File && (i.root.is_some() || i.size > 0) {
+                        return Err(GvsError::Invalid("gvs.block_size can only be set before the volume holds data".into()));
+                    }
+                    i.block_size = bs;
+                    i.ctime = meta::now();
+                    Ok(())
+                })?;
+                if let Some(v) = self.gvs.volume_if_any(ino) {
+                    *v.lock().unwrap_or_else(|e| e.into_inner()) = crate::volume::Volume::new(ino);
+                }
+            }
+            "gvs.mirrors" => {
+                let r: u32 = text.parse().map_err(|_| GvsError::Invalid(format!("gvs.mirrors {text:?} is not a number")))?;
+                let (rec, _) = self.gvs.inode(ino)?;
+                let replicas = if rec.kind == Kind::File { self.gvs.placement(ino, r)? } else { self.gvs.placement(ino, r).map(|_| Vec::new())? };
+                let me = self.gvs.me.clone();
+                let _ = me;
+                let updated = self.gvs.update_inode(ino, |i| {
+                    let added: Vec<String> = replicas.iter().filter(|n| !i.replicas.contains(n)).cloned().collect();
+                    if i.root.is_some() && !added.is_empty() {
+                        // The new mirrors hold nothing yet: the repair fills them.
+                        i.degraded = true;
+                    }
+                    i.mirrors = r;
+                    if i.kind == Kind::File {
+                        i.replicas = replicas.clone();
+                    }
+                    i.ctime = meta::now();
+                    Ok(())
+                })?;
+                if updated.degraded {
+                    for n in &updated.replicas {
+                        if !rec.replicas.contains(n) {
+                            self.gvs.rt.block_on(self.gvs.client.put(meta::missing_key(n, ino), Vec::new()))?;
+                        }
+                    }
+                }
+            }
+            "gvs.replicas" | "gvs.state" => return Err(GvsError::Invalid(format!("{name} is read-only"))),
+            _ => return Err(GvsError::Invalid(format!("unknown attribute {name}"))),
+        }
+        Ok(())
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+macro_rules! tri {
+    ($reply:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => {
+                let e: GvsError = e;
+                if !matches!(e, GvsError::NotFound | GvsError::NoAttr | GvsError::Exists | GvsError::NotEmpty) {
+                    tracing::warn!("{}:{}: {e}", file!(), line!());
+                }
+                $reply.error(e.errno());
+                return;
+            }
+        }
+    };
+}
+
+impl Filesystem for GvsFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        if self.writeback {
+            if let Err(e) = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE) {
+                tracing::warn!("kernel refused the writeback cache: {e:?}");
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = tri!(reply, name_str(name));
+        let (de, _) = tri!(reply, self.gvs.dirent(parent.0, name));
+        let attr = tri!(reply, self.getattr_of(de.ino));
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let attr = tri!(reply, self.getattr_of(ino.0));
+        reply.attr(&TTL, &attr);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let ino = ino.0;
+        if let Some(size) = size {
+            tri!(reply, self.with_lease(ino, fh.map(|f| f.0), |v, rec| v.truncate(&self.gvs, rec, size)));
+            tri!(reply, self.commit(ino, None));
+        }
+        if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
+            tri!(
+                reply,
+                self.gvs.update_inode(ino, |i| {
+                    if let Some(m) = mode {
+                        i.perm = (m & 0o7777) as u16;
+                    }
+                    if let Some(u) = uid {
+                        i.uid = u;
+                    }
+                    if let Some(g) = gid {
+                        i.gid = g;
+                    }
+                    if let Some(a) = atime {
+                        i.atime = nanos(a);
+                    }
+                    if let Some(m) = mtime {
+                        i.mtime = nanos(m);
+                    }
+                    i.ctime = meta::now();
+                    Ok(())
+                })
+            );
+        }
+        let attr = tri!(reply, self.getattr_of(ino));
+        reply.attr(&TTL, &attr);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        if rec.kind != Kind::Symlink {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        reply.data(rec.target.as_bytes());
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            tracing::info!("mknod {name:?} refused: gvsfs holds volumes, not device files, fifos or sockets");
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
+        let attr = tri!(reply, self.new_node(req, parent, name, Kind::File, mode, umask, None));
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let attr = tri!(reply, self.new_node(req, parent, name, Kind::Dir, mode, umask, None));
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let attr = tri!(reply, self.new_node(req, parent, link_name, Kind::Symlink, 0o777, 0, Some(target)));
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        tracing::info!("link refused: gvsfs has no hard links (use a clone)");
+        reply.error(Errno::EOPNOTSUPP);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = tri!(reply, name_str(name));
+        tri!(reply, self.gvs.remove(parent.0, name, false));
+        reply.ok();
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = tri!(reply, name_str(name));
+        tri!(reply, self.gvs.remove(parent.0, name, true));
+        reply.ok();
+    }
+
+    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let (name, newname) = (tri!(reply, name_str(name)), tri!(reply, name_str(newname)));
+        // Data buffered here under the old name is committed first.
+        if let Ok((de, _)) = self.gvs.dirent(parent.0, name) {
+            tri!(reply, self.commit(de.ino, None));
+        }
+        tri!(reply, self.gvs.rename(parent.0, name, newparent.0, newname, flags.contains(RenameFlags::RENAME_NOREPLACE)));
+        reply.ok();
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        if rec.kind == Kind::Dir {
+            reply.error(Errno::EISDIR);
+            return;
+        }
+        reply.opened(FileHandle(self.new_fh(ino.0)), FopenFlags::empty());
+    }
+
+    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        let vol = self.gvs.volume(ino.0);
+        let (data, ahead) = {
+            let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
+            tri!(reply, v.read(&self.gvs, &rec, offset, size))
+        };
+        reply.data(&data);
+        if !ahead.is_empty() {
+            let gvs = self.gvs.clone();
+            self.gvs.rt.spawn_blocking(move || {
+                for id in ahead {
+                    let cached = gvs.cache.lock().unwrap_or_else(|e| e.into_inner()).contains(&id);
+                    if !cached {
+                        let _ = gvs.fetch(&id, &rec.replicas);
+                    }
+                }
+            });
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        tri!(reply, self.with_lease(ino.0, Some(fh.0), |v, rec| v.write(&self.gvs, rec, offset, data)));
+        reply.written(data.len() as u32);
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+        tri!(reply, self.commit(ino.0, Some(fh.0)));
+        reply.ok();
+    }
+
+    fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+        let r = self.commit(ino.0, Some(fh.0));
+        self.fhs.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        tri!(reply, r);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        tri!(reply, self.commit(ino.0, Some(fh.0)));
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        if rec.kind != Kind::Dir {
+            reply.error(Errno::ENOTDIR);
+            return;
+        }
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let mut entries: Vec<(u64, FileType, String)> = vec![(ino.0, FileType::Directory, ".".into()), (ino.0, FileType::Directory, "..".into())];
+        for (name, de) in self.gvs.list(ino.0) {
+            let kind = match de.kind {
+                Kind::Dir => FileType::Directory,
+                Kind::File => FileType::RegularFile,
+                Kind::Symlink => FileType::Symlink,
+            };
+            entries.push((de.ino, kind, name));
+        }
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let nodes = self.gvs.nodes();
+        let cap: u64 = nodes.iter().map(|(_, n)| n.capacity).sum();
+        let free: u64 = nodes.iter().map(|(_, n)| n.free).sum();
+        let files = self.gvs.mirror.range(meta::INO_PREFIX).len() as u64;
+        reply.statfs(cap / 4096, free / 4096, free / 4096, files + 1_000_000, 1_000_000, 4096, 255, 4096);
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let name = tri!(reply, name_str(name));
+        if name.starts_with("gvs.") {
+            tri!(reply, self.set_gvs_xattr(ino.0, name, value));
+        } else if name.starts_with("system.") {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        } else {
+            tri!(
+                reply,
+                self.gvs.update_inode(ino.0, |i| {
+                    let exists = i.xattrs.contains_key(name);
+                    if flags & libc::XATTR_CREATE != 0 && exists {
+                        return Err(GvsError::Exists);
+                    }
+                    if flags & libc::XATTR_REPLACE != 0 && !exists {
+                        return Err(GvsError::NoAttr);
+                    }
+                    i.xattrs.insert(name.to_string(), value.to_vec());
+                    i.ctime = meta::now();
+                    Ok(())
+                })
+            );
+        }
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = tri!(reply, name_str(name));
+        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        let value = if name.starts_with("gvs.") {
+            let mut rec = rec;
+            if let Some(v) = self.gvs.volume_if_any(ino.0) {
+                let v = v.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = v.leased();
+            }
+            rec.xattrs.clear();
+            tri!(reply, self.gvs_xattr(&rec, name))
+        } else {
+            tri!(reply, rec.xattrs.get(name).cloned().ok_or(GvsError::NoAttr))
+        };
+        reply_xattr(reply, size, &value);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        let mut out = Vec::new();
+        let gvs_names: &[&str] = match rec.kind {
+            Kind::File => &["gvs.mirrors", "gvs.replicas", "gvs.state", "gvs.block_size"],
+            Kind::Dir => &["gvs.mirrors", "gvs.block_size"],
+            Kind::Symlink => &[],
+        };
+        for n in gvs_names.iter().map(|s| s.to_string()).chain(rec.xattrs.keys().cloned()) {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        reply_xattr(reply, size, &out);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = tri!(reply, name_str(name));
+        if name.starts_with("gvs.") {
+            reply.error(Errno::EPERM);
+            return;
+        }
+        tri!(
+            reply,
+            self.gvs.update_inode(ino.0, |i| {
+                i.xattrs.remove(name).ok_or(GvsError::NoAttr)?;
+                i.ctime = meta::now();
+                Ok(())
+            })
+        );
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        tri!(reply, self.gvs.inode(ino.0));
+        reply.ok();
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
+        let attr = tri!(reply, self.new_node(req, parent, name, Kind::File, mode, umask, None));
+        let fh = self.new_fh(attr.ino.0);
+        reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn fallocate(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let end = offset.saturating_add(length);
+        let r = match mode {
+            0 => self.with_lease(ino.0, Some(fh.0), |v, rec| if end > v.size(rec) { v.truncate(&self.gvs, rec, end) } else { Ok(()) }),
+            libc::FALLOC_FL_KEEP_SIZE => Ok(()),
+            m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => self.with_lease(ino.0, Some(fh.0), |v, rec| {
+                let end = end.min(v.size(rec));
+                v.zero_range(&self.gvs, rec, offset, end.saturating_sub(offset))
+            }),
+            m if m & !libc::FALLOC_FL_KEEP_SIZE == libc::FALLOC_FL_ZERO_RANGE => self.with_lease(ino.0, Some(fh.0), |v, rec| {
+                let size = v.size(rec);
+                v.zero_range(&self.gvs, rec, offset, end.min(size).saturating_sub(offset))?;
+                if m & libc::FALLOC_FL_KEEP_SIZE == 0 && end > size {
+                    v.truncate(&self.gvs, rec, end)?;
+                }
+                Ok(())
+            }),
+            _ => {
+                reply.error(Errno::EOPNOTSUPP);
+                return;
+            }
+        };
+        tri!(reply, r);
+        reply.ok();
+    }
+
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        if offset < 0 {
+            reply.error(Errno::ENXIO);
+            return;
+        }
+        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        let vol = self.gvs.volume(ino.0);
+        let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
+        match tri!(reply, v.seek(&self.gvs, &rec, offset as u64, whence == libc::SEEK_DATA)) {
+            Some(p) => reply.offset(p as i64),
+            None => reply.error(Errno::ENXIO),
+        }
+    }
+}
+
+/// What to do about one change seen by the watch: forget kernel caches
+/// and hand write leases over. Runs on the watch task: never blocks.
+pub fn on_event(gvs: &Arc<Gvs>, inval: &Mutex<Option<mpsc::Sender<Inval>>>, e: &Event) {
+    let key = String::from_utf8_lossy(&e.kv.key);
+    let send = |i: Inval| {
+        if let Some(tx) = inval.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.send(i);
+        }
+    };
+    if let Some((parent, name)) = meta::dirent_of_key(&key) {
+        send(Inval::Entry(parent, name.to_string()));
+        send(Inval::Inode(parent));
+    } else if let Some(ino) = meta::ino_of_key(&key, meta::INO_PREFIX) {
+        // Our own commits need no invalidation of our own caches.
+        let ours = gvs.volume_if_any(ino).is_some_and(|v| v.try_lock().map(|v| v.leased()).unwrap_or(false));
+        if !ours || e.kind == EventKind::Delete {
+            send(Inval::Inode(ino));
+        }
+    } else if let Some(ino) = meta::ino_of_key(&key, meta::LEASE_REQ_PREFIX) {
+        if e.kind == EventKind::Put && e.kv.value != gvs.me.as_bytes() {
+            if let Some(vol) = gvs.volume_if_any(ino) {
+                let gvs = gvs.clone();
+                std::thread::spawn(move || vol.lock().unwrap_or_else(|e| e.into_inner()).hand_over(&gvs));
+            }
+        }
+    }
+}
+
+/// Delivers invalidations to the kernel from their own thread (a
+/// notification may wait for a lock that a pending request holds).
+pub fn run_invalidations(notifier: fuser::Notifier, rx: mpsc::Receiver<Inval>) {
+    for i in rx {
+        let _ = match i {
+            Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(parent), OsStr::new(&name)),
+            Inval::Inode(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
+        };
+    }
+}

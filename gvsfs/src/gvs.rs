@@ -1,0 +1,395 @@
+//! The node's GVS context: its metad client and watched namespace copy,
+//! its chunk store, cache and peers, and the namespace operations (create,
+//! unlink, rename, attribute changes), each one metad CAS transaction.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lru::LruCache;
+use metad::{Client, Compare, CompareTarget, Op, Txn};
+
+use crate::chunk::{ChunkId, ChunkStore};
+use crate::error::{GvsError, Result};
+use crate::meta::{self, Dirent, Inode, Kind, NodeInfo};
+use crate::mirror::{settle, Mirror};
+use crate::net::Peers;
+use crate::placement::{place, Candidate};
+use crate::volume::Volume;
+
+/// Inode numbers taken from `gvs/next_ino` at a time.
+const INO_BATCH: u64 = 1024;
+
+/// Everything a node's gvsfs shares between FUSE threads and tasks.
+pub struct Gvs {
+    /// This node's name (its hostname).
+    pub me: String,
+    /// The metad client.
+    pub client: Arc<Client>,
+    /// The watched copy of `gvs/`.
+    pub mirror: Arc<Mirror>,
+    /// The local chunk store.
+    pub store: ChunkStore,
+    /// Other nodes' chunk servers.
+    pub peers: Peers,
+    /// Recently read chunks.
+    pub cache: Mutex<LruCache<ChunkId, Arc<Vec<u8>>>>,
+    /// The tokio runtime FUSE threads call into.
+    pub rt: tokio::runtime::Handle,
+    /// This node's metad lease (its registration and write leases hang on it).
+    pub node_lease: AtomicU64,
+    /// Volumes with local state (open, written or leased here).
+    pub volumes: Mutex<HashMap<u64, Arc<Mutex<Volume>>>>,
+    inos: Mutex<(u64, u64)>,
+}
+
+/// A key and the value it must still have (by mod revision) for a
+/// transaction to apply.
+fn unchanged(key: &str, mod_rev: u64) -> Compare {
+    Compare { key: key.as_bytes().to_vec(), target: CompareTarget::ModRev(mod_rev) }
+}
+
+fn put(key: &str, value: Vec<u8>) -> Op {
+    Op::Put { key: key.as_bytes().to_vec(), value, lease: 0 }
+}
+
+fn del(key: &str) -> Op {
+    Op::Delete { key: key.as_bytes().to_vec() }
+}
+
+impl Gvs {
+    /// A context; nothing is read yet.
+    pub fn new(me: String, client: Arc<Client>, store: ChunkStore, peers: Peers, cache_chunks: usize, rt: tokio::runtime::Handle) -> Gvs {
+        let cap = std::num::NonZeroUsize::new(cache_chunks.max(16)).expect("nonzero");
+        Gvs {
+            me,
+            client,
+            mirror: Arc::new(Mirror::default()),
+            store,
+            peers,
+            cache: Mutex::new(LruCache::new(cap)),
+            rt,
+            node_lease: AtomicU64::new(0),
+            volumes: Mutex::new(HashMap::new()),
+            inos: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Runs a metad transaction from a FUSE thread; on success waits until
+    /// the local copy has seen it. Returns whether the compares held.
+    pub fn txn(&self, t: Txn) -> Result<bool> {
+        let r = self.rt.block_on(self.client.txn(t))?;
+        if r.succeeded {
+            settle(&self.mirror, r.revision);
+        }
+        Ok(r.succeeded)
+    }
+
+    /// Creates the root directory if the grid has none yet.
+    pub async fn init_root(&self) -> Result<()> {
+        let root = Inode::new(Kind::Dir, 0o755, 0, 0);
+        let key = meta::ino_key(meta::ROOT_INO);
+        let t = Txn {
+            compare: vec![Compare { key: key.clone().into_bytes(), target: CompareTarget::Exists(false) }],
+            success: vec![put(&key, root.encode()), put(meta::NEXT_INO_KEY, (meta::ROOT_INO + 1).to_string().into_bytes())],
+            failure: vec![],
+        };
+        match self.client.txn(t).await {
+            Ok(_) => Ok(()),
+            // Another node may have raced us; what matters is that it exists.
+            Err(metad::ClientError::Unknown(_)) if self.client.get(key.as_bytes()).await?.is_some() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A new inode number, unique grid-wide.
+    pub fn alloc_ino(&self) -> Result<u64> {
+        let mut g = self.inos.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 >= g.1 {
+            for _ in 0..100 {
+                let cur = self.rt.block_on(self.client.get(meta::NEXT_INO_KEY))?;
+                let cur_v = cur.as_ref().map(|kv| kv.value.clone());
+                let start: u64 = cur_v.as_deref().and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse().ok()).unwrap_or(meta::ROOT_INO + 1);
+                let next = (start + INO_BATCH).to_string();
+                match self.rt.block_on(self.client.cas(meta::NEXT_INO_KEY, cur_v.as_deref(), next)) {
+                    Ok(true) => {
+                        *g = (start, start + INO_BATCH);
+                        break;
+                    }
+                    Ok(false) | Err(metad::ClientError::Unknown(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if g.0 >= g.1 {
+                return Err(GvsError::Conflict("could not allocate inode numbers".into()));
+            }
+        }
+        g.0 += 1;
+        Ok(g.0 - 1)
+    }
+
+    /// An inode record with its mod revision, from the local copy.
+    pub fn inode(&self, ino: u64) -> Result<(Inode, u64)> {
+        let v = self.mirror.get(&meta::ino_key(ino)).ok_or(GvsError::NotFound)?;
+        Ok((Inode::decode(&v.value)?, v.mod_rev))
+    }
+
+    /// A directory entry with its mod revision.
+    pub fn dirent(&self, parent: u64, name: &str) -> Result<(Dirent, u64)> {
+        let v = self.mirror.get(&meta::dir_key(parent, name)).ok_or(GvsError::NotFound)?;
+        Ok((Dirent::decode(&v.value)?, v.mod_rev))
+    }
+
+    /// A directory's entries, in name order.
+    pub fn list(&self, dir: u64) -> Vec<(String, Dirent)> {
+        let prefix = meta::dir_prefix(dir);
+        self.mirror
+            .range(&prefix)
+            .into_iter()
+            .filter_map(|(k, v)| Some((k[prefix.len()..].to_string(), Dirent::decode(&v.value).ok()?)))
+            .collect()
+    }
+
+    /// The registered (live) nodes.
+    pub fn nodes(&self) -> Vec<(String, NodeInfo)> {
+        self.mirror
+            .range(meta::NODES_PREFIX)
+            .into_iter()
+            .filter_map(|(k, v)| Some((k[meta::NODES_PREFIX.len()..].to_string(), NodeInfo::decode(&v.value).ok()?)))
+            .collect()
+    }
+
+    /// The replica set for a volume of `mirrors` copies over the live nodes.
+    pub fn placement(&self, ino: u64, mirrors: u32) -> Result<Vec<String>> {
+        let nodes: Vec<Candidate> = self.nodes().into_iter().map(|(name, i)| Candidate { name, capacity: i.capacity }).collect();
+        if mirrors == 0 || mirrors as usize > nodes.len() {
+            return Err(GvsError::Invalid(format!("gvs.mirrors must be 1..={} (the live nodes), not {mirrors}", nodes.len())));
+        }
+        Ok(place(ino, &nodes, mirrors as usize))
+    }
+
+    /// Creates `name` in `parent`: one transaction (the name must be free
+    /// and the parent must still exist).
+    pub fn create(&self, parent: u64, name: &str, mut ino_rec: Inode) -> Result<(u64, Inode)> {
+        check_name(name)?;
+        let (p, p_rev) = self.inode(parent)?;
+        if p.kind != Kind::Dir {
+            return Err(GvsError::NotDir);
+        }
+        let ino = self.alloc_ino()?;
+        if ino_rec.kind == Kind::File {
+            // New volumes inherit the directory's mirror count and block size.
+            ino_rec.block_size = p.block_size;
+            let live = self.nodes().len().max(1) as u32;
+            ino_rec.mirrors = p.mirrors.min(live);
+            ino_rec.replicas = self.placement(ino, ino_rec.mirrors)?;
+        } else if ino_rec.kind == Kind::Dir {
+            ino_rec.block_size = p.block_size;
+            ino_rec.mirrors = p.mirrors;
+        }
+        let dk = meta::dir_key(parent, name);
+        let mut np = p.clone();
+        np.mtime = meta::now();
+        np.ctime = np.mtime;
+        let t = Txn {
+            compare: vec![unchanged(&dk, 0), unchanged(&meta::ino_key(parent), p_rev)],
+            success: vec![
+                put(&meta::ino_key(ino), ino_rec.encode()),
+                put(&dk, Dirent { ino, kind: ino_rec.kind }.encode()),
+                put(&meta::ino_key(parent), np.encode()),
+            ],
+            failure: vec![],
+        };
+        if self.txn(t)? {
+            return Ok((ino, ino_rec));
+        }
+        if self.mirror.get(&dk).is_some() {
+            return Err(GvsError::Exists);
+        }
+        if self.mirror.get(&meta::ino_key(parent)).is_none() {
+            return Err(GvsError::NotFound);
+        }
+        Err(GvsError::Conflict(format!("create {name}: the directory changed meanwhile")))
+    }
+
+    /// Removes `name` from `parent` (a file, symlink, or an empty directory
+    /// when `dir`), in one transaction.
+    pub fn remove(&self, parent: u64, name: &str, dir: bool) -> Result<()> {
+        for _ in 0..10 {
+            let (de, de_rev) = self.dirent(parent, name)?;
+            match (dir, de.kind) {
+                (true, Kind::Dir) | (false, Kind::File | Kind::Symlink) => {}
+                (true, _) => return Err(GvsError::NotDir),
+                (false, _) => return Err(GvsError::IsDir),
+            }
+            if dir && self.mirror.any_under(&meta::dir_prefix(de.ino)) {
+                return Err(GvsError::NotEmpty);
+            }
+            let dk = meta::dir_key(parent, name);
+            let t = Txn {
+                compare: vec![unchanged(&dk, de_rev)],
+                success: vec![del(&dk), del(&meta::ino_key(de.ino)), del(&meta::lease_key(de.ino)), del(&meta::lease_req_key(de.ino))],
+                failure: vec![],
+            };
+            if self.txn(t)? {
+                self.touch_dir(parent);
+                self.volumes.lock().unwrap_or_else(|e| e.into_inner()).remove(&de.ino);
+                return Ok(());
+            }
+        }
+        Err(GvsError::Conflict(format!("remove {name}: it kept changing")))
+    }
+
+    /// Updates a directory's times after a change of its entries (best effort).
+    fn touch_dir(&self, dir: u64) {
+        let _ = self.update_inode(dir, |i| {
+            i.mtime = meta::now();
+            i.ctime = i.mtime;
+            Ok(())
+        });
+    }
+
+    /// Renames atomically, replacing a destination file or empty directory
+    /// unless `noreplace`.
+    pub fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, noreplace: bool) -> Result<()> {
+        check_name(newname)?;
+        for _ in 0..10 {
+            let (de, de_rev) = self.dirent(parent, name)?;
+            let (np, _) = self.inode(newparent)?;
+            if np.kind != Kind::Dir {
+                return Err(GvsError::NotDir);
+            }
+            if de.kind == Kind::Dir && self.is_ancestor(de.ino, newparent) {
+                return Err(GvsError::Invalid("cannot move a directory into itself".into()));
+            }
+            let sk = meta::dir_key(parent, name);
+            let dk = meta::dir_key(newparent, newname);
+            if sk == dk {
+                return Ok(());
+            }
+            let mut compare = vec![unchanged(&sk, de_rev)];
+            let mut success = vec![del(&sk), put(&dk, de.encode())];
+            match self.dirent(newparent, newname) {
+                Ok((old, old_rev)) => {
+                    if noreplace {
+                        return Err(GvsError::Exists);
+                    }
+                    if old.ino == de.ino {
+                        return Ok(());
+                    }
+                    match (de.kind == Kind::Dir, old.kind == Kind::Dir) {
+                        (true, false) => return Err(GvsError::NotDir),
+                        (false, true) => return Err(GvsError::IsDir),
+                        (true, true) if self.mirror.any_under(&meta::dir_prefix(old.ino)) => return Err(GvsError::NotEmpty),
+                        _ => {}
+                    }
+                    compare.push(unchanged(&dk, old_rev));
+                    success.extend([del(&meta::ino_key(old.ino)), del(&meta::lease_key(old.ino)), del(&meta::lease_req_key(old.ino))]);
+                }
+                Err(GvsError::NotFound) => compare.push(unchanged(&dk, 0)),
+                Err(e) => return Err(e),
+            }
+            if self.txn(Txn { compare, success, failure: vec![] })? {
+                self.touch_dir(parent);
+                if newparent != parent {
+                    self.touch_dir(newparent);
+                }
+                return Ok(());
+            }
+        }
+        Err(GvsError::Conflict(format!("rename {name}: it kept changing")))
+    }
+
+    /// Whether `a` is `d` or one of its ancestors.
+    fn is_ancestor(&self, a: u64, mut d: u64) -> bool {
+        // Walk up through the namespace copy: find the entry naming `d`.
+        for _ in 0..4096 {
+            if d == a {
+                return true;
+            }
+            if d == meta::ROOT_INO {
+                return false;
+            }
+            let parent = self.mirror.range(meta::DIR_PREFIX).into_iter().find_map(|(k, v)| {
+                let de = Dirent::decode(&v.value).ok()?;
+                (de.ino == d).then(|| meta::dirent_of_key(&k).map(|(p, _)| p)).flatten()
+            });
+            match parent {
+                Some(p) => d = p,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// Read-modify-CAS of an inode record; `f` may refuse with an error.
+    pub fn update_inode(&self, ino: u64, f: impl Fn(&mut Inode) -> Result<()>) -> Result<Inode> {
+        for _ in 0..20 {
+            let (mut i, rev) = self.inode(ino)?;
+            f(&mut i)?;
+            let k = meta::ino_key(ino);
+            let t = Txn { compare: vec![unchanged(&k, rev)], success: vec![put(&k, i.encode())], failure: vec![] };
+            if self.txn(t)? {
+                return Ok(i);
+            }
+            self.mirror.wait_change(rev, Duration::from_millis(50));
+        }
+        Err(GvsError::Conflict(format!("inode {ino:#x} kept changing")))
+    }
+
+    /// A chunk by id: cache, local store, then the given replicas (each
+    /// copy verified; a bad copy is skipped for the next replica).
+    pub fn fetch(&self, id: &ChunkId, replicas: &[String]) -> Result<Arc<Vec<u8>>> {
+        if let Some(c) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(c.clone());
+        }
+        let data = match self.store.get(id)? {
+            Some(d) => d,
+            None => self.fetch_remote(id, replicas)?,
+        };
+        let data = Arc::new(data);
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(*id, data.clone());
+        Ok(data)
+    }
+
+    fn fetch_remote(&self, id: &ChunkId, replicas: &[String]) -> Result<Vec<u8>> {
+        let nodes: HashMap<String, NodeInfo> = self.nodes().into_iter().collect();
+        // Live replicas first, then any other live node (a chunk shared by
+        // a clone may live on the origin's replicas).
+        let mut order: Vec<&String> = replicas.iter().filter(|r| **r != self.me && nodes.contains_key(*r)).collect();
+        order.extend(nodes.keys().filter(|n| **n != self.me && !replicas.contains(n)));
+        for node in order {
+            let addr = &nodes[node].addr;
+            match self.rt.block_on(self.peers.get(addr, id)) {
+                Ok(Some(d)) => return Ok(d),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("reading chunk {} from {node}: {e}", id.hex()),
+            }
+        }
+        Err(GvsError::ChunkUnavailable(id.hex()))
+    }
+
+    /// The local state of a volume (made on first use).
+    pub fn volume(&self, ino: u64) -> Arc<Mutex<Volume>> {
+        self.volumes.lock().unwrap_or_else(|e| e.into_inner()).entry(ino).or_insert_with(|| Arc::new(Mutex::new(Volume::new(ino)))).clone()
+    }
+
+    /// The volume's local state if it exists already.
+    pub fn volume_if_any(&self, ino: u64) -> Option<Arc<Mutex<Volume>>> {
+        self.volumes.lock().unwrap_or_else(|e| e.into_inner()).get(&ino).cloned()
+    }
+
+    /// This node's metad lease id.
+    pub fn lease(&self) -> u64 {
+        self.node_lease.load(Ordering::SeqCst)
+    }
+}
+
+/// Refuses names the namespace cannot hold.
+pub fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.len() > 255 {
+        return Err(GvsError::Invalid(format!("bad name {name:?}")));
+    }
+    Ok(())
+}

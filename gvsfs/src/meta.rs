@@ -1,0 +1,210 @@
+//! The metad key layout of GVS and the records stored under it.
+//!
+//! ```text
+//! gvs/ino/<ino:016x>            Inode (postcard)
+//! gvs/dir/<parent:016x>/<name>  Dirent (postcard): the child's ino and kind
+//! gvs/next_ino                  decimal: next unallocated ino (taken in batches by CAS)
+//! gvs/nodes/<node>              NodeInfo (postcard), attached to the node's metad lease
+//! gvs/lease/<ino:016x>          node name of the volume's writer, attached to its metad
+//!                               lease; the key's mod_rev is the lease epoch
+//! gvs/leasereq/<ino:016x>       node name asking the writer to hand the lease over
+//! gvs/missing/<node>/<ino:016x> empty: a volume commit that replica `node` missed
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::ChunkId;
+use crate::error::{GvsError, Result};
+
+/// The root directory's inode number (FUSE's root).
+pub const ROOT_INO: u64 = 1;
+/// The key holding the next free inode number.
+pub const NEXT_INO_KEY: &str = "gvs/next_ino";
+/// Prefix of every GVS key; what every node watches.
+pub const PREFIX: &str = "gvs/";
+/// Prefix of the node registrations.
+pub const NODES_PREFIX: &str = "gvs/nodes/";
+/// Prefix of the lease keys.
+pub const LEASE_PREFIX: &str = "gvs/lease/";
+/// Prefix of the lease requests.
+pub const LEASE_REQ_PREFIX: &str = "gvs/leasereq/";
+/// Prefix of the inode records.
+pub const INO_PREFIX: &str = "gvs/ino/";
+/// Prefix of the directory entries.
+pub const DIR_PREFIX: &str = "gvs/dir/";
+
+/// Key of an inode record.
+pub fn ino_key(ino: u64) -> String {
+    format!("gvs/ino/{ino:016x}")
+}
+/// Prefix of a directory's entries.
+pub fn dir_prefix(parent: u64) -> String {
+    format!("gvs/dir/{parent:016x}/")
+}
+/// Key of one directory entry.
+pub fn dir_key(parent: u64, name: &str) -> String {
+    format!("gvs/dir/{parent:016x}/{name}")
+}
+/// Key of a volume's write lease.
+pub fn lease_key(ino: u64) -> String {
+    format!("gvs/lease/{ino:016x}")
+}
+/// Key of a request for a volume's write lease.
+pub fn lease_req_key(ino: u64) -> String {
+    format!("gvs/leasereq/{ino:016x}")
+}
+/// Key of a node's registration.
+pub fn node_key(node: &str) -> String {
+    format!("gvs/nodes/{node}")
+}
+/// Key recording that `node` missed a commit of `ino`.
+pub fn missing_key(node: &str, ino: u64) -> String {
+    format!("gvs/missing/{node}/{ino:016x}")
+}
+/// The ino a `gvs/ino/`, `gvs/lease/` or `gvs/leasereq/` key names.
+pub fn ino_of_key(key: &str, prefix: &str) -> Option<u64> {
+    u64::from_str_radix(key.strip_prefix(prefix)?, 16).ok()
+}
+/// The parent and name a `gvs/dir/` key names.
+pub fn dirent_of_key(key: &str) -> Option<(u64, &str)> {
+    let rest = key.strip_prefix(DIR_PREFIX)?;
+    let (p, name) = rest.split_once('/')?;
+    Some((u64::from_str_radix(p, 16).ok()?, name))
+}
+
+/// What an inode is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file: a volume.
+    File,
+    /// A symbolic link.
+    Symlink,
+}
+
+/// A point in time, nanoseconds since the epoch.
+pub type Nanos = i64;
+
+/// The current time.
+pub fn now() -> Nanos {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// An inode record: everything about a file or directory but its name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Inode {
+    /// File, directory or symlink.
+    pub kind: Kind,
+    /// Permission bits (07777).
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (a volume's size).
+    pub size: u64,
+    /// Access time.
+    pub atime: Nanos,
+    /// Modification time.
+    pub mtime: Nanos,
+    /// Change time.
+    pub ctime: Nanos,
+    /// Block size of the volume (a power of two); for a directory, what
+    /// new files below inherit.
+    pub block_size: u32,
+    /// Wanted mirror count; for a directory, what new files inherit.
+    pub mirrors: u32,
+    /// The nodes holding the volume's chunks.
+    pub replicas: Vec<String>,
+    /// The volume's root (`None`: holds no data).
+    pub root: Option<ChunkId>,
+    /// Blocks that hold data (for `st_blocks`).
+    pub written: u64,
+    /// Whether a replica missed a commit.
+    pub degraded: bool,
+    /// A symlink's target.
+    pub target: String,
+    /// Extended attributes (`user.*` and other non-`gvs.` names).
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+impl Inode {
+    /// A fresh inode of `kind`.
+    pub fn new(kind: Kind, perm: u16, uid: u32, gid: u32) -> Inode {
+        let t = now();
+        Inode {
+            kind,
+            perm,
+            uid,
+            gid,
+            size: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            block_size: crate::DEFAULT_BLOCK_SIZE,
+            mirrors: crate::DEFAULT_MIRRORS,
+            replicas: Vec::new(),
+            root: None,
+            written: 0,
+            degraded: false,
+            target: String::new(),
+            xattrs: BTreeMap::new(),
+        }
+    }
+
+    /// Encodes for metad.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("inode encodes")
+    }
+
+    /// Decodes from metad.
+    pub fn decode(b: &[u8]) -> Result<Inode> {
+        postcard::from_bytes(b).map_err(|e| GvsError::Corrupt(format!("inode record: {e}")))
+    }
+}
+
+/// A directory entry's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dirent {
+    /// The child.
+    pub ino: u64,
+    /// Its kind (for readdir without reading the inode).
+    pub kind: Kind,
+}
+
+impl Dirent {
+    /// Encodes for metad.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("dirent encodes")
+    }
+    /// Decodes from metad.
+    pub fn decode(b: &[u8]) -> Result<Dirent> {
+        postcard::from_bytes(b).map_err(|e| GvsError::Corrupt(format!("dirent: {e}")))
+    }
+}
+
+/// A node's registration: where its chunk server listens and its capacity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `host:port` of its chunk server.
+    pub addr: String,
+    /// Bytes of its data file system.
+    pub capacity: u64,
+    /// Bytes free there.
+    pub free: u64,
+}
+
+impl NodeInfo {
+    /// Encodes for metad.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("node info encodes")
+    }
+    /// Decodes from metad.
+    pub fn decode(b: &[u8]) -> Result<NodeInfo> {
+        postcard::from_bytes(b).map_err(|e| GvsError::Corrupt(format!("node record: {e}")))
+    }
+}

@@ -1,0 +1,222 @@
+//! The chunk protocol between nodes: each gvsfs serves its chunk store on
+//! TCP (port 2390). Connections are authenticated with the cluster secret
+//! (metad's mutual challenge-response); then each request is one
+//! length-prefixed postcard frame answered by one frame.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metad::auth::{accept_handshake, connect_handshake, Role};
+use metad::protocol::{read_frame, write_frame};
+use metad::Secret;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::chunk::{ChunkId, ChunkStore};
+use crate::error::{GvsError, Result};
+
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request to a chunk server.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Request {
+    /// Store these chunks durably (each is verified against its id).
+    Put(Vec<(ChunkId, Vec<u8>)>),
+    /// Read one chunk.
+    Get(ChunkId),
+    /// Which of these chunks are held.
+    Has(Vec<ChunkId>),
+}
+
+/// A chunk server's answer.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Response {
+    /// Done.
+    Ok,
+    /// The chunk, if held.
+    Chunk(Option<Vec<u8>>),
+    /// One flag per asked chunk.
+    Has(Vec<bool>),
+    /// Refused, with the reason.
+    Err(String),
+}
+
+fn handle(store: &ChunkStore, req: Request) -> Response {
+    let r = match req {
+        Request::Put(chunks) => {
+            if let Some((id, _)) = chunks.iter().find(|(id, d)| !id.verifies(d)) {
+                return Response::Err(format!("chunk {} does not match its id", id.hex()));
+            }
+            let chunks: Vec<_> = chunks.into_iter().map(|(id, d)| (id, Arc::new(d))).collect();
+            store.put_many(&chunks, true).map(|_| Response::Ok)
+        }
+        Request::Get(id) => store.get(&id).map(Response::Chunk),
+        Request::Has(ids) => ids.iter().map(|id| store.has(id)).collect::<Result<Vec<_>>>().map(Response::Has),
+    };
+    r.unwrap_or_else(|e| Response::Err(e.to_string()))
+}
+
+async fn serve_conn(mut s: TcpStream, store: ChunkStore, secret: Secret) -> Result<()> {
+    let _ = s.set_nodelay(true);
+    accept_handshake(&mut s, &secret, |_| false).await.map_err(|e| GvsError::Peer { peer: "incoming".into(), why: e.to_string() })?;
+    loop {
+        let frame = match read_frame(&mut s, MAX_FRAME).await {
+            Ok(f) => f,
+            Err(_) => return Ok(()),
+        };
+        let resp = match postcard::from_bytes::<Request>(&frame) {
+            Ok(req) => {
+                let st = store.clone();
+                tokio::task::spawn_blocking(move || handle(&st, req)).await.unwrap_or_else(|e| Response::Err(e.to_string()))
+            }
+            Err(e) => Response::Err(format!("malformed request: {e}")),
+        };
+        let bytes = postcard::to_allocvec(&resp)?;
+        write_frame(&mut s, &bytes).await.map_err(|e| GvsError::Peer { peer: "incoming".into(), why: e.to_string() })?;
+        s.flush().await?;
+    }
+}
+
+/// Serves the chunk store on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, store: ChunkStore, secret: Secret) {
+    loop {
+        match listener.accept().await {
+            Ok((s, peer)) => {
+                let (st, sec) = (store.clone(), secret.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve_conn(s, st, sec).await {
+                        tracing::warn!("chunk connection from {peer}: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Connections to other nodes' chunk servers, pooled per address.
+pub struct Peers {
+    secret: Secret,
+    pool: Mutex<HashMap<String, Vec<TcpStream>>>,
+}
+
+impl Peers {
+    /// A pool that authenticates with `secret`.
+    pub fn new(secret: Secret) -> Peers {
+        Peers { secret, pool: Mutex::new(HashMap::new()) }
+    }
+
+    async fn connect(&self, addr: &str) -> Result<TcpStream> {
+        let err = |why: String| GvsError::Peer { peer: addr.to_string(), why };
+        let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| err("connect timed out".into()))?.map_err(|e| err(e.to_string()))?;
+        let _ = s.set_nodelay(true);
+        tokio::time::timeout(CONNECT_TIMEOUT * 2, connect_handshake(&mut s, &self.secret, Role::Client, 0))
+            .await
+            .map_err(|_| err("handshake timed out".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        Ok(s)
+    }
+
+    /// Sends one request to `addr` and returns its answer.
+    pub async fn call(&self, addr: &str, req: &Request) -> Result<Response> {
+        let err = |why: String| GvsError::Peer { peer: addr.to_string(), why };
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).get_mut(addr).and_then(|v| v.pop());
+        let bytes = postcard::to_allocvec(req)?;
+        // A pooled connection may have been closed by a restarted peer:
+        // one retry on a fresh connection.
+        let mut pooled = pooled;
+        for attempt in 0..2 {
+            let mut s = match pooled.take() {
+                Some(s) => s,
+                None => self.connect(addr).await?,
+            };
+            let r = tokio::time::timeout(CALL_TIMEOUT, async {
+                write_frame(&mut s, &bytes).await.map_err(|e| e.to_string())?;
+                s.flush().await.map_err(|e| e.to_string())?;
+                read_frame(&mut s, MAX_FRAME).await.map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".into()));
+            match r {
+                Ok(f) => {
+                    let resp: Response = postcard::from_bytes(&f).map_err(|e| err(format!("malformed answer: {e}")))?;
+                    self.pool.lock().unwrap_or_else(|e| e.into_inner()).entry(addr.to_string()).or_default().push(s);
+                    return Ok(resp);
+                }
+                Err(e) if attempt == 1 => return Err(err(e)),
+                Err(_) => continue,
+            }
+        }
+        Err(err("unreachable".into()))
+    }
+
+    /// Stores chunks on `addr`, in frames of bounded size.
+    pub async fn put(&self, addr: &str, chunks: &[(ChunkId, Arc<Vec<u8>>)]) -> Result<()> {
+        let mut i = 0;
+        while i < chunks.len() {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while i < chunks.len() && (batch.is_empty() || bytes + chunks[i].1.len() < 16 << 20) {
+                bytes += chunks[i].1.len();
+                batch.push((chunks[i].0, chunks[i].1.to_vec()));
+                i += 1;
+            }
+            match self.call(addr, &Request::Put(batch)).await? {
+                Response::Ok => {}
+                other => return Err(GvsError::Peer { peer: addr.to_string(), why: format!("put refused: {other:?}") }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a chunk from `addr`, verified; `None` if absent or bad there.
+    pub async fn get(&self, addr: &str, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        match self.call(addr, &Request::Get(*id)).await? {
+            Response::Chunk(Some(d)) if id.verifies(&d) => Ok(Some(d)),
+            Response::Chunk(Some(_)) => {
+                tracing::warn!("{addr} returned a corrupt copy of chunk {}", id.hex());
+                Ok(None)
+            }
+            Response::Chunk(None) => Ok(None),
+            other => Err(GvsError::Peer { peer: addr.to_string(), why: format!("get refused: {other:?}") }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_over_tcp_and_refuse_strangers() {
+        let dir = std::env::temp_dir().join(format!("gvsfs-test-net-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = ChunkStore::open(&dir).unwrap();
+        let secret = Secret::generate();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let srv = tokio::spawn(serve(l, store.clone(), secret.clone()));
+        let peers = Peers::new(secret);
+        let data = Arc::new(vec![3u8; 100_000]);
+        let id = ChunkId::of(&data);
+        peers.put(&addr, &[(id, data.clone())]).await.unwrap();
+        assert_eq!(peers.get(&addr, &id).await.unwrap().as_deref(), Some(data.as_slice()));
+        assert_eq!(peers.get(&addr, &ChunkId::of(b"nope")).await.unwrap(), None);
+        // A chunk that does not match its id is refused.
+        let bad = peers.call(&addr, &Request::Put(vec![(id, b"forged".to_vec())])).await.unwrap();
+        assert!(matches!(bad, Response::Err(_)));
+        // A client without the secret is refused.
+        let stranger = Peers::new(Secret::generate());
+        assert!(stranger.get(&addr, &id).await.is_err());
+        srv.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,515 @@
+//! A volume's data on this node: its block map, the dirty blocks buffered
+//! since the last commit, and its write lease. Writes only touch memory;
+//! a commit pushes the new chunks to every live replica in parallel, then
+//! swaps the root in metad with one transaction fenced by the lease epoch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metad::{Compare, CompareTarget, Op, Txn};
+
+use crate::blockmap::{BlockMap, NewChunks};
+use crate::chunk::ChunkId;
+use crate::error::{GvsError, Result};
+use crate::gvs::Gvs;
+use crate::meta::{self, Inode, NodeInfo};
+use crate::mirror::settle;
+
+/// How long a writer waits for the current holder to hand a lease over.
+const LEASE_WAIT: Duration = Duration::from_secs(20);
+
+/// Dirty bytes of one volume that trigger a commit.
+pub const DIRTY_LIMIT: usize = 256 << 20;
+
+/// A volume's local state.
+pub struct Volume {
+    ino: u64,
+    /// The block map and the root it was loaded from.
+    map: Option<(Option<ChunkId>, BlockMap)>,
+    /// Blocks written since the last commit (each a whole block).
+    dirty: BTreeMap<u64, Vec<u8>>,
+    /// The size after the uncommitted changes.
+    pending_size: Option<u64>,
+    /// Whether the map changed beyond `dirty` (truncate, punch).
+    map_changed: bool,
+    /// The lease epoch (the lease key's mod revision) while held here.
+    epoch: Option<u64>,
+    /// Bumped whenever the lease is lost or handed over: file handles that
+    /// wrote under an older generation are fenced.
+    pub gen: u64,
+    /// End of the last read, to detect sequential reads.
+    last_read_end: u64,
+}
+
+fn fetcher<'a>(gvs: &'a Gvs, replicas: &'a [String]) -> impl Fn(&ChunkId) -> Result<Vec<u8>> + 'a {
+    move |id: &ChunkId| Ok(gvs.fetch(id, replicas)?.to_vec())
+}
+
+impl Volume {
+    /// Empty local state for volume `ino`.
+    pub fn new(ino: u64) -> Volume {
+        Volume { ino, map: None, dirty: BTreeMap::new(), pending_size: None, map_changed: false, epoch: None, gen: 0, last_read_end: 0 }
+    }
+
+    /// Whether this node holds the write lease.
+    pub fn leased(&self) -> bool {
+        self.epoch.is_some()
+    }
+
+    /// The size as this node sees it (with uncommitted changes).
+    pub fn size(&self, rec: &Inode) -> u64 {
+        self.pending_size.unwrap_or(rec.size)
+    }
+
+    /// Blocks holding data, as this node sees it.
+    pub fn written(&self, rec: &Inode) -> u64 {
+        match &self.map {
+            Some((_, m)) if self.leased() => {
+                let extra = self.dirty.len() as u64;
+                m.written() + extra
+            }
+            _ => rec.written,
+        }
+    }
+
+    fn map<'a>(&'a mut self, gvs: &Gvs, rec: &Inode) -> Result<&'a mut BlockMap> {
+        let stale = match &self.map {
+            None => true,
+            // A writer's map is ahead of the record; a reader follows the record.
+            Some((root, _)) => !self.epoch.is_some() && *root != rec.root,
+        };
+        if stale {
+            let f = fetcher(gvs, &rec.replicas);
+            self.map = Some((rec.root, BlockMap::load(rec.root, &f)?));
+        }
+        Ok(&mut self.map.as_mut().expect("loaded").1)
+    }
+
+    /// The current bytes of block `b` (dirty, committed, or zeros).
+    fn block(&mut self, gvs: &Gvs, rec: &Inode, b: u64) -> Result<Arc<Vec<u8>>> {
+        if let Some(d) = self.dirty.get(&b) {
+            return Ok(Arc::new(d.clone()));
+        }
+        let f = fetcher(gvs, &rec.replicas);
+        let id = self.map(gvs, rec)?.get(b, &f)?;
+        match id {
+            Some(id) => gvs.fetch(&id, &rec.replicas),
+            None => Ok(Arc::new(vec![0; rec.block_size as usize])),
+        }
+    }
+
+    /// Reads up to `len` bytes at `off`. Returns the bytes and, for a
+    /// sequential reader, the chunks worth reading ahead.
+    pub fn read(&mut self, gvs: &Gvs, rec: &Inode, off: u64, len: u32) -> Result<(Vec<u8>, Vec<ChunkId>)> {
+        let size = self.size(rec);
+        if off >= size {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let end = size.min(off + len as u64);
+        let bs = rec.block_size as u64;
+        let mut out = Vec::with_capacity((end - off) as usize);
+        let mut pos = off;
+        while pos < end {
+            let b = pos / bs;
+            let within = (pos % bs) as usize;
+            let n = ((bs - within as u64).min(end - pos)) as usize;
+            if !self.dirty.contains_key(&b) {
+                let f = fetcher(gvs, &rec.replicas);
+                if self.map(gvs, rec)?.get(b, &f)?.is_none() {
+                    out.resize(out.len() + n, 0);
+                    pos += n as u64;
+                    continue;
+                }
+            }
+            let data = self.block(gvs, rec, b)?;
+            let avail = data.len().saturating_sub(within).min(n);
+            out.extend_from_slice(&data[within..within + avail]);
+            out.resize(out.len() + (n - avail), 0);
+            pos += n as u64;
+        }
+        let mut ahead = Vec::new();
+        if off == self.last_read_end && off > 0 {
+            let f = fetcher(gvs, &rec.replicas);
+            let first = end.div_ceil(bs);
+            let last = size.div_ceil(bs).min(first + crate::READ_AHEAD_BLOCKS);
+            for b in first..last {
+                if !self.dirty.contains_key(&b) {
+                    if let Some(id) = self.map(gvs, rec)?.get(b, &f)? {
+                        ahead.push(id);
+                    }
+                }
+            }
+        }
+        self.last_read_end = end;
+        Ok((out, ahead))
+    }
+
+    /// Takes the write lease if this node does not hold it: asks the
+    /// holder to hand it over and waits (or for the holder's lease to end).
+    pub fn ensure_lease(&mut self, gvs: &Gvs, rec: &Inode) -> Result<()> {
+        if self.epoch.is_some() {
+            return Ok(());
+        }
+        let lk = meta::lease_key(self.ino);
+        let rk = meta::lease_req_key(self.ino);
+        let deadline = Instant::now() + LEASE_WAIT;
+        let mut asked = false;
+        loop {
+            let rev = gvs.mirror.rev();
+            match gvs.mirror.get(&lk) {
+                None => {
+                    let mut success = vec![Op::Put { key: lk.clone().into_bytes(), value: gvs.me.clone().into_bytes(), lease: gvs.lease() }];
+                    if asked {
+                        success.push(Op::Delete { key: rk.clone().into_bytes() });
+                    }
+                    let t = Txn {
+                        compare: vec![
+                            Compare { key: lk.clone().into_bytes(), target: CompareTarget::Exists(false) },
+                            Compare { key: meta::ino_key(self.ino).into_bytes(), target: CompareTarget::Exists(true) },
+                        ],
+                        success,
+                        failure: vec![],
+                    };
+                    match gvs.rt.block_on(gvs.client.txn(t)) {
+                        Ok(r) if r.succeeded => {
+                            settle(&gvs.mirror, r.revision);
+                            self.epoch = Some(r.revision);
+                            // Start from the committed state.
+                            let (fresh, _) = gvs.inode(self.ino)?;
+                            let f = fetcher(gvs, &fresh.replicas);
+                            self.map = Some((fresh.root, BlockMap::load(fresh.root, &f)?));
+                            self.dirty.clear();
+                            self.pending_size = None;
+                            self.map_changed = false;
+                            tracing::info!("volume {:#x}: write lease taken, epoch {}", self.ino, r.revision);
+                            return Ok(());
+                        }
+                        Ok(_) => {
+                            if gvs.mirror.get(&meta::ino_key(self.ino)).is_none() {
+                                return Err(GvsError::NotFound);
+                            }
+                        }
+                        Err(metad::ClientError::Unknown(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Some(_) if !asked => {
+                    gvs.rt.block_on(gvs.client.put(rk.as_bytes(), gvs.me.as_bytes()))?;
+                    asked = true;
+                }
+                Some(_) => gvs.mirror.wait_change(rev, Duration::from_millis(200)),
+            }
+            if Instant::now() > deadline {
+                let holder = gvs.mirror.get(&lk).map(|v| String::from_utf8_lossy(&v.value).into_owned()).unwrap_or_default();
+                let _ = rec;
+                return Err(GvsError::Conflict(format!("the write lease of volume {:#x} is held by {holder}", self.ino)));
+            }
+        }
+    }
+
+    fn dirty_block(&mut self, gvs: &Gvs, rec: &Inode, b: u64) -> Result<&mut Vec<u8>> {
+        if !self.dirty.contains_key(&b) {
+            let mut data = self.block(gvs, rec, b)?.to_vec();
+            data.resize(rec.block_size as usize, 0);
+            self.dirty.insert(b, data);
+        }
+        Ok(self.dirty.get_mut(&b).expect("inserted"))
+    }
+
+    /// Buffers a write (the lease must be held).
+    pub fn write(&mut self, gvs: &Gvs, rec: &Inode, off: u64, data: &[u8]) -> Result<()> {
+        let end = off.checked_add(data.len() as u64).ok_or(GvsError::TooLarge)?;
+        if end > crate::MAX_VOLUME_SIZE {
+            return Err(GvsError::TooLarge);
+        }
+        let bs = rec.block_size as u64;
+        let mut pos = off;
+        let mut src = data;
+        while !src.is_empty() {
+            let b = pos / bs;
+            let within = (pos % bs) as usize;
+            let n = (bs as usize - within).min(src.len());
+            if within == 0 && n == bs as usize {
+                self.dirty.insert(b, src[..n].to_vec());
+            } else {
+                self.dirty_block(gvs, rec, b)?[within..within + n].copy_from_slice(&src[..n]);
+            }
+            src = &src[n..];
+            pos += n as u64;
+        }
+        if end > self.size(rec) {
+            self.pending_size = Some(end);
+        }
+        Ok(())
+    }
+
+    /// Zeroes `[off, off+len)` without changing the size, dropping whole
+    /// blocks to holes (punch hole; also a shrinking truncate's tail).
+    pub fn zero_range(&mut self, gvs: &Gvs, rec: &Inode, off: u64, len: u64) -> Result<()> {
+        let bs = rec.block_size as u64;
+        let end = off.saturating_add(len);
+        let mut pos = off;
+        while pos < end {
+            let b = pos / bs;
+            let within = pos % bs;
+            let n = (bs - within).min(end - pos);
+            if n == bs {
+                self.dirty.remove(&b);
+                let f = fetcher(gvs, &rec.replicas);
+                self.map(gvs, rec)?.set(b, None, &f)?;
+                self.map_changed = true;
+            } else {
+                let f = fetcher(gvs, &rec.replicas);
+                let has = self.dirty.contains_key(&b) || self.map(gvs, rec)?.get(b, &f)?.is_some();
+                if has {
+                    self.dirty_block(gvs, rec, b)?[within as usize..(within + n) as usize].fill(0);
+                }
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Sets the size (the lease must be held): grows sparsely, or drops
+    /// every block past the end and zeroes the tail of the last one.
+    pub fn truncate(&mut self, gvs: &Gvs, rec: &Inode, size: u64) -> Result<()> {
+        if size > crate::MAX_VOLUME_SIZE {
+            return Err(GvsError::TooLarge);
+        }
+        let old = self.size(rec);
+        if size < old {
+            let bs = rec.block_size as u64;
+            let keep = size.div_ceil(bs);
+            self.dirty.retain(|b, _| *b < keep);
+            let f = fetcher(gvs, &rec.replicas);
+            self.map(gvs, rec)?.truncate(keep, &f)?;
+            self.map_changed = true;
+            if size % bs != 0 {
+                self.zero_range(gvs, rec, size, bs - size % bs)?;
+            }
+        }
+        self.pending_size = Some(size);
+        Ok(())
+    }
+
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `off`; `None`: no data past `off`.
+    pub fn seek(&mut self, gvs: &Gvs, rec: &Inode, off: u64, data: bool) -> Result<Option<u64>> {
+        let size = self.size(rec);
+        if off >= size {
+            return Ok(None);
+        }
+        let bs = rec.block_size as u64;
+        let f = fetcher(gvs, &rec.replicas);
+        let b = off / bs;
+        let dirty: Vec<u64> = self.dirty.keys().copied().collect();
+        let map = self.map(gvs, rec)?;
+        if data {
+            let mut next = map.next_data(b, &f)?;
+            if let Some(d) = dirty.iter().find(|d| **d >= b) {
+                next = Some(next.map_or(*d, |n| n.min(*d)));
+            }
+            Ok(next.map(|n| (n * bs).max(off)).filter(|p| *p < size))
+        } else {
+            let mut h = b;
+            loop {
+                let mh = map.next_hole(h, &f)?;
+                if dirty.binary_search(&mh).is_ok() {
+                    h = mh + 1;
+                    continue;
+                }
+                return Ok(Some((mh * bs).max(off).min(size)));
+            }
+        }
+    }
+
+    /// Whether there is anything to commit.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || self.pending_size.is_some() || self.map_changed
+    }
+
+    /// Bytes buffered.
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty.values().map(|d| d.len()).sum()
+    }
+
+    /// Drops the local state after losing the lease.
+    fn fence(&mut self) {
+        self.dirty.clear();
+        self.pending_size = None;
+        self.map_changed = false;
+        self.map = None;
+        self.epoch = None;
+        self.gen += 1;
+    }
+
+    /// Pushes the dirty blocks to every live replica and commits the new
+    /// root in metad, fenced by the lease epoch. A fenced writer's data is
+    /// dropped and it gets [`GvsError::Fenced`].
+    pub fn commit(&mut self, gvs: &Gvs) -> Result<()> {
+        if !self.is_dirty() {
+            return Ok(());
+        }
+        let Some(epoch) = self.epoch else {
+            self.fence();
+            return Err(GvsError::Fenced(self.ino));
+        };
+        let lk = meta::lease_key(self.ino);
+        if gvs.mirror.get(&lk).map(|v| v.mod_rev) != Some(epoch) {
+            tracing::warn!("volume {:#x}: lease epoch {epoch} lost; dropping uncommitted data", self.ino);
+            self.fence();
+            return Err(GvsError::Fenced(self.ino));
+        }
+        let (rec, _) = gvs.inode(self.ino)?;
+        let mut chunks: NewChunks = Vec::new();
+        let f = fetcher(gvs, &rec.replicas);
+        let dirty = std::mem::take(&mut self.dirty);
+        let restore = dirty.clone();
+        {
+            let map = self.map(gvs, &rec)?;
+            for (b, data) in dirty {
+                if data.iter().all(|x| *x == 0) {
+                    map.set(b, None, &f)?;
+                } else {
+                    let id = ChunkId::of(&data);
+                    map.set(b, Some(id), &f)?;
+                    chunks.push((id, Arc::new(data)));
+                }
+            }
+        }
+        let (root, map_chunks) = self.map.as_mut().expect("loaded").1.commit()?;
+        chunks.extend(map_chunks);
+        let written = self.map.as_ref().expect("loaded").1.written();
+        let missing = match push(gvs, &rec.replicas, &chunks) {
+            Ok(m) => m,
+            Err(e) => {
+                self.dirty = restore;
+                return Err(e);
+            }
+        };
+        {
+            let mut cache = gvs.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, d) in &chunks {
+                cache.put(*id, d.clone());
+            }
+        }
+        let size = self.pending_size.unwrap_or(rec.size);
+        for _ in 0..20 {
+            let (mut cur, rev) = gvs.inode(self.ino)?;
+            cur.root = root;
+            cur.size = size;
+            cur.written = written;
+            cur.mtime = meta::now();
+            cur.ctime = cur.mtime;
+            cur.degraded |= !missing.is_empty();
+            let mut success = vec![Op::Put { key: meta::ino_key(self.ino).into_bytes(), value: cur.encode(), lease: 0 }];
+            for m in &missing {
+                success.push(Op::Put { key: meta::missing_key(m, self.ino).into_bytes(), value: Vec::new(), lease: 0 });
+            }
+            let t = Txn {
+                compare: vec![
+                    Compare { key: lk.clone().into_bytes(), target: CompareTarget::ModRev(epoch) },
+                    Compare { key: meta::ino_key(self.ino).into_bytes(), target: CompareTarget::ModRev(rev) },
+                ],
+                success,
+                failure: vec![],
+            };
+            let r = gvs.rt.block_on(gvs.client.txn(t));
+            match r {
+                Ok(r) if r.succeeded => {
+                    settle(&gvs.mirror, r.revision);
+                    self.map.as_mut().expect("loaded").0 = root;
+                    self.pending_size = None;
+                    self.map_changed = false;
+                    return Ok(());
+                }
+                Ok(r) => {
+                    gvs.mirror.wait_rev(r.revision, Duration::from_secs(2));
+                    if gvs.mirror.get(&lk).map(|v| v.mod_rev) != Some(epoch) {
+                        tracing::warn!("volume {:#x}: fenced at commit (epoch {epoch})", self.ino);
+                        self.fence();
+                        return Err(GvsError::Fenced(self.ino));
+                    }
+                    if gvs.mirror.get(&meta::ino_key(self.ino)).is_none() {
+                        return Err(GvsError::NotFound);
+                    }
+                }
+                Err(e) => {
+                    // The outcome may be unknown: keep the map; the next
+                    // commit writes the same root again.
+                    self.map_changed = true;
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(GvsError::Conflict(format!("commit of volume {:#x}: the record kept changing", self.ino)))
+    }
+
+    /// Hands the lease over to a node that asked: commit, then release.
+    pub fn hand_over(&mut self, gvs: &Gvs) {
+        let Some(epoch) = self.epoch else { return };
+        if let Err(e) = self.commit(gvs) {
+            tracing::warn!("volume {:#x}: commit before handing the lease over: {e}", self.ino);
+        }
+        let lk = meta::lease_key(self.ino);
+        let t = Txn {
+            compare: vec![Compare { key: lk.clone().into_bytes(), target: CompareTarget::ModRev(epoch) }],
+            success: vec![Op::Delete { key: lk.into_bytes() }, Op::Delete { key: meta::lease_req_key(self.ino).into_bytes() }],
+            failure: vec![],
+        };
+        match gvs.rt.block_on(gvs.client.txn(t)) {
+            Ok(r) => settle(&gvs.mirror, r.revision),
+            Err(e) => tracing::warn!("volume {:#x}: releasing the lease: {e}", self.ino),
+        }
+        tracing::info!("volume {:#x}: write lease handed over", self.ino);
+        self.fence();
+    }
+}
+
+/// Stores `chunks` on every live replica in parallel (locally when this
+/// node is one). Returns the replicas that missed them; fails only when
+/// no replica took them.
+fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result<Vec<String>> {
+    if chunks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let nodes: HashMap<String, NodeInfo> = gvs.nodes().into_iter().collect();
+    let mut missing = Vec::new();
+    let mut ok = 0;
+    let local = replicas.iter().any(|r| *r == gvs.me);
+    let remote: Vec<(String, String)> = replicas
+        .iter()
+        .filter(|r| **r != gvs.me)
+        .filter_map(|r| match nodes.get(r) {
+            Some(n) => Some((r.clone(), n.addr.clone())),
+            None => {
+                missing.push(r.clone());
+                None
+            }
+        })
+        .collect();
+    // One thread per replica: the pushes run in parallel.
+    let results: Vec<(String, Result<()>)> = std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for (name, addr) in &remote {
+            handles.push(scope.spawn(move || (name.clone(), gvs.rt.block_on(gvs.peers.put(addr, chunks)))));
+        }
+        if local {
+            handles.push(scope.spawn(|| (gvs.me.clone(), gvs.store.put_many(chunks, true))));
+        }
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    for (name, r) in results {
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                tracing::warn!("replica {name} missed a commit: {e}");
+                missing.push(name);
+            }
+        }
+    }
+    if ok == 0 {
+        return Err(GvsError::Peer { peer: replicas.join(","), why: "no replica is reachable".into() });
+    }
+    Ok(missing)
+}
