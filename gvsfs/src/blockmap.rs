@@ -53,7 +53,11 @@ impl BlockMap {
         let mut m = BlockMap::default();
         if let Some(r) = root {
             let idx: Index = decode_chunk(&r, &fetch(&r)?)?;
-            m.index = idx.pages.into_iter().map(|(p, id, n)| (p, (id, n))).collect();
+            m.index = idx
+                .pages
+                .into_iter()
+                .map(|(p, id, n)| (p, (id, n)))
+                .collect();
         }
         Ok(m)
     }
@@ -61,7 +65,10 @@ impl BlockMap {
     fn page(&mut self, p: u64, fetch: Fetch) -> Result<&mut BTreeMap<u32, ChunkId>> {
         if !self.loaded.contains_key(&p) {
             let slots = match self.index.get(&p) {
-                Some((id, _)) => decode_chunk::<Page>(id, &fetch(id)?)?.slots.into_iter().collect(),
+                Some((id, _)) => decode_chunk::<Page>(id, &fetch(id)?)?
+                    .slots
+                    .into_iter()
+                    .collect(),
                 None => BTreeMap::new(),
             };
             self.loaded.insert(p, slots);
@@ -71,10 +78,15 @@ impl BlockMap {
 
     /// The chunk of block `b`, `None` for a hole.
     pub fn get(&mut self, b: u64, fetch: Fetch) -> Result<Option<ChunkId>> {
-        if !self.loaded.contains_key(&(b / PAGE_SLOTS)) && !self.index.contains_key(&(b / PAGE_SLOTS)) {
+        if !self.loaded.contains_key(&(b / PAGE_SLOTS))
+            && !self.index.contains_key(&(b / PAGE_SLOTS))
+        {
             return Ok(None);
         }
-        Ok(self.page(b / PAGE_SLOTS, fetch)?.get(&((b % PAGE_SLOTS) as u32)).copied())
+        Ok(self
+            .page(b / PAGE_SLOTS, fetch)?
+            .get(&((b % PAGE_SLOTS) as u32))
+            .copied())
     }
 
     /// Sets block `b` to a chunk, or to a hole.
@@ -98,9 +110,18 @@ impl BlockMap {
     /// Drops every block at or past `nblocks` (a shrinking truncate).
     pub fn truncate(&mut self, nblocks: u64, fetch: Fetch) -> Result<()> {
         let first_page = nblocks / PAGE_SLOTS;
-        let pages: BTreeSet<u64> = self.index.range(first_page..).map(|(p, _)| *p).chain(self.loaded.keys().copied().filter(|p| *p >= first_page)).collect();
+        let pages: BTreeSet<u64> = self
+            .index
+            .range(first_page..)
+            .map(|(p, _)| *p)
+            .chain(self.loaded.keys().copied().filter(|p| *p >= first_page))
+            .collect();
         for p in pages {
-            let cut = if p == first_page { (nblocks % PAGE_SLOTS) as u32 } else { 0 };
+            let cut = if p == first_page {
+                (nblocks % PAGE_SLOTS) as u32
+            } else {
+                0
+            };
             let page = self.page(p, fetch)?;
             let before = page.len();
             page.retain(|s, _| *s < cut);
@@ -113,9 +134,23 @@ impl BlockMap {
 
     /// The first block at or after `from` that holds data (SEEK_DATA), if any.
     pub fn next_data(&mut self, from: u64, fetch: Fetch) -> Result<Option<u64>> {
-        let pages: BTreeSet<u64> = self.index.range(from / PAGE_SLOTS..).map(|(p, _)| *p).chain(self.loaded.keys().copied().filter(|p| *p >= from / PAGE_SLOTS)).collect();
+        let pages: BTreeSet<u64> = self
+            .index
+            .range(from / PAGE_SLOTS..)
+            .map(|(p, _)| *p)
+            .chain(
+                self.loaded
+                    .keys()
+                    .copied()
+                    .filter(|p| *p >= from / PAGE_SLOTS),
+            )
+            .collect();
         for p in pages {
-            let start = if p == from / PAGE_SLOTS { (from % PAGE_SLOTS) as u32 } else { 0 };
+            let start = if p == from / PAGE_SLOTS {
+                (from % PAGE_SLOTS) as u32
+            } else {
+                0
+            };
             if let Some((s, _)) = self.page(p, fetch)?.range(start..).next() {
                 return Ok(Some(p * PAGE_SLOTS + *s as u64));
             }
@@ -145,7 +180,12 @@ impl BlockMap {
 
     /// How many blocks hold data (for `st_blocks`).
     pub fn written(&self) -> u64 {
-        let mut n: u64 = self.index.iter().filter(|(p, _)| !self.loaded.contains_key(p)).map(|(_, (_, c))| *c as u64).sum();
+        let mut n: u64 = self
+            .index
+            .iter()
+            .filter(|(p, _)| !self.loaded.contains_key(p))
+            .map(|(_, (_, c))| *c as u64)
+            .sum();
         n += self.loaded.values().map(|p| p.len() as u64).sum::<u64>();
         n
     }
@@ -166,7 +206,9 @@ impl BlockMap {
                 continue;
             }
             let n = slots.len() as u32;
-            let bytes = postcard::to_allocvec(&Page { slots: slots.into_iter().collect() })?;
+            let bytes = postcard::to_allocvec(&Page {
+                slots: slots.into_iter().collect(),
+            })?;
             let id = ChunkId::of(&bytes);
             new.push((id, Arc::new(bytes)));
             self.index.insert(p, (id, n));
@@ -174,7 +216,13 @@ impl BlockMap {
         if self.index.is_empty() {
             return Ok((None, new));
         }
-        let idx = Index { pages: self.index.iter().map(|(p, (id, n))| (*p, *id, *n)).collect() };
+        let idx = Index {
+            pages: self
+                .index
+                .iter()
+                .map(|(p, (id, n))| (*p, *id, *n))
+                .collect(),
+        };
         let bytes = postcard::to_allocvec(&idx)?;
         let root = ChunkId::of(&bytes);
         new.push((root, Arc::new(bytes)));
@@ -191,7 +239,13 @@ mod tests {
     struct Mem(Mutex<HashMap<ChunkId, Vec<u8>>>);
     impl Mem {
         fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>> {
-            Ok(self.0.lock().unwrap().get(id).cloned().expect("chunk present"))
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .get(id)
+                .cloned()
+                .expect("chunk present"))
         }
         fn keep(&self, c: NewChunks) {
             for (id, d) in c {

@@ -80,7 +80,10 @@ impl ChunkStore {
         match self.db.get(id.0)? {
             Some(v) if id.verifies(&v) => Ok(Some(v)),
             Some(_) => {
-                tracing::warn!("chunk {} is corrupt in the local store; dropping it", id.hex());
+                tracing::warn!(
+                    "chunk {} is corrupt in the local store; dropping it",
+                    id.hex()
+                );
                 self.db.delete(id.0)?;
                 Ok(None)
             }
@@ -96,7 +99,9 @@ impl ChunkStore {
     /// Bytes used by the store on disk (SST and blob files), for statfs.
     pub fn used_bytes(&self) -> u64 {
         let p = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
-        p("rocksdb.total-sst-files-size") + p("rocksdb.total-blob-file-size") + p("rocksdb.cur-size-all-mem-tables")
+        p("rocksdb.total-sst-files-size")
+            + p("rocksdb.total-blob-file-size")
+            + p("rocksdb.cur-size-all-mem-tables")
     }
 }
 
@@ -133,10 +138,14 @@ mod tests {
         // Reopens with its data.
         let s = ChunkStore::open(&dir).unwrap();
         let other = Arc::new(b"x".to_vec());
-        s.put_many(&[(ChunkId::of(&other), other.clone())], false).unwrap();
+        s.put_many(&[(ChunkId::of(&other), other.clone())], false)
+            .unwrap();
         drop(s);
         let s = ChunkStore::open(&dir).unwrap();
-        assert_eq!(s.get(&ChunkId::of(&other)).unwrap().as_deref(), Some(&b"x"[..]));
+        assert_eq!(
+            s.get(&ChunkId::of(&other)).unwrap().as_deref(),
+            Some(&b"x"[..])
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

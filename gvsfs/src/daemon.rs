@@ -50,12 +50,16 @@ pub struct MountArgs {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Capacity and free bytes of the file system holding `dir`.
 fn capacity(dir: &Path) -> (u64, u64) {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return (0, 0) };
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return (0, 0);
+    };
     // SAFETY: statvfs fills the struct it is given; the path is a valid C string.
     unsafe {
         let mut s: libc::statvfs = std::mem::zeroed();
@@ -68,7 +72,9 @@ fn capacity(dir: &Path) -> (u64, u64) {
 
 async fn register(gvs: &Gvs, info: &NodeInfo) -> anyhow::Result<u64> {
     let lease = gvs.client.lease_grant(NODE_TTL).await?;
-    gvs.client.put_with_lease(meta::node_key(&gvs.me), info.encode(), lease).await?;
+    gvs.client
+        .put_with_lease(meta::node_key(&gvs.me), info.encode(), lease)
+        .await?;
     gvs.node_lease.store(lease, Ordering::SeqCst);
     Ok(lease)
 }
@@ -79,14 +85,24 @@ async fn keep_registered(gvs: Arc<Gvs>, data_dir: PathBuf, addr: String) {
     loop {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let (cap, free) = capacity(&data_dir);
-        let info = NodeInfo { addr: addr.clone(), capacity: cap, free };
+        let info = NodeInfo {
+            addr: addr.clone(),
+            capacity: cap,
+            free,
+        };
         let lease = gvs.lease();
         match gvs.client.lease_keepalive(lease).await {
             Ok(_) => {
                 // Refresh the free space when it moved by a GiB (each
                 // write is an event on every node).
                 let changed = last_free.is_none_or(|l: u64| l.abs_diff(free) > 1 << 30);
-                if changed && gvs.client.put_with_lease(meta::node_key(&gvs.me), info.encode(), lease).await.is_ok() {
+                if changed
+                    && gvs
+                        .client
+                        .put_with_lease(meta::node_key(&gvs.me), info.encode(), lease)
+                        .await
+                        .is_ok()
+                {
                     last_free = Some(free);
                 }
             }
@@ -111,22 +127,43 @@ fn unmount_stale(mountpoint: &Path) {
 
 /// Runs `gvsfs mount` until unmounted or signalled.
 pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyhow::Result<()> {
-    let secret = Secret::load(secret_file).with_context(|| format!("reading the cluster secret {}", secret_file.display()))?;
+    let secret = Secret::load(secret_file)
+        .with_context(|| format!("reading the cluster secret {}", secret_file.display()))?;
     let me = args.node_name.clone().unwrap_or_else(hostname);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
-    let store = ChunkStore::open(&args.data_dir.join("chunks")).context("opening the chunk store")?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(&args.listen)).with_context(|| format!("listening on {}", args.listen))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?;
+    let store =
+        ChunkStore::open(&args.data_dir.join("chunks")).context("opening the chunk store")?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&args.listen))
+        .with_context(|| format!("listening on {}", args.listen))?;
     let port = listener.local_addr()?.port();
-    let advertise = args.advertise.clone().unwrap_or_else(|| format!("{me}:{port}"));
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("{me}:{port}"));
     rt.spawn(crate::net::serve(listener, store.clone(), secret.clone()));
 
     let client = Arc::new(Client::new(ClientConfig::new(endpoints, secret.clone())));
     let cache_chunks = (args.cache_mb << 20) / crate::DEFAULT_BLOCK_SIZE as usize;
-    let gvs = Arc::new(Gvs::new(me.clone(), client, store, crate::net::Peers::new(secret), cache_chunks, rt.handle().clone()));
+    let gvs = Arc::new(Gvs::new(
+        me.clone(),
+        client,
+        store,
+        crate::net::Peers::new(secret),
+        cache_chunks,
+        rt.handle().clone(),
+    ));
 
     // metad may be starting beside us: wait for it.
     let (cap, free) = capacity(&args.data_dir);
-    let info = NodeInfo { addr: advertise.clone(), capacity: cap, free };
+    let info = NodeInfo {
+        addr: advertise.clone(),
+        capacity: cap,
+        free,
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let r = rt.block_on(async {
@@ -146,20 +183,34 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
         }
     }
     tracing::info!("node {me} registered, chunk server at {advertise}");
-    rt.spawn(keep_registered(gvs.clone(), args.data_dir.clone(), advertise));
+    rt.spawn(keep_registered(
+        gvs.clone(),
+        args.data_dir.clone(),
+        advertise,
+    ));
 
     // A predecessor killed without unmounting leaves a dead mount behind.
     unmount_stale(&args.mountpoint);
-    std::fs::create_dir_all(&args.mountpoint).with_context(|| format!("creating {}", args.mountpoint.display()))?;
+    std::fs::create_dir_all(&args.mountpoint)
+        .with_context(|| format!("creating {}", args.mountpoint.display()))?;
 
     let mut config = Config::default();
-    config.mount_options =
-        vec![MountOption::FSName("gvs".into()), MountOption::Subtype("gvsfs".into()), MountOption::DefaultPermissions, MountOption::NoDev, MountOption::NoSuid];
+    config.mount_options = vec![
+        MountOption::FSName("gvs".into()),
+        MountOption::Subtype("gvsfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
     config.acl = SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::Session::new(GvsFs::new(gvs.clone(), args.writeback), &args.mountpoint, &config)
-        .with_context(|| format!("mounting {}", args.mountpoint.display()))?;
+    let session = fuser::Session::new(
+        GvsFs::new(gvs.clone(), args.writeback),
+        &args.mountpoint,
+        &config,
+    )
+    .with_context(|| format!("mounting {}", args.mountpoint.display()))?;
     let inval: Arc<Mutex<Option<mpsc::Sender<Inval>>>> = Arc::default();
     let (tx, rx) = mpsc::channel();
     let notifier = session.notifier();
@@ -198,7 +249,13 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
     if signalled {
         tracing::info!("stopping: committing buffered data and unmounting");
     }
-    let vols: Vec<_> = gvs.volumes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+    let vols: Vec<_> = gvs
+        .volumes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
     for v in vols {
         if let Err(e) = v.lock().unwrap_or_else(|e| e.into_inner()).commit(&gvs) {
             tracing::warn!("commit at shutdown: {e}");

@@ -11,9 +11,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use metad::{Event, EventKind};
 
@@ -55,18 +56,26 @@ fn time(ns: i64) -> SystemTime {
 fn nanos(t: TimeOrNow) -> i64 {
     match t {
         TimeOrNow::Now => meta::now(),
-        TimeOrNow::SpecificTime(t) => t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+        TimeOrNow::SpecificTime(t) => t
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64),
     }
 }
 
 fn name_str(name: &OsStr) -> Result<&str> {
-    name.to_str().ok_or_else(|| GvsError::Invalid("names must be UTF-8".into()))
+    name.to_str()
+        .ok_or_else(|| GvsError::Invalid("names must be UTF-8".into()))
 }
 
 impl GvsFs {
     /// The file system over a node's context.
     pub fn new(gvs: Arc<Gvs>, writeback: bool) -> GvsFs {
-        GvsFs { gvs, fhs: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1), writeback }
+        GvsFs {
+            gvs,
+            fhs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            writeback,
+        }
     }
 
     fn attr(&self, ino: u64, rec: &Inode) -> FileAttr {
@@ -109,20 +118,34 @@ impl GvsFs {
 
     fn new_fh(&self, _ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.fhs.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Fh { gen: None });
+        self.fhs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, Fh { gen: None });
         fh
     }
 
     /// Runs `f` on the volume with its write lease held, checking that the
     /// handle `fh` (if any) was not fenced since it last wrote.
-    fn with_lease<T>(&self, ino: u64, fh: Option<u64>, f: impl FnOnce(&mut crate::volume::Volume, &Inode) -> Result<T>) -> Result<T> {
+    fn with_lease<T>(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        f: impl FnOnce(&mut crate::volume::Volume, &Inode) -> Result<T>,
+    ) -> Result<T> {
         let (rec, _) = self.gvs.inode(ino)?;
         if rec.kind != Kind::File {
             return Err(GvsError::IsDir);
         }
         let vol = self.gvs.volume(ino);
         let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
-        let prior = fh.and_then(|fh| self.fhs.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).and_then(|h| h.gen));
+        let prior = fh.and_then(|fh| {
+            self.fhs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&fh)
+                .and_then(|h| h.gen)
+        });
         if let Some(g) = prior {
             if g != v.gen {
                 return Err(GvsError::Fenced(ino));
@@ -130,7 +153,12 @@ impl GvsFs {
         }
         v.ensure_lease(&self.gvs, &rec)?;
         if let Some(fh) = fh {
-            if let Some(h) = self.fhs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&fh) {
+            if let Some(h) = self
+                .fhs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&fh)
+            {
                 h.gen = Some(v.gen);
             }
         }
@@ -143,9 +171,17 @@ impl GvsFs {
     }
 
     fn commit(&self, ino: u64, fh: Option<u64>) -> Result<()> {
-        let Some(vol) = self.gvs.volume_if_any(ino) else { return Ok(()) };
+        let Some(vol) = self.gvs.volume_if_any(ino) else {
+            return Ok(());
+        };
         let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
-        let prior = fh.and_then(|fh| self.fhs.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).and_then(|h| h.gen));
+        let prior = fh.and_then(|fh| {
+            self.fhs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&fh)
+                .and_then(|h| h.gen)
+        });
         if let Some(g) = prior {
             if g != v.gen {
                 return Err(GvsError::Fenced(ino));
@@ -154,7 +190,16 @@ impl GvsFs {
         v.commit(&self.gvs)
     }
 
-    fn new_node(&self, req: &Request, parent: INodeNo, name: &OsStr, kind: Kind, mode: u32, umask: u32, target: Option<&Path>) -> Result<FileAttr> {
+    fn new_node(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        kind: Kind,
+        mode: u32,
+        umask: u32,
+        target: Option<&Path>,
+    ) -> Result<FileAttr> {
         let name = name_str(name)?;
         let mut rec = Inode::new(kind, (mode & !umask & 0o7777) as u16, req.uid(), req.gid());
         if let Some(t) = target {
@@ -178,7 +223,9 @@ impl GvsFs {
         let v = match name {
             "gvs.mirrors" => rec.mirrors.to_string(),
             "gvs.replicas" => rec.replicas.join(","),
-            "gvs.state" if rec.kind == Kind::File => (if rec.degraded { "degraded" } else { "in-sync" }).to_string(),
+            "gvs.state" if rec.kind == Kind::File => {
+                (if rec.degraded { "degraded" } else { "in-sync" }).to_string()
+            }
             "gvs.block_size" => rec.block_size.to_string(),
             _ => return Err(GvsError::NoAttr),
         };
@@ -186,20 +233,35 @@ impl GvsFs {
     }
 
     fn set_gvs_xattr(&self, ino: u64, name: &str, value: &[u8]) -> Result<()> {
-        let text = std::str::from_utf8(value).unwrap_or("").trim().trim_end_matches('\0');
+        let text = std::str::from_utf8(value)
+            .unwrap_or("")
+            .trim()
+            .trim_end_matches('\0');
         match name {
             "gvs.block_size" => {
-                let bs: u32 = text.parse().map_err(|_| GvsError::Invalid(format!("gvs.block_size {text:?} is not a number")))?;
+                let bs: u32 = text.parse().map_err(|_| {
+                    GvsError::Invalid(format!("gvs.block_size {text:?} is not a number"))
+                })?;
                 if !bs.is_power_of_two() || !(4096..=crate::MAX_BLOCK_SIZE).contains(&bs) {
-                    return Err(GvsError::Invalid(format!("gvs.block_size must be a power of two in 4096..={}, not {bs}", crate::MAX_BLOCK_SIZE)));
+                    return Err(GvsError::Invalid(format!(
+                        "gvs.block_size must be a power of two in 4096..={}, not {bs}",
+                        crate::MAX_BLOCK_SIZE
+                    )));
                 }
-                let dirty = self.gvs.volume_if_any(ino).is_some_and(|v| v.lock().unwrap_or_else(|e| e.into_inner()).is_dirty());
+                let dirty = self
+                    .gvs
+                    .volume_if_any(ino)
+                    .is_some_and(|v| v.lock().unwrap_or_else(|e| e.into_inner()).is_dirty());
                 if dirty {
-                    return Err(GvsError::Invalid("gvs.block_size can only be set before the volume holds data".into()));
+                    return Err(GvsError::Invalid(
+                        "gvs.block_size can only be set before the volume holds data".into(),
+                    ));
                 }
                 self.gvs.update_inode(ino, |i| {
                     if i.kind == Kind::File && (i.root.is_some() || i.size > 0) {
-                        return Err(GvsError::Invalid("gvs.block_size can only be set before the volume holds data".into()));
+                        return Err(GvsError::Invalid(
+                            "gvs.block_size can only be set before the volume holds data".into(),
+                        ));
                     }
                     i.block_size = bs;
                     i.ctime = meta::now();
@@ -210,13 +272,23 @@ impl GvsFs {
                 }
             }
             "gvs.mirrors" => {
-                let r: u32 = text.parse().map_err(|_| GvsError::Invalid(format!("gvs.mirrors {text:?} is not a number")))?;
+                let r: u32 = text.parse().map_err(|_| {
+                    GvsError::Invalid(format!("gvs.mirrors {text:?} is not a number"))
+                })?;
                 let (rec, _) = self.gvs.inode(ino)?;
-                let replicas = if rec.kind == Kind::File { self.gvs.placement(ino, r)? } else { self.gvs.placement(ino, r).map(|_| Vec::new())? };
+                let replicas = if rec.kind == Kind::File {
+                    self.gvs.placement(ino, r)?
+                } else {
+                    self.gvs.placement(ino, r).map(|_| Vec::new())?
+                };
                 let me = self.gvs.me.clone();
                 let _ = me;
                 let updated = self.gvs.update_inode(ino, |i| {
-                    let added: Vec<String> = replicas.iter().filter(|n| !i.replicas.contains(n)).cloned().collect();
+                    let added: Vec<String> = replicas
+                        .iter()
+                        .filter(|n| !i.replicas.contains(n))
+                        .cloned()
+                        .collect();
                     if i.root.is_some() && !added.is_empty() {
                         // The new mirrors hold nothing yet: the repair fills them.
                         i.degraded = true;
@@ -231,12 +303,16 @@ impl GvsFs {
                 if updated.degraded {
                     for n in &updated.replicas {
                         if !rec.replicas.contains(n) {
-                            self.gvs.rt.block_on(self.gvs.client.put(meta::missing_key(n, ino), Vec::new()))?;
+                            self.gvs.rt.block_on(
+                                self.gvs.client.put(meta::missing_key(n, ino), Vec::new()),
+                            )?;
                         }
                     }
                 }
             }
-            "gvs.replicas" | "gvs.state" => return Err(GvsError::Invalid(format!("{name} is read-only"))),
+            "gvs.replicas" | "gvs.state" => {
+                return Err(GvsError::Invalid(format!("{name} is read-only")))
+            }
             _ => return Err(GvsError::Invalid(format!("unknown attribute {name}"))),
         }
         Ok(())
@@ -259,7 +335,10 @@ macro_rules! tri {
             Ok(v) => v,
             Err(e) => {
                 let e: GvsError = e;
-                if !matches!(e, GvsError::NotFound | GvsError::NoAttr | GvsError::Exists | GvsError::NotEmpty) {
+                if !matches!(
+                    e,
+                    GvsError::NotFound | GvsError::NoAttr | GvsError::Exists | GvsError::NotEmpty
+                ) {
                     tracing::warn!("{}:{}: {e}", file!(), line!());
                 }
                 $reply.error(e.errno());
@@ -313,7 +392,11 @@ impl Filesystem for GvsFs {
     ) {
         let ino = ino.0;
         if let Some(size) = size {
-            tri!(reply, self.with_lease(ino, fh.map(|f| f.0), |v, rec| v.truncate(&self.gvs, rec, size)));
+            tri!(
+                reply,
+                self.with_lease(ino, fh.map(|f| f.0), |v, rec| v
+                    .truncate(&self.gvs, rec, size))
+            );
             tri!(reply, self.commit(ino, None));
         }
         if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
@@ -353,27 +436,77 @@ impl Filesystem for GvsFs {
         reply.data(rec.target.as_bytes());
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
         if mode & libc::S_IFMT != libc::S_IFREG {
-            tracing::info!("mknod {name:?} refused: gvsfs holds volumes, not device files, fifos or sockets");
+            tracing::info!(
+                "mknod {name:?} refused: gvsfs holds volumes, not device files, fifos or sockets"
+            );
             reply.error(Errno::EOPNOTSUPP);
             return;
         }
-        let attr = tri!(reply, self.new_node(req, parent, name, Kind::File, mode, umask, None));
+        let attr = tri!(
+            reply,
+            self.new_node(req, parent, name, Kind::File, mode, umask, None)
+        );
         reply.entry(&TTL, &attr, Generation(0));
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let attr = tri!(reply, self.new_node(req, parent, name, Kind::Dir, mode, umask, None));
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let attr = tri!(
+            reply,
+            self.new_node(req, parent, name, Kind::Dir, mode, umask, None)
+        );
         reply.entry(&TTL, &attr, Generation(0));
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let attr = tri!(reply, self.new_node(req, parent, link_name, Kind::Symlink, 0o777, 0, Some(target)));
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let attr = tri!(
+            reply,
+            self.new_node(
+                req,
+                parent,
+                link_name,
+                Kind::Symlink,
+                0o777,
+                0,
+                Some(target)
+            )
+        );
         reply.entry(&TTL, &attr, Generation(0));
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         tracing::info!("link refused: gvsfs has no hard links (use a clone)");
         reply.error(Errno::EOPNOTSUPP);
     }
@@ -390,8 +523,19 @@ impl Filesystem for GvsFs {
         reply.ok();
     }
 
-    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
             reply.error(Errno::EINVAL);
             return;
         }
@@ -400,7 +544,16 @@ impl Filesystem for GvsFs {
         if let Ok((de, _)) = self.gvs.dirent(parent.0, name) {
             tri!(reply, self.commit(de.ino, None));
         }
-        tri!(reply, self.gvs.rename(parent.0, name, newparent.0, newname, flags.contains(RenameFlags::RENAME_NOREPLACE)));
+        tri!(
+            reply,
+            self.gvs.rename(
+                parent.0,
+                name,
+                newparent.0,
+                newname,
+                flags.contains(RenameFlags::RENAME_NOREPLACE)
+            )
+        );
         reply.ok();
     }
 
@@ -413,7 +566,17 @@ impl Filesystem for GvsFs {
         reply.opened(FileHandle(self.new_fh(ino.0)), FopenFlags::empty());
     }
 
-    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
         let vol = self.gvs.volume(ino.0);
         let (data, ahead) = {
@@ -425,7 +588,11 @@ impl Filesystem for GvsFs {
             let gvs = self.gvs.clone();
             self.gvs.rt.spawn_blocking(move || {
                 for id in ahead {
-                    let cached = gvs.cache.lock().unwrap_or_else(|e| e.into_inner()).contains(&id);
+                    let cached = gvs
+                        .cache
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&id);
                     if !cached {
                         let _ = gvs.fetch(&id, &rec.replicas);
                     }
@@ -446,23 +613,53 @@ impl Filesystem for GvsFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        tri!(reply, self.with_lease(ino.0, Some(fh.0), |v, rec| v.write(&self.gvs, rec, offset, data)));
+        tri!(
+            reply,
+            self.with_lease(ino.0, Some(fh.0), |v, rec| v
+                .write(&self.gvs, rec, offset, data))
+        );
         reply.written(data.len() as u32);
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         tri!(reply, self.commit(ino.0, Some(fh.0)));
         reply.ok();
     }
 
-    fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         let r = self.commit(ino.0, Some(fh.0));
-        self.fhs.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        self.fhs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
         tri!(reply, r);
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         tri!(reply, self.commit(ino.0, Some(fh.0)));
         reply.ok();
     }
@@ -476,8 +673,18 @@ impl Filesystem for GvsFs {
         reply.opened(FileHandle(0), FopenFlags::empty());
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let mut entries: Vec<(u64, FileType, String)> = vec![(ino.0, FileType::Directory, ".".into()), (ino.0, FileType::Directory, "..".into())];
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let mut entries: Vec<(u64, FileType, String)> = vec![
+            (ino.0, FileType::Directory, ".".into()),
+            (ino.0, FileType::Directory, "..".into()),
+        ];
         for (name, de) in self.gvs.list(ino.0) {
             let kind = match de.kind {
                 Kind::Dir => FileType::Directory,
@@ -499,10 +706,28 @@ impl Filesystem for GvsFs {
         let cap: u64 = nodes.iter().map(|(_, n)| n.capacity).sum();
         let free: u64 = nodes.iter().map(|(_, n)| n.free).sum();
         let files = self.gvs.mirror.range(meta::INO_PREFIX).len() as u64;
-        reply.statfs(cap / 4096, free / 4096, free / 4096, files + 1_000_000, 1_000_000, 4096, 255, 4096);
+        reply.statfs(
+            cap / 4096,
+            free / 4096,
+            free / 4096,
+            files + 1_000_000,
+            1_000_000,
+            4096,
+            255,
+            4096,
+        );
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         let name = tri!(reply, name_str(name));
         if name.starts_with("gvs.") {
             tri!(reply, self.set_gvs_xattr(ino.0, name, value));
@@ -554,7 +779,11 @@ impl Filesystem for GvsFs {
             Kind::Dir => &["gvs.mirrors", "gvs.block_size"],
             Kind::Symlink => &[],
         };
-        for n in gvs_names.iter().map(|s| s.to_string()).chain(rec.xattrs.keys().cloned()) {
+        for n in gvs_names
+            .iter()
+            .map(|s| s.to_string())
+            .chain(rec.xattrs.keys().cloned())
+        {
             out.extend_from_slice(n.as_bytes());
             out.push(0);
         }
@@ -583,43 +812,87 @@ impl Filesystem for GvsFs {
         reply.ok();
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
             reply.error(Errno::EOPNOTSUPP);
             return;
         }
-        let attr = tri!(reply, self.new_node(req, parent, name, Kind::File, mode, umask, None));
+        let attr = tri!(
+            reply,
+            self.new_node(req, parent, name, Kind::File, mode, umask, None)
+        );
         let fh = self.new_fh(attr.ino.0);
-        reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty());
+        reply.created(
+            &TTL,
+            &attr,
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::empty(),
+        );
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         let end = offset.saturating_add(length);
-        let r = match mode {
-            0 => self.with_lease(ino.0, Some(fh.0), |v, rec| if end > v.size(rec) { v.truncate(&self.gvs, rec, end) } else { Ok(()) }),
-            libc::FALLOC_FL_KEEP_SIZE => Ok(()),
-            m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => self.with_lease(ino.0, Some(fh.0), |v, rec| {
-                let end = end.min(v.size(rec));
-                v.zero_range(&self.gvs, rec, offset, end.saturating_sub(offset))
-            }),
-            m if m & !libc::FALLOC_FL_KEEP_SIZE == libc::FALLOC_FL_ZERO_RANGE => self.with_lease(ino.0, Some(fh.0), |v, rec| {
-                let size = v.size(rec);
-                v.zero_range(&self.gvs, rec, offset, end.min(size).saturating_sub(offset))?;
-                if m & libc::FALLOC_FL_KEEP_SIZE == 0 && end > size {
-                    v.truncate(&self.gvs, rec, end)?;
+        let r =
+            match mode {
+                0 => self.with_lease(ino.0, Some(fh.0), |v, rec| {
+                    if end > v.size(rec) {
+                        v.truncate(&self.gvs, rec, end)
+                    } else {
+                        Ok(())
+                    }
+                }),
+                libc::FALLOC_FL_KEEP_SIZE => Ok(()),
+                m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => self
+                    .with_lease(ino.0, Some(fh.0), |v, rec| {
+                        let end = end.min(v.size(rec));
+                        v.zero_range(&self.gvs, rec, offset, end.saturating_sub(offset))
+                    }),
+                m if m & !libc::FALLOC_FL_KEEP_SIZE == libc::FALLOC_FL_ZERO_RANGE => self
+                    .with_lease(ino.0, Some(fh.0), |v, rec| {
+                        let size = v.size(rec);
+                        v.zero_range(&self.gvs, rec, offset, end.min(size).saturating_sub(offset))?;
+                        if m & libc::FALLOC_FL_KEEP_SIZE == 0 && end > size {
+                            v.truncate(&self.gvs, rec, end)?;
+                        }
+                        Ok(())
+                    }),
+                _ => {
+                    reply.error(Errno::EOPNOTSUPP);
+                    return;
                 }
-                Ok(())
-            }),
-            _ => {
-                reply.error(Errno::EOPNOTSUPP);
-                return;
-            }
-        };
+            };
         tri!(reply, r);
         reply.ok();
     }
 
-    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
             reply.error(Errno::EINVAL);
             return;
@@ -631,7 +904,10 @@ impl Filesystem for GvsFs {
         let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
         let vol = self.gvs.volume(ino.0);
         let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
-        match tri!(reply, v.seek(&self.gvs, &rec, offset as u64, whence == libc::SEEK_DATA)) {
+        match tri!(
+            reply,
+            v.seek(&self.gvs, &rec, offset as u64, whence == libc::SEEK_DATA)
+        ) {
             Some(p) => reply.offset(p as i64),
             None => reply.error(Errno::ENXIO),
         }
@@ -652,7 +928,9 @@ pub fn on_event(gvs: &Arc<Gvs>, inval: &Mutex<Option<mpsc::Sender<Inval>>>, e: &
         send(Inval::Inode(parent));
     } else if let Some(ino) = meta::ino_of_key(&key, meta::INO_PREFIX) {
         // Our own commits need no invalidation of our own caches.
-        let ours = gvs.volume_if_any(ino).is_some_and(|v| v.try_lock().map(|v| v.leased()).unwrap_or(false));
+        let ours = gvs
+            .volume_if_any(ino)
+            .is_some_and(|v| v.try_lock().map(|v| v.leased()).unwrap_or(false));
         if !ours || e.kind == EventKind::Delete {
             send(Inval::Inode(ino));
         }
@@ -660,7 +938,11 @@ pub fn on_event(gvs: &Arc<Gvs>, inval: &Mutex<Option<mpsc::Sender<Inval>>>, e: &
         if e.kind == EventKind::Put && e.kv.value != gvs.me.as_bytes() {
             if let Some(vol) = gvs.volume_if_any(ino) {
                 let gvs = gvs.clone();
-                std::thread::spawn(move || vol.lock().unwrap_or_else(|e| e.into_inner()).hand_over(&gvs));
+                std::thread::spawn(move || {
+                    vol.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .hand_over(&gvs)
+                });
             }
         }
     }

@@ -47,20 +47,36 @@ pub struct Gvs {
 /// A key and the value it must still have (by mod revision) for a
 /// transaction to apply.
 fn unchanged(key: &str, mod_rev: u64) -> Compare {
-    Compare { key: key.as_bytes().to_vec(), target: CompareTarget::ModRev(mod_rev) }
+    Compare {
+        key: key.as_bytes().to_vec(),
+        target: CompareTarget::ModRev(mod_rev),
+    }
 }
 
 fn put(key: &str, value: Vec<u8>) -> Op {
-    Op::Put { key: key.as_bytes().to_vec(), value, lease: 0 }
+    Op::Put {
+        key: key.as_bytes().to_vec(),
+        value,
+        lease: 0,
+    }
 }
 
 fn del(key: &str) -> Op {
-    Op::Delete { key: key.as_bytes().to_vec() }
+    Op::Delete {
+        key: key.as_bytes().to_vec(),
+    }
 }
 
 impl Gvs {
     /// A context; nothing is read yet.
-    pub fn new(me: String, client: Arc<Client>, store: ChunkStore, peers: Peers, cache_chunks: usize, rt: tokio::runtime::Handle) -> Gvs {
+    pub fn new(
+        me: String,
+        client: Arc<Client>,
+        store: ChunkStore,
+        peers: Peers,
+        cache_chunks: usize,
+        rt: tokio::runtime::Handle,
+    ) -> Gvs {
         let cap = std::num::NonZeroUsize::new(cache_chunks.max(16)).expect("nonzero");
         Gvs {
             me,
@@ -91,14 +107,27 @@ impl Gvs {
         let root = Inode::new(Kind::Dir, 0o755, 0, 0);
         let key = meta::ino_key(meta::ROOT_INO);
         let t = Txn {
-            compare: vec![Compare { key: key.clone().into_bytes(), target: CompareTarget::Exists(false) }],
-            success: vec![put(&key, root.encode()), put(meta::NEXT_INO_KEY, (meta::ROOT_INO + 1).to_string().into_bytes())],
+            compare: vec![Compare {
+                key: key.clone().into_bytes(),
+                target: CompareTarget::Exists(false),
+            }],
+            success: vec![
+                put(&key, root.encode()),
+                put(
+                    meta::NEXT_INO_KEY,
+                    (meta::ROOT_INO + 1).to_string().into_bytes(),
+                ),
+            ],
             failure: vec![],
         };
         match self.client.txn(t).await {
             Ok(_) => Ok(()),
             // Another node may have raced us; what matters is that it exists.
-            Err(metad::ClientError::Unknown(_)) if self.client.get(key.as_bytes()).await?.is_some() => Ok(()),
+            Err(metad::ClientError::Unknown(_))
+                if self.client.get(key.as_bytes()).await?.is_some() =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -110,9 +139,16 @@ impl Gvs {
             for _ in 0..100 {
                 let cur = self.rt.block_on(self.client.get(meta::NEXT_INO_KEY))?;
                 let cur_v = cur.as_ref().map(|kv| kv.value.clone());
-                let start: u64 = cur_v.as_deref().and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse().ok()).unwrap_or(meta::ROOT_INO + 1);
+                let start: u64 = cur_v
+                    .as_deref()
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(meta::ROOT_INO + 1);
                 let next = (start + INO_BATCH).to_string();
-                match self.rt.block_on(self.client.cas(meta::NEXT_INO_KEY, cur_v.as_deref(), next)) {
+                match self
+                    .rt
+                    .block_on(self.client.cas(meta::NEXT_INO_KEY, cur_v.as_deref(), next))
+                {
                     Ok(true) => {
                         *g = (start, start + INO_BATCH);
                         break;
@@ -122,7 +158,9 @@ impl Gvs {
                 }
             }
             if g.0 >= g.1 {
-                return Err(GvsError::Conflict("could not allocate inode numbers".into()));
+                return Err(GvsError::Conflict(
+                    "could not allocate inode numbers".into(),
+                ));
             }
         }
         g.0 += 1;
@@ -131,13 +169,19 @@ impl Gvs {
 
     /// An inode record with its mod revision, from the local copy.
     pub fn inode(&self, ino: u64) -> Result<(Inode, u64)> {
-        let v = self.mirror.get(&meta::ino_key(ino)).ok_or(GvsError::NotFound)?;
+        let v = self
+            .mirror
+            .get(&meta::ino_key(ino))
+            .ok_or(GvsError::NotFound)?;
         Ok((Inode::decode(&v.value)?, v.mod_rev))
     }
 
     /// A directory entry with its mod revision.
     pub fn dirent(&self, parent: u64, name: &str) -> Result<(Dirent, u64)> {
-        let v = self.mirror.get(&meta::dir_key(parent, name)).ok_or(GvsError::NotFound)?;
+        let v = self
+            .mirror
+            .get(&meta::dir_key(parent, name))
+            .ok_or(GvsError::NotFound)?;
         Ok((Dirent::decode(&v.value)?, v.mod_rev))
     }
 
@@ -147,7 +191,12 @@ impl Gvs {
         self.mirror
             .range(&prefix)
             .into_iter()
-            .filter_map(|(k, v)| Some((k[prefix.len()..].to_string(), Dirent::decode(&v.value).ok()?)))
+            .filter_map(|(k, v)| {
+                Some((
+                    k[prefix.len()..].to_string(),
+                    Dirent::decode(&v.value).ok()?,
+                ))
+            })
             .collect()
     }
 
@@ -156,15 +205,30 @@ impl Gvs {
         self.mirror
             .range(meta::NODES_PREFIX)
             .into_iter()
-            .filter_map(|(k, v)| Some((k[meta::NODES_PREFIX.len()..].to_string(), NodeInfo::decode(&v.value).ok()?)))
+            .filter_map(|(k, v)| {
+                Some((
+                    k[meta::NODES_PREFIX.len()..].to_string(),
+                    NodeInfo::decode(&v.value).ok()?,
+                ))
+            })
             .collect()
     }
 
     /// The replica set for a volume of `mirrors` copies over the live nodes.
     pub fn placement(&self, ino: u64, mirrors: u32) -> Result<Vec<String>> {
-        let nodes: Vec<Candidate> = self.nodes().into_iter().map(|(name, i)| Candidate { name, capacity: i.capacity }).collect();
+        let nodes: Vec<Candidate> = self
+            .nodes()
+            .into_iter()
+            .map(|(name, i)| Candidate {
+                name,
+                capacity: i.capacity,
+            })
+            .collect();
         if mirrors == 0 || mirrors as usize > nodes.len() {
-            return Err(GvsError::Invalid(format!("gvs.mirrors must be 1..={} (the live nodes), not {mirrors}", nodes.len())));
+            return Err(GvsError::Invalid(format!(
+                "gvs.mirrors must be 1..={} (the live nodes), not {mirrors}",
+                nodes.len()
+            )));
         }
         Ok(place(ino, &nodes, mirrors as usize))
     }
@@ -196,7 +260,14 @@ impl Gvs {
             compare: vec![unchanged(&dk, 0), unchanged(&meta::ino_key(parent), p_rev)],
             success: vec![
                 put(&meta::ino_key(ino), ino_rec.encode()),
-                put(&dk, Dirent { ino, kind: ino_rec.kind }.encode()),
+                put(
+                    &dk,
+                    Dirent {
+                        ino,
+                        kind: ino_rec.kind,
+                    }
+                    .encode(),
+                ),
                 put(&meta::ino_key(parent), np.encode()),
             ],
             failure: vec![],
@@ -210,7 +281,9 @@ impl Gvs {
         if self.mirror.get(&meta::ino_key(parent)).is_none() {
             return Err(GvsError::NotFound);
         }
-        Err(GvsError::Conflict(format!("create {name}: the directory changed meanwhile")))
+        Err(GvsError::Conflict(format!(
+            "create {name}: the directory changed meanwhile"
+        )))
     }
 
     /// Removes `name` from `parent` (a file, symlink, or an empty directory
@@ -229,16 +302,26 @@ impl Gvs {
             let dk = meta::dir_key(parent, name);
             let t = Txn {
                 compare: vec![unchanged(&dk, de_rev)],
-                success: vec![del(&dk), del(&meta::ino_key(de.ino)), del(&meta::lease_key(de.ino)), del(&meta::lease_req_key(de.ino))],
+                success: vec![
+                    del(&dk),
+                    del(&meta::ino_key(de.ino)),
+                    del(&meta::lease_key(de.ino)),
+                    del(&meta::lease_req_key(de.ino)),
+                ],
                 failure: vec![],
             };
             if self.txn(t)? {
                 self.touch_dir(parent);
-                self.volumes.lock().unwrap_or_else(|e| e.into_inner()).remove(&de.ino);
+                self.volumes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&de.ino);
                 return Ok(());
             }
         }
-        Err(GvsError::Conflict(format!("remove {name}: it kept changing")))
+        Err(GvsError::Conflict(format!(
+            "remove {name}: it kept changing"
+        )))
     }
 
     /// Updates a directory's times after a change of its entries (best effort).
@@ -252,7 +335,14 @@ impl Gvs {
 
     /// Renames atomically, replacing a destination file or empty directory
     /// unless `noreplace`.
-    pub fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, noreplace: bool) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        newparent: u64,
+        newname: &str,
+        noreplace: bool,
+    ) -> Result<()> {
         check_name(newname)?;
         for _ in 0..10 {
             let (de, de_rev) = self.dirent(parent, name)?;
@@ -261,7 +351,9 @@ impl Gvs {
                 return Err(GvsError::NotDir);
             }
             if de.kind == Kind::Dir && self.is_ancestor(de.ino, newparent) {
-                return Err(GvsError::Invalid("cannot move a directory into itself".into()));
+                return Err(GvsError::Invalid(
+                    "cannot move a directory into itself".into(),
+                ));
             }
             let sk = meta::dir_key(parent, name);
             let dk = meta::dir_key(newparent, newname);
@@ -281,16 +373,26 @@ impl Gvs {
                     match (de.kind == Kind::Dir, old.kind == Kind::Dir) {
                         (true, false) => return Err(GvsError::NotDir),
                         (false, true) => return Err(GvsError::IsDir),
-                        (true, true) if self.mirror.any_under(&meta::dir_prefix(old.ino)) => return Err(GvsError::NotEmpty),
+                        (true, true) if self.mirror.any_under(&meta::dir_prefix(old.ino)) => {
+                            return Err(GvsError::NotEmpty)
+                        }
                         _ => {}
                     }
                     compare.push(unchanged(&dk, old_rev));
-                    success.extend([del(&meta::ino_key(old.ino)), del(&meta::lease_key(old.ino)), del(&meta::lease_req_key(old.ino))]);
+                    success.extend([
+                        del(&meta::ino_key(old.ino)),
+                        del(&meta::lease_key(old.ino)),
+                        del(&meta::lease_req_key(old.ino)),
+                    ]);
                 }
                 Err(GvsError::NotFound) => compare.push(unchanged(&dk, 0)),
                 Err(e) => return Err(e),
             }
-            if self.txn(Txn { compare, success, failure: vec![] })? {
+            if self.txn(Txn {
+                compare,
+                success,
+                failure: vec![],
+            })? {
                 self.touch_dir(parent);
                 if newparent != parent {
                     self.touch_dir(newparent);
@@ -298,7 +400,9 @@ impl Gvs {
                 return Ok(());
             }
         }
-        Err(GvsError::Conflict(format!("rename {name}: it kept changing")))
+        Err(GvsError::Conflict(format!(
+            "rename {name}: it kept changing"
+        )))
     }
 
     /// Whether `a` is `d` or one of its ancestors.
@@ -311,10 +415,16 @@ impl Gvs {
             if d == meta::ROOT_INO {
                 return false;
             }
-            let parent = self.mirror.range(meta::DIR_PREFIX).into_iter().find_map(|(k, v)| {
-                let de = Dirent::decode(&v.value).ok()?;
-                (de.ino == d).then(|| meta::dirent_of_key(&k).map(|(p, _)| p)).flatten()
-            });
+            let parent = self
+                .mirror
+                .range(meta::DIR_PREFIX)
+                .into_iter()
+                .find_map(|(k, v)| {
+                    let de = Dirent::decode(&v.value).ok()?;
+                    (de.ino == d)
+                        .then(|| meta::dirent_of_key(&k).map(|(p, _)| p))
+                        .flatten()
+                });
             match parent {
                 Some(p) => d = p,
                 None => return false,
@@ -329,7 +439,11 @@ impl Gvs {
             let (mut i, rev) = self.inode(ino)?;
             f(&mut i)?;
             let k = meta::ino_key(ino);
-            let t = Txn { compare: vec![unchanged(&k, rev)], success: vec![put(&k, i.encode())], failure: vec![] };
+            let t = Txn {
+                compare: vec![unchanged(&k, rev)],
+                success: vec![put(&k, i.encode())],
+                failure: vec![],
+            };
             if self.txn(t)? {
                 return Ok(i);
             }
@@ -349,7 +463,10 @@ impl Gvs {
             None => self.fetch_remote(id, replicas)?,
         };
         let data = Arc::new(data);
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(*id, data.clone());
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(*id, data.clone());
         Ok(data)
     }
 
@@ -357,8 +474,15 @@ impl Gvs {
         let nodes: HashMap<String, NodeInfo> = self.nodes().into_iter().collect();
         // Live replicas first, then any other live node (a chunk shared by
         // a clone may live on the origin's replicas).
-        let mut order: Vec<&String> = replicas.iter().filter(|r| **r != self.me && nodes.contains_key(*r)).collect();
-        order.extend(nodes.keys().filter(|n| **n != self.me && !replicas.contains(n)));
+        let mut order: Vec<&String> = replicas
+            .iter()
+            .filter(|r| **r != self.me && nodes.contains_key(*r))
+            .collect();
+        order.extend(
+            nodes
+                .keys()
+                .filter(|n| **n != self.me && !replicas.contains(n)),
+        );
         for node in order {
             let addr = &nodes[node].addr;
             match self.rt.block_on(self.peers.get(addr, id)) {
@@ -372,12 +496,21 @@ impl Gvs {
 
     /// The local state of a volume (made on first use).
     pub fn volume(&self, ino: u64) -> Arc<Mutex<Volume>> {
-        self.volumes.lock().unwrap_or_else(|e| e.into_inner()).entry(ino).or_insert_with(|| Arc::new(Mutex::new(Volume::new(ino)))).clone()
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ino)
+            .or_insert_with(|| Arc::new(Mutex::new(Volume::new(ino))))
+            .clone()
     }
 
     /// The volume's local state if it exists already.
     pub fn volume_if_any(&self, ino: u64) -> Option<Arc<Mutex<Volume>>> {
-        self.volumes.lock().unwrap_or_else(|e| e.into_inner()).get(&ino).cloned()
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .cloned()
     }
 
     /// This node's metad lease id.

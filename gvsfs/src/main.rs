@@ -9,10 +9,21 @@ use clap::{Parser, Subcommand};
 #[command(name = "gvsfs", version, about, long_about = None)]
 struct Cli {
     /// metad members (host:port, comma separated).
-    #[arg(long, env = "METAD_ENDPOINTS", value_delimiter = ',', global = true, default_value = "127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "METAD_ENDPOINTS",
+        value_delimiter = ',',
+        global = true,
+        default_value = "127.0.0.1:2380"
+    )]
     endpoints: Vec<String>,
     /// The cluster secret (hex).
-    #[arg(long, env = "METAD_SECRET_FILE", global = true, default_value = "/etc/grid/secret")]
+    #[arg(
+        long,
+        env = "METAD_SECRET_FILE",
+        global = true,
+        default_value = "/etc/grid/secret"
+    )]
     secret_file: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -26,7 +37,11 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Mount(args) => gvsfs::daemon::run(args, cli.endpoints, &cli.secret_file),

@@ -91,7 +91,9 @@ pub type Nanos = i64;
 
 /// The current time.
 pub fn now() -> Nanos {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// An inode record: everything about a file or directory but its name.

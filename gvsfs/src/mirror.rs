@@ -39,18 +39,34 @@ impl Mirror {
     pub fn reset(&self, kvs: Vec<KeyValue>, rev: u64) -> Vec<Event> {
         let fresh: BTreeMap<String, Versioned> = kvs
             .into_iter()
-            .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), Versioned { value: kv.value, mod_rev: kv.mod_rev }))
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    Versioned {
+                        value: kv.value,
+                        mod_rev: kv.mod_rev,
+                    },
+                )
+            })
             .collect();
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut evs = Vec::new();
         for (k, v) in &g.kvs {
             if !fresh.contains_key(k) {
-                evs.push(Event { rev, kind: EventKind::Delete, kv: kv(k, &[], v.mod_rev) });
+                evs.push(Event {
+                    rev,
+                    kind: EventKind::Delete,
+                    kv: kv(k, &[], v.mod_rev),
+                });
             }
         }
         for (k, v) in &fresh {
             if g.kvs.get(k).is_none_or(|o| o.mod_rev != v.mod_rev) {
-                evs.push(Event { rev, kind: EventKind::Put, kv: kv(k, &v.value, v.mod_rev) });
+                evs.push(Event {
+                    rev,
+                    kind: EventKind::Put,
+                    kv: kv(k, &v.value, v.mod_rev),
+                });
             }
         }
         g.kvs = fresh;
@@ -65,7 +81,13 @@ impl Mirror {
         let k = String::from_utf8_lossy(&e.kv.key).into_owned();
         match e.kind {
             EventKind::Put => {
-                g.kvs.insert(k, Versioned { value: e.kv.value.clone(), mod_rev: e.kv.mod_rev });
+                g.kvs.insert(
+                    k,
+                    Versioned {
+                        value: e.kv.value.clone(),
+                        mod_rev: e.kv.mod_rev,
+                    },
+                );
             }
             EventKind::Delete => {
                 g.kvs.remove(&k);
@@ -83,7 +105,10 @@ impl Mirror {
     /// Waits until the copy is at `rev` or later; false on timeout.
     pub fn wait_rev(&self, rev: u64, timeout: Duration) -> bool {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (g, _) = self.moved.wait_timeout_while(g, timeout, |g| g.rev < rev).unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self
+            .moved
+            .wait_timeout_while(g, timeout, |g| g.rev < rev)
+            .unwrap_or_else(|e| e.into_inner());
         g.rev >= rev
     }
 
@@ -94,29 +119,52 @@ impl Mirror {
 
     /// One key.
     pub fn get(&self, key: &str) -> Option<Versioned> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).kvs.get(key).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kvs
+            .get(key)
+            .cloned()
     }
 
     /// Every key under `prefix`, in order.
     pub fn range(&self, prefix: &str) -> Vec<(String, Versioned)> {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.kvs.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        g.kvs
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Whether any key starts with `prefix`.
     pub fn any_under(&self, prefix: &str) -> bool {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.kvs.range(prefix.to_string()..).next().is_some_and(|(k, _)| k.starts_with(prefix))
+        g.kvs
+            .range(prefix.to_string()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(prefix))
     }
 }
 
 fn kv(k: &str, v: &[u8], mod_rev: u64) -> KeyValue {
-    KeyValue { key: k.as_bytes().to_vec(), value: v.to_vec(), create_rev: 0, mod_rev, version: 0, lease: 0 }
+    KeyValue {
+        key: k.as_bytes().to_vec(),
+        value: v.to_vec(),
+        create_rev: 0,
+        mod_rev,
+        version: 0,
+        lease: 0,
+    }
 }
 
 /// Loads the copy and keeps it current forever, calling `on_event` for
 /// every change after the mirror applied it (from the watch task).
-pub async fn follow(client: &Client, mirror: &Mirror, on_event: &(dyn Fn(&Event) + Send + Sync)) -> Result<()> {
+pub async fn follow(
+    client: &Client,
+    mirror: &Mirror,
+    on_event: &(dyn Fn(&Event) + Send + Sync),
+) -> Result<()> {
     loop {
         let (kvs, rev) = client.get_prefix(crate::meta::PREFIX).await?;
         for e in mirror.reset(kvs, rev) {

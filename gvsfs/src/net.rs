@@ -52,18 +52,30 @@ fn handle(store: &ChunkStore, req: Request) -> Response {
             if let Some((id, _)) = chunks.iter().find(|(id, d)| !id.verifies(d)) {
                 return Response::Err(format!("chunk {} does not match its id", id.hex()));
             }
-            let chunks: Vec<_> = chunks.into_iter().map(|(id, d)| (id, Arc::new(d))).collect();
+            let chunks: Vec<_> = chunks
+                .into_iter()
+                .map(|(id, d)| (id, Arc::new(d)))
+                .collect();
             store.put_many(&chunks, true).map(|_| Response::Ok)
         }
         Request::Get(id) => store.get(&id).map(Response::Chunk),
-        Request::Has(ids) => ids.iter().map(|id| store.has(id)).collect::<Result<Vec<_>>>().map(Response::Has),
+        Request::Has(ids) => ids
+            .iter()
+            .map(|id| store.has(id))
+            .collect::<Result<Vec<_>>>()
+            .map(Response::Has),
     };
     r.unwrap_or_else(|e| Response::Err(e.to_string()))
 }
 
 async fn serve_conn(mut s: TcpStream, store: ChunkStore, secret: Secret) -> Result<()> {
     let _ = s.set_nodelay(true);
-    accept_handshake(&mut s, &secret, |_| false).await.map_err(|e| GvsError::Peer { peer: "incoming".into(), why: e.to_string() })?;
+    accept_handshake(&mut s, &secret, |_| false)
+        .await
+        .map_err(|e| GvsError::Peer {
+            peer: "incoming".into(),
+            why: e.to_string(),
+        })?;
     loop {
         let frame = match read_frame(&mut s, MAX_FRAME).await {
             Ok(f) => f,
@@ -72,12 +84,19 @@ async fn serve_conn(mut s: TcpStream, store: ChunkStore, secret: Secret) -> Resu
         let resp = match postcard::from_bytes::<Request>(&frame) {
             Ok(req) => {
                 let st = store.clone();
-                tokio::task::spawn_blocking(move || handle(&st, req)).await.unwrap_or_else(|e| Response::Err(e.to_string()))
+                tokio::task::spawn_blocking(move || handle(&st, req))
+                    .await
+                    .unwrap_or_else(|e| Response::Err(e.to_string()))
             }
             Err(e) => Response::Err(format!("malformed request: {e}")),
         };
         let bytes = postcard::to_allocvec(&resp)?;
-        write_frame(&mut s, &bytes).await.map_err(|e| GvsError::Peer { peer: "incoming".into(), why: e.to_string() })?;
+        write_frame(&mut s, &bytes)
+            .await
+            .map_err(|e| GvsError::Peer {
+                peer: "incoming".into(),
+                why: e.to_string(),
+            })?;
         s.flush().await?;
     }
 }
@@ -111,24 +130,44 @@ pub struct Peers {
 impl Peers {
     /// A pool that authenticates with `secret`.
     pub fn new(secret: Secret) -> Peers {
-        Peers { secret, pool: Mutex::new(HashMap::new()) }
+        Peers {
+            secret,
+            pool: Mutex::new(HashMap::new()),
+        }
     }
 
     async fn connect(&self, addr: &str) -> Result<TcpStream> {
-        let err = |why: String| GvsError::Peer { peer: addr.to_string(), why };
-        let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| err("connect timed out".into()))?.map_err(|e| err(e.to_string()))?;
-        let _ = s.set_nodelay(true);
-        tokio::time::timeout(CONNECT_TIMEOUT * 2, connect_handshake(&mut s, &self.secret, Role::Client, 0))
+        let err = |why: String| GvsError::Peer {
+            peer: addr.to_string(),
+            why,
+        };
+        let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| err("handshake timed out".into()))?
+            .map_err(|_| err("connect timed out".into()))?
             .map_err(|e| err(e.to_string()))?;
+        let _ = s.set_nodelay(true);
+        tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            connect_handshake(&mut s, &self.secret, Role::Client, 0),
+        )
+        .await
+        .map_err(|_| err("handshake timed out".into()))?
+        .map_err(|e| err(e.to_string()))?;
         Ok(s)
     }
 
     /// Sends one request to `addr` and returns its answer.
     pub async fn call(&self, addr: &str, req: &Request) -> Result<Response> {
-        let err = |why: String| GvsError::Peer { peer: addr.to_string(), why };
-        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).get_mut(addr).and_then(|v| v.pop());
+        let err = |why: String| GvsError::Peer {
+            peer: addr.to_string(),
+            why,
+        };
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(addr)
+            .and_then(|v| v.pop());
         let bytes = postcard::to_allocvec(req)?;
         // A pooled connection may have been closed by a restarted peer:
         // one retry on a fresh connection.
@@ -139,16 +178,26 @@ impl Peers {
                 None => self.connect(addr).await?,
             };
             let r = tokio::time::timeout(CALL_TIMEOUT, async {
-                write_frame(&mut s, &bytes).await.map_err(|e| e.to_string())?;
+                write_frame(&mut s, &bytes)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 s.flush().await.map_err(|e| e.to_string())?;
-                read_frame(&mut s, MAX_FRAME).await.map_err(|e| e.to_string())
+                read_frame(&mut s, MAX_FRAME)
+                    .await
+                    .map_err(|e| e.to_string())
             })
             .await
             .unwrap_or_else(|_| Err("no answer in time".into()));
             match r {
                 Ok(f) => {
-                    let resp: Response = postcard::from_bytes(&f).map_err(|e| err(format!("malformed answer: {e}")))?;
-                    self.pool.lock().unwrap_or_else(|e| e.into_inner()).entry(addr.to_string()).or_default().push(s);
+                    let resp: Response = postcard::from_bytes(&f)
+                        .map_err(|e| err(format!("malformed answer: {e}")))?;
+                    self.pool
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(addr.to_string())
+                        .or_default()
+                        .push(s);
                     return Ok(resp);
                 }
                 Err(e) if attempt == 1 => return Err(err(e)),
@@ -171,7 +220,12 @@ impl Peers {
             }
             match self.call(addr, &Request::Put(batch)).await? {
                 Response::Ok => {}
-                other => return Err(GvsError::Peer { peer: addr.to_string(), why: format!("put refused: {other:?}") }),
+                other => {
+                    return Err(GvsError::Peer {
+                        peer: addr.to_string(),
+                        why: format!("put refused: {other:?}"),
+                    })
+                }
             }
         }
         Ok(())
@@ -186,7 +240,10 @@ impl Peers {
                 Ok(None)
             }
             Response::Chunk(None) => Ok(None),
-            other => Err(GvsError::Peer { peer: addr.to_string(), why: format!("get refused: {other:?}") }),
+            other => Err(GvsError::Peer {
+                peer: addr.to_string(),
+                why: format!("get refused: {other:?}"),
+            }),
         }
     }
 }
@@ -208,10 +265,16 @@ mod tests {
         let data = Arc::new(vec![3u8; 100_000]);
         let id = ChunkId::of(&data);
         peers.put(&addr, &[(id, data.clone())]).await.unwrap();
-        assert_eq!(peers.get(&addr, &id).await.unwrap().as_deref(), Some(data.as_slice()));
+        assert_eq!(
+            peers.get(&addr, &id).await.unwrap().as_deref(),
+            Some(data.as_slice())
+        );
         assert_eq!(peers.get(&addr, &ChunkId::of(b"nope")).await.unwrap(), None);
         // A chunk that does not match its id is refused.
-        let bad = peers.call(&addr, &Request::Put(vec![(id, b"forged".to_vec())])).await.unwrap();
+        let bad = peers
+            .call(&addr, &Request::Put(vec![(id, b"forged".to_vec())]))
+            .await
+            .unwrap();
         assert!(matches!(bad, Response::Err(_)));
         // A client without the secret is refused.
         let stranger = Peers::new(Secret::generate());

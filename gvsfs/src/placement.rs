@@ -25,9 +25,16 @@ fn score(volume: u64, node: &str, capacity: u64) -> f64 {
 
 /// The `r` nodes that hold `volume`, best first (fewer if fewer nodes).
 pub fn place(volume: u64, nodes: &[Candidate], r: usize) -> Vec<String> {
-    let mut scored: Vec<(f64, &str)> = nodes.iter().map(|n| (score(volume, &n.name, n.capacity), n.name.as_str())).collect();
+    let mut scored: Vec<(f64, &str)> = nodes
+        .iter()
+        .map(|n| (score(volume, &n.name, n.capacity), n.name.as_str()))
+        .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
-    scored.into_iter().take(r).map(|(_, n)| n.to_string()).collect()
+    scored
+        .into_iter()
+        .take(r)
+        .map(|(_, n)| n.to_string())
+        .collect()
 }
 
 #[cfg(test)]
@@ -35,7 +42,13 @@ mod tests {
     use super::*;
 
     fn nodes(caps: &[u64]) -> Vec<Candidate> {
-        caps.iter().enumerate().map(|(i, &c)| Candidate { name: format!("node{}", i + 1), capacity: c }).collect()
+        caps.iter()
+            .enumerate()
+            .map(|(i, &c)| Candidate {
+                name: format!("node{}", i + 1),
+                capacity: c,
+            })
+            .collect()
     }
 
     #[test]

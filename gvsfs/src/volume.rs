@@ -49,7 +49,16 @@ fn fetcher<'a>(gvs: &'a Gvs, replicas: &'a [String]) -> impl Fn(&ChunkId) -> Res
 impl Volume {
     /// Empty local state for volume `ino`.
     pub fn new(ino: u64) -> Volume {
-        Volume { ino, map: None, dirty: BTreeMap::new(), pending_size: None, map_changed: false, epoch: None, gen: 0, last_read_end: 0 }
+        Volume {
+            ino,
+            map: None,
+            dirty: BTreeMap::new(),
+            pending_size: None,
+            map_changed: false,
+            epoch: None,
+            gen: 0,
+            last_read_end: 0,
+        }
     }
 
     /// Whether this node holds the write lease.
@@ -101,7 +110,13 @@ impl Volume {
 
     /// Reads up to `len` bytes at `off`. Returns the bytes and, for a
     /// sequential reader, the chunks worth reading ahead.
-    pub fn read(&mut self, gvs: &Gvs, rec: &Inode, off: u64, len: u32) -> Result<(Vec<u8>, Vec<ChunkId>)> {
+    pub fn read(
+        &mut self,
+        gvs: &Gvs,
+        rec: &Inode,
+        off: u64,
+        len: u32,
+    ) -> Result<(Vec<u8>, Vec<ChunkId>)> {
         let size = self.size(rec);
         if off >= size {
             return Ok((Vec::new(), Vec::new()));
@@ -159,14 +174,26 @@ impl Volume {
             let rev = gvs.mirror.rev();
             match gvs.mirror.get(&lk) {
                 None => {
-                    let mut success = vec![Op::Put { key: lk.clone().into_bytes(), value: gvs.me.clone().into_bytes(), lease: gvs.lease() }];
+                    let mut success = vec![Op::Put {
+                        key: lk.clone().into_bytes(),
+                        value: gvs.me.clone().into_bytes(),
+                        lease: gvs.lease(),
+                    }];
                     if asked {
-                        success.push(Op::Delete { key: rk.clone().into_bytes() });
+                        success.push(Op::Delete {
+                            key: rk.clone().into_bytes(),
+                        });
                     }
                     let t = Txn {
                         compare: vec![
-                            Compare { key: lk.clone().into_bytes(), target: CompareTarget::Exists(false) },
-                            Compare { key: meta::ino_key(self.ino).into_bytes(), target: CompareTarget::Exists(true) },
+                            Compare {
+                                key: lk.clone().into_bytes(),
+                                target: CompareTarget::Exists(false),
+                            },
+                            Compare {
+                                key: meta::ino_key(self.ino).into_bytes(),
+                                target: CompareTarget::Exists(true),
+                            },
                         ],
                         success,
                         failure: vec![],
@@ -182,7 +209,11 @@ impl Volume {
                             self.dirty.clear();
                             self.pending_size = None;
                             self.map_changed = false;
-                            tracing::info!("volume {:#x}: write lease taken, epoch {}", self.ino, r.revision);
+                            tracing::info!(
+                                "volume {:#x}: write lease taken, epoch {}",
+                                self.ino,
+                                r.revision
+                            );
                             return Ok(());
                         }
                         Ok(_) => {
@@ -195,15 +226,23 @@ impl Volume {
                     }
                 }
                 Some(_) if !asked => {
-                    gvs.rt.block_on(gvs.client.put(rk.as_bytes(), gvs.me.as_bytes()))?;
+                    gvs.rt
+                        .block_on(gvs.client.put(rk.as_bytes(), gvs.me.as_bytes()))?;
                     asked = true;
                 }
                 Some(_) => gvs.mirror.wait_change(rev, Duration::from_millis(200)),
             }
             if Instant::now() > deadline {
-                let holder = gvs.mirror.get(&lk).map(|v| String::from_utf8_lossy(&v.value).into_owned()).unwrap_or_default();
+                let holder = gvs
+                    .mirror
+                    .get(&lk)
+                    .map(|v| String::from_utf8_lossy(&v.value).into_owned())
+                    .unwrap_or_default();
                 let _ = rec;
-                return Err(GvsError::Conflict(format!("the write lease of volume {:#x} is held by {holder}", self.ino)));
+                return Err(GvsError::Conflict(format!(
+                    "the write lease of volume {:#x} is held by {holder}",
+                    self.ino
+                )));
             }
         }
     }
@@ -219,7 +258,9 @@ impl Volume {
 
     /// Buffers a write (the lease must be held).
     pub fn write(&mut self, gvs: &Gvs, rec: &Inode, off: u64, data: &[u8]) -> Result<()> {
-        let end = off.checked_add(data.len() as u64).ok_or(GvsError::TooLarge)?;
+        let end = off
+            .checked_add(data.len() as u64)
+            .ok_or(GvsError::TooLarge)?;
         if end > crate::MAX_VOLUME_SIZE {
             return Err(GvsError::TooLarge);
         }
@@ -356,7 +397,10 @@ impl Volume {
         };
         let lk = meta::lease_key(self.ino);
         if gvs.mirror.get(&lk).map(|v| v.mod_rev) != Some(epoch) {
-            tracing::warn!("volume {:#x}: lease epoch {epoch} lost; dropping uncommitted data", self.ino);
+            tracing::warn!(
+                "volume {:#x}: lease epoch {epoch} lost; dropping uncommitted data",
+                self.ino
+            );
             self.fence();
             return Err(GvsError::Fenced(self.ino));
         }
@@ -402,14 +446,28 @@ impl Volume {
             cur.mtime = meta::now();
             cur.ctime = cur.mtime;
             cur.degraded |= !missing.is_empty();
-            let mut success = vec![Op::Put { key: meta::ino_key(self.ino).into_bytes(), value: cur.encode(), lease: 0 }];
+            let mut success = vec![Op::Put {
+                key: meta::ino_key(self.ino).into_bytes(),
+                value: cur.encode(),
+                lease: 0,
+            }];
             for m in &missing {
-                success.push(Op::Put { key: meta::missing_key(m, self.ino).into_bytes(), value: Vec::new(), lease: 0 });
+                success.push(Op::Put {
+                    key: meta::missing_key(m, self.ino).into_bytes(),
+                    value: Vec::new(),
+                    lease: 0,
+                });
             }
             let t = Txn {
                 compare: vec![
-                    Compare { key: lk.clone().into_bytes(), target: CompareTarget::ModRev(epoch) },
-                    Compare { key: meta::ino_key(self.ino).into_bytes(), target: CompareTarget::ModRev(rev) },
+                    Compare {
+                        key: lk.clone().into_bytes(),
+                        target: CompareTarget::ModRev(epoch),
+                    },
+                    Compare {
+                        key: meta::ino_key(self.ino).into_bytes(),
+                        target: CompareTarget::ModRev(rev),
+                    },
                 ],
                 success,
                 failure: vec![],
@@ -442,19 +500,35 @@ impl Volume {
                 }
             }
         }
-        Err(GvsError::Conflict(format!("commit of volume {:#x}: the record kept changing", self.ino)))
+        Err(GvsError::Conflict(format!(
+            "commit of volume {:#x}: the record kept changing",
+            self.ino
+        )))
     }
 
     /// Hands the lease over to a node that asked: commit, then release.
     pub fn hand_over(&mut self, gvs: &Gvs) {
         let Some(epoch) = self.epoch else { return };
         if let Err(e) = self.commit(gvs) {
-            tracing::warn!("volume {:#x}: commit before handing the lease over: {e}", self.ino);
+            tracing::warn!(
+                "volume {:#x}: commit before handing the lease over: {e}",
+                self.ino
+            );
         }
         let lk = meta::lease_key(self.ino);
         let t = Txn {
-            compare: vec![Compare { key: lk.clone().into_bytes(), target: CompareTarget::ModRev(epoch) }],
-            success: vec![Op::Delete { key: lk.into_bytes() }, Op::Delete { key: meta::lease_req_key(self.ino).into_bytes() }],
+            compare: vec![Compare {
+                key: lk.clone().into_bytes(),
+                target: CompareTarget::ModRev(epoch),
+            }],
+            success: vec![
+                Op::Delete {
+                    key: lk.into_bytes(),
+                },
+                Op::Delete {
+                    key: meta::lease_req_key(self.ino).into_bytes(),
+                },
+            ],
             failure: vec![],
         };
         match gvs.rt.block_on(gvs.client.txn(t)) {
@@ -492,7 +566,9 @@ fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result<Vec<String
     let results: Vec<(String, Result<()>)> = std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for (name, addr) in &remote {
-            handles.push(scope.spawn(move || (name.clone(), gvs.rt.block_on(gvs.peers.put(addr, chunks)))));
+            handles.push(
+                scope.spawn(move || (name.clone(), gvs.rt.block_on(gvs.peers.put(addr, chunks)))),
+            );
         }
         if local {
             handles.push(scope.spawn(|| (gvs.me.clone(), gvs.store.put_many(chunks, true))));
@@ -509,7 +585,10 @@ fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result<Vec<String
         }
     }
     if ok == 0 {
-        return Err(GvsError::Peer { peer: replicas.join(","), why: "no replica is reachable".into() });
+        return Err(GvsError::Peer {
+            peer: replicas.join(","),
+            why: "no replica is reachable".into(),
+        });
     }
     Ok(missing)
 }
