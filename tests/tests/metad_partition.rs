@@ -1,0 +1,72 @@
+//! metad under network partitions, on a grid in a box: three members on
+//! node1..node3 and a client-only node4, driven through the `metad` CLI as
+//! an operator would.
+
+use std::time::Duration;
+
+use devgrid::GridGuard;
+use grid_tests::{leader_node, metad_leader, metad_status, sh, wait_for};
+
+#[test]
+fn the_minority_side_accepts_no_write_and_catches_up_after_heal() {
+    let grid = GridGuard::up("mpart", 4).unwrap();
+    let old = metad_leader(&grid, 4);
+    let only_old = format!("metad --endpoints node{old}:2380 --timeout-ms 2000");
+
+    // The leader is cut off: it is the minority now.
+    grid.cut(old, false).unwrap();
+    let w = sh(&grid, old, &format!("{only_old} put part minority"));
+    assert!(!w.ok(), "the minority accepted a write: {w:?}");
+    assert!(
+        w.stderr.contains("no leader") || w.stderr.contains("no quorum"),
+        "{w:?}"
+    );
+    assert_eq!(w.stderr.lines().count(), 1, "{w:?}");
+
+    // The majority elects a new leader and goes on.
+    wait_for(
+        Duration::from_secs(15),
+        "a write on the majority side",
+        || sh(&grid, 4, "metad put part majority").ok().then_some(()),
+    );
+    let new = metad_leader_excluding(&grid, old);
+    assert_ne!(new, old);
+
+    // The minority serves no stale read either: reads are linearizable.
+    let r = sh(&grid, old, &format!("{only_old} get part"));
+    assert!(!r.ok(), "the minority served a read: {r:?}");
+
+    grid.heal(old).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the healed member to catch up",
+        || {
+            let r = sh(&grid, old, &format!("{only_old} get part"));
+            (r.ok() && r.stdout.trim() == "majority").then_some(())
+        },
+    );
+    let r = sh(&grid, 4, "metad get part");
+    assert_eq!(r.stdout.trim(), "majority");
+}
+
+/// The leader as seen by the two members other than `cut`.
+fn metad_leader_excluding(grid: &GridGuard, cut: usize) -> usize {
+    let others: Vec<String> = (1..=3)
+        .filter(|&i| i != cut)
+        .map(|i| format!("node{i}:2380"))
+        .collect();
+    wait_for(
+        Duration::from_secs(15),
+        "a leader on the majority side",
+        || {
+            let r = sh(
+                grid,
+                4,
+                &format!("metad --endpoints {} status --json", others.join(",")),
+            );
+            let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
+            let leader = v["leader"].as_u64()? as usize;
+            (leader != cut && leader != 0).then_some(leader)
+        },
+    )
+}
