@@ -59,14 +59,8 @@ fn metad_leader_excluding(grid: &GridGuard, cut: usize) -> usize {
         Duration::from_secs(15),
         "a leader on the majority side",
         || {
-            let r = sh(
-                grid,
-                4,
-                &format!("metad --endpoints {} status --json", others.join(",")),
-            );
-            let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
-            let leader = v["leader"].as_u64()? as usize;
-            (leader != cut && leader != 0).then_some(leader)
+            let v = metad_status(grid, 4, &format!("--endpoints {}", others.join(",")))?;
+            leader_node(&v).filter(|&leader| leader != cut)
         },
     )
 }
