@@ -190,6 +190,7 @@ impl GvsFs {
         v.commit(&self.gvs)
     }
 
+    #[allow(clippy::too_many_arguments)] // the FUSE request, plus what a new inode needs
     fn new_node(
         &self,
         req: &Request,
@@ -281,8 +282,6 @@ impl GvsFs {
                 } else {
                     self.gvs.placement(ino, r).map(|_| Vec::new())?
                 };
-                let me = self.gvs.me.clone();
-                let _ = me;
                 let updated = self.gvs.update_inode(ino, |i| {
                     let added: Vec<String> = replicas
                         .iter()
@@ -758,12 +757,6 @@ impl Filesystem for GvsFs {
         let name = tri!(reply, name_str(name));
         let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
         let value = if name.starts_with("gvs.") {
-            let mut rec = rec;
-            if let Some(v) = self.gvs.volume_if_any(ino.0) {
-                let v = v.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = v.leased();
-            }
-            rec.xattrs.clear();
             tri!(reply, self.gvs_xattr(&rec, name))
         } else {
             tri!(reply, rec.xattrs.get(name).cloned().ok_or(GvsError::NoAttr))

@@ -86,7 +86,7 @@ impl Volume {
         let stale = match &self.map {
             None => true,
             // A writer's map is ahead of the record; a reader follows the record.
-            Some((root, _)) => !self.epoch.is_some() && *root != rec.root,
+            Some((root, _)) => self.epoch.is_none() && *root != rec.root,
         };
         if stale {
             let f = fetcher(gvs, &rec.replicas);
@@ -550,7 +550,7 @@ fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result<Vec<String
     let nodes: HashMap<String, NodeInfo> = gvs.nodes().into_iter().collect();
     let mut missing = Vec::new();
     let mut ok = 0;
-    let local = replicas.iter().any(|r| *r == gvs.me);
+    let local = replicas.contains(&gvs.me);
     let remote: Vec<(String, String)> = replicas
         .iter()
         .filter(|r| **r != gvs.me)
