@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 /// gvsfs: the grid's node storage daemon: the /gvs FUSE mount and the chunk store
 #[derive(Parser)]
-#[command(name = "gvsfs", version, about, long_about = None)]
+#[command(name = "gvsfs", version, about = "gvsfs: the grid's node storage daemon: the /gvs FUSE mount and the chunk store", long_about = None)]
 struct Cli {
     /// metad members (host:port, comma separated).
     #[arg(
