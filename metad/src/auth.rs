@@ -227,6 +227,7 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let server = tokio::spawn(async move { accept_handshake(&mut a, &server_secret, |id| id == 2).await });
         let client = connect_handshake(&mut b, &client_secret, role, 3).await;
+        drop(b);
         (server.await.unwrap(), client)
     }
 
