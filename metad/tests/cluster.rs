@@ -134,14 +134,19 @@ async fn concurrent_cas_with_leader_kill_is_linearizable() {
     let mut c = Cluster::start(3);
     let origin = Instant::now();
     let history = Arc::new(Mutex::new(Vec::<HistOp>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for w in 0..4u64 {
         let client = c.client();
-        let history = history.clone();
+        let (history, stop) = (history.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let now = || origin.elapsed().as_micros() as u64;
             let mut seen: Option<Vec<u8>> = None;
-            for n in 0..120u64 {
+            for n in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 let key = format!("k{}", (n + w) % 3).into_bytes();
                 let call = now();
                 let (op, ret) = match n % 4 {
@@ -160,7 +165,13 @@ async fn concurrent_cas_with_leader_kill_is_linearizable() {
                     _ => {
                         let new = format!("c{w}-{n}").into_bytes();
                         match client.cas(key.clone(), seen.as_deref(), new.clone()).await {
-                            Ok(ok) => (RegOp::Cas { expected: seen.clone(), new, ok }, Some(now())),
+                            Ok(ok) => {
+                                let op = RegOp::Cas { expected: seen.clone(), new: new.clone(), ok };
+                                if ok {
+                                    seen = Some(new);
+                                }
+                                (op, Some(now()))
+                            }
                             Err(ClientError::Server(_)) => continue,
                             Err(_) => (RegOp::Cas { expected: seen.clone(), new, ok: false }, None),
                         }
@@ -175,6 +186,8 @@ async fn concurrent_cas_with_leader_kill_is_linearizable() {
     c.kill_member(l);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     c.start_member(l);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for t in tasks {
         t.await.unwrap();
     }
