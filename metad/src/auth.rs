@@ -86,7 +86,10 @@ impl Secret {
     /// Reads a secret file (hex).
     pub fn load(path: &Path) -> Result<Secret, AuthError> {
         let p = path.display().to_string();
-        let s = std::fs::read_to_string(path).map_err(|source| AuthError::File { path: p.clone(), source })?;
+        let s = std::fs::read_to_string(path).map_err(|source| AuthError::File {
+            path: p.clone(),
+            source,
+        })?;
         Secret::from_hex(&s).ok_or(AuthError::BadSecret(p))
     }
 
@@ -95,7 +98,10 @@ impl Secret {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let p = path.display().to_string();
-        let err = |source| AuthError::File { path: p.clone(), source };
+        let err = |source| AuthError::File {
+            path: p.clone(),
+            source,
+        };
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -175,13 +181,23 @@ pub async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     role: Role,
     member_id: u64,
 ) -> Result<(), AuthError> {
-    let hello = Hello { nonce: nonce(), role, member_id };
+    let hello = Hello {
+        nonce: nonce(),
+        role,
+        member_id,
+    };
     write_msg(s, &hello).await?;
     let ch: Challenge = read_msg(s, MAX_CLIENT_FRAME).await?;
     if !same(&ch.proof, &secret.proof(b"server", &hello, &ch.nonce)) {
         return Err(AuthError::BadProof);
     }
-    write_msg(s, &Proof { proof: secret.proof(b"client", &hello, &ch.nonce) }).await?;
+    write_msg(
+        s,
+        &Proof {
+            proof: secret.proof(b"client", &hello, &ch.nonce),
+        },
+    )
+    .await?;
     match read_msg(s, MAX_CLIENT_FRAME).await? {
         Verdict::Welcome => Ok(()),
         Verdict::Refused(why) => Err(AuthError::Refused(why)),
@@ -198,12 +214,22 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let hello: Hello = read_msg(s, MAX_CLIENT_FRAME).await?;
     let server_nonce = nonce();
     let proof = secret.proof(b"server", &hello, &server_nonce);
-    write_msg(s, &Challenge { nonce: server_nonce, proof }).await?;
+    write_msg(
+        s,
+        &Challenge {
+            nonce: server_nonce,
+            proof,
+        },
+    )
+    .await?;
     let p: Proof = read_msg(s, MAX_CLIENT_FRAME).await?;
     let refusal = if !same(&p.proof, &secret.proof(b"client", &hello, &server_nonce)) {
         Some(AuthError::BadProof)
     } else if hello.role == Role::Peer && !known_peer(hello.member_id) {
-        Some(AuthError::Refused(format!("member {} is not a member of this cluster", hello.member_id)))
+        Some(AuthError::Refused(format!(
+            "member {} is not a member of this cluster",
+            hello.member_id
+        )))
     } else {
         None
     };
@@ -223,9 +249,16 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 mod tests {
     use super::*;
 
-    async fn pair(server_secret: Secret, client_secret: Secret, role: Role) -> (Result<Hello, AuthError>, Result<(), AuthError>) {
+    async fn pair(
+        server_secret: Secret,
+        client_secret: Secret,
+        role: Role,
+    ) -> (Result<Hello, AuthError>, Result<(), AuthError>) {
         let (mut a, mut b) = tokio::io::duplex(4096);
-        let server = tokio::spawn(async move { accept_handshake(&mut a, &server_secret, |id| id == 2).await });
+        let server =
+            tokio::spawn(
+                async move { accept_handshake(&mut a, &server_secret, |id| id == 2).await },
+            );
         let client = connect_handshake(&mut b, &client_secret, role, 3).await;
         drop(b);
         (server.await.unwrap(), client)

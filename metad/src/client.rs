@@ -22,7 +22,10 @@
 //!   decide.
 
 use crate::auth::{connect_handshake, AuthError, Role, Secret};
-use crate::protocol::{decode, encode, read_frame, write_frame, ErrorReply, MemberStatus, Request, RequestBody, ResponseBody, MAX_PEER_FRAME};
+use crate::protocol::{
+    decode, encode, read_frame, write_frame, ErrorReply, MemberStatus, Request, RequestBody,
+    ResponseBody, MAX_PEER_FRAME,
+};
 use crate::state::{Compare, CompareTarget, Event, KeyValue, Op, StateError, Txn, TxnResult};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -99,7 +102,11 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// A configuration with [`DEFAULT_TIMEOUT`].
     pub fn new(endpoints: Vec<String>, secret: Secret) -> ClientConfig {
-        ClientConfig { endpoints, secret, timeout: DEFAULT_TIMEOUT }
+        ClientConfig {
+            endpoints,
+            secret,
+            timeout: DEFAULT_TIMEOUT,
+        }
     }
 }
 
@@ -158,9 +165,20 @@ impl Conn {
             .map_err(|_| ConnectError::Unreachable(format!("{addr}: connect timed out")))?
             .map_err(|e| ConnectError::Unreachable(format!("{addr}: {e}")))?;
         let _ = s.set_nodelay(true);
-        match tokio::time::timeout(CONNECT_TIMEOUT * 2, connect_handshake(&mut s, secret, Role::Client, 0)).await {
-            Err(_) => return Err(ConnectError::Unreachable(format!("{addr}: handshake timed out"))),
-            Ok(Err(AuthError::Frame(e))) => return Err(ConnectError::Unreachable(format!("{addr}: {e}"))),
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            connect_handshake(&mut s, secret, Role::Client, 0),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(ConnectError::Unreachable(format!(
+                    "{addr}: handshake timed out"
+                )))
+            }
+            Ok(Err(AuthError::Frame(e))) => {
+                return Err(ConnectError::Unreachable(format!("{addr}: {e}")))
+            }
             Ok(Err(e)) => return Err(ConnectError::Auth(e)),
             Ok(Ok(())) => {}
         }
@@ -185,8 +203,15 @@ impl Conn {
             }
         });
         tokio::spawn(async move {
-            while let Ok(Ok(resp)) = read_frame(&mut r, MAX_PEER_FRAME).await.map(|f| decode::<crate::protocol::Response>(&f)) {
-                let tx = p2.lock().unwrap_or_else(|e| e.into_inner()).get(&resp.id).cloned();
+            while let Ok(Ok(resp)) = read_frame(&mut r, MAX_PEER_FRAME)
+                .await
+                .map(|f| decode::<crate::protocol::Response>(&f))
+            {
+                let tx = p2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&resp.id)
+                    .cloned();
                 if let Some(tx) = tx {
                     let _ = tx.send(resp.body);
                 }
@@ -194,7 +219,13 @@ impl Conn {
             a2.store(false, Ordering::SeqCst);
             p2.lock().unwrap_or_else(|e| e.into_inner()).clear();
         });
-        Ok(Conn { addr: addr.to_string(), frames, pending, alive, next_id: AtomicU64::new(1) })
+        Ok(Conn {
+            addr: addr.to_string(),
+            frames,
+            pending,
+            alive,
+            next_id: AtomicU64::new(1),
+        })
     }
 
     fn is_alive(&self) -> bool {
@@ -210,8 +241,14 @@ impl Conn {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
-        let frame = encode(&Request { id, body: body.clone() });
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let frame = encode(&Request {
+            id,
+            body: body.clone(),
+        });
         if self.frames.send(frame).is_err() {
             self.forget(id);
             return None;
@@ -220,7 +257,10 @@ impl Conn {
     }
 
     fn forget(&self, id: u64) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 }
 
@@ -232,14 +272,21 @@ pub struct Client {
 }
 
 fn op_txn(op: Op) -> Txn {
-    Txn { success: vec![op], ..Txn::default() }
+    Txn {
+        success: vec![op],
+        ..Txn::default()
+    }
 }
 
 impl Client {
     /// A client; it connects on first use.
     pub fn new(cfg: ClientConfig) -> Client {
         let known = cfg.endpoints.iter().cloned().collect();
-        Client { cfg, current: tokio::sync::Mutex::new(None), known_members: Mutex::new(known) }
+        Client {
+            cfg,
+            current: tokio::sync::Mutex::new(None),
+            known_members: Mutex::new(known),
+        }
     }
 
     /// The configuration.
@@ -260,7 +307,12 @@ impl Client {
     }
 
     async fn current_addr(&self) -> Option<String> {
-        self.current.lock().await.as_ref().filter(|c| c.is_alive()).map(|c| c.addr.clone())
+        self.current
+            .lock()
+            .await
+            .as_ref()
+            .filter(|c| c.is_alive())
+            .map(|c| c.addr.clone())
     }
 
     /// Sends one request to the leader, following redirects and retrying as
@@ -286,7 +338,8 @@ impl Client {
                     let eps = &self.cfg.endpoints;
                     if rr > 0 && rr % eps.len() == 0 {
                         round += 1;
-                        tokio::time::sleep(Duration::from_millis((25 * round as u64).min(200))).await;
+                        tokio::time::sleep(Duration::from_millis((25 * round as u64).min(200)))
+                            .await;
                     }
                     rr += 1;
                     eps[(rr - 1) % eps.len()].clone()
@@ -301,8 +354,14 @@ impl Client {
                 }
             };
             reachable.insert(addr.clone());
-            let Some((id, mut rx)) = conn.send(&body) else { continue };
-            let answer = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), rx.recv()).await;
+            let Some((id, mut rx)) = conn.send(&body) else {
+                continue;
+            };
+            let answer = tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                rx.recv(),
+            )
+            .await;
             conn.forget(id);
             match answer {
                 Ok(Some(ResponseBody::Error(ErrorReply::NotLeader { leader }))) => {
@@ -335,7 +394,10 @@ impl Client {
                     last_err = e;
                 }
                 Err(_) if retry == Retry::IfNotApplied => {
-                    return Err(ClientError::Unknown(format!("no answer from {addr} within {:?}", self.cfg.timeout)))
+                    return Err(ClientError::Unknown(format!(
+                        "no answer from {addr} within {:?}",
+                        self.cfg.timeout
+                    )))
                 }
                 Err(_) => return Err(self.give_up(&reachable, "no answer in time")),
             }
@@ -343,16 +405,35 @@ impl Client {
     }
 
     fn learn(&self, addr: &str) {
-        self.known_members.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string());
+        self.known_members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr.to_string());
     }
 
     fn give_up(&self, reachable: &BTreeSet<String>, last: &str) -> ClientError {
-        let total = self.known_members.lock().unwrap_or_else(|e| e.into_inner()).len().max(self.cfg.endpoints.len());
-        let detail = if last.is_empty() { String::new() } else { format!(" ({last})") };
-        if reachable.len() * 2 <= total {
-            ClientError::NoQuorum { reachable: reachable.len(), total, detail }
+        let total = self
+            .known_members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            .max(self.cfg.endpoints.len());
+        let detail = if last.is_empty() {
+            String::new()
         } else {
-            ClientError::Timeout(self.cfg.timeout, format!("{} of {total} members reachable{detail}", reachable.len()))
+            format!(" ({last})")
+        };
+        if reachable.len() * 2 <= total {
+            ClientError::NoQuorum {
+                reachable: reachable.len(),
+                total,
+                detail,
+            }
+        } else {
+            ClientError::Timeout(
+                self.cfg.timeout,
+                format!("{} of {total} members reachable{detail}", reachable.len()),
+            )
         }
     }
 
@@ -365,19 +446,34 @@ impl Client {
 
     /// Linearizable read of one key.
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>, ClientError> {
-        Ok(self.kvs(RequestBody::Get { key: key.into() }).await?.0.pop())
+        Ok(self
+            .kvs(RequestBody::Get { key: key.into() })
+            .await?
+            .0
+            .pop())
     }
 
     /// Linearizable read of every key under `prefix`, in key order, with the
     /// store revision of the read.
-    pub async fn get_prefix(&self, prefix: impl Into<Vec<u8>>) -> Result<(Vec<KeyValue>, u64), ClientError> {
-        self.kvs(RequestBody::Range { prefix: prefix.into(), limit: 0 }).await
+    pub async fn get_prefix(
+        &self,
+        prefix: impl Into<Vec<u8>>,
+    ) -> Result<(Vec<KeyValue>, u64), ClientError> {
+        self.kvs(RequestBody::Range {
+            prefix: prefix.into(),
+            limit: 0,
+        })
+        .await
     }
 
     /// Runs a transaction (retried only when surely not applied, if it has
     /// compares).
     pub async fn txn(&self, txn: Txn) -> Result<TxnResult, ClientError> {
-        let retry = if txn.compare.is_empty() { Retry::Always } else { Retry::IfNotApplied };
+        let retry = if txn.compare.is_empty() {
+            Retry::Always
+        } else {
+            Retry::IfNotApplied
+        };
         match self.call(RequestBody::Txn(txn), retry).await? {
             ResponseBody::Txn(r) => Ok(r),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
@@ -385,32 +481,60 @@ impl Client {
     }
 
     /// Sets a key; returns the store revision of the write.
-    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64, ClientError> {
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<u64, ClientError> {
         self.put_with_lease(key, value, 0).await
     }
 
     /// Sets a key attached to a lease (deleted when the lease ends).
-    pub async fn put_with_lease(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: u64) -> Result<u64, ClientError> {
-        let op = Op::Put { key: key.into(), value: value.into(), lease };
+    pub async fn put_with_lease(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        lease: u64,
+    ) -> Result<u64, ClientError> {
+        let op = Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease,
+        };
         Ok(self.txn(op_txn(op)).await?.revision)
     }
 
     /// Deletes a key; returns the store revision afterwards.
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<u64, ClientError> {
-        Ok(self.txn(op_txn(Op::Delete { key: key.into() })).await?.revision)
+        Ok(self
+            .txn(op_txn(Op::Delete { key: key.into() }))
+            .await?
+            .revision)
     }
 
     /// Compare-and-swap of one key: sets `new` if the current value is
     /// `expected` (`None`: the key must be absent). Returns whether it did.
-    pub async fn cas(&self, key: impl Into<Vec<u8>>, expected: Option<&[u8]>, new: impl Into<Vec<u8>>) -> Result<bool, ClientError> {
+    pub async fn cas(
+        &self,
+        key: impl Into<Vec<u8>>,
+        expected: Option<&[u8]>,
+        new: impl Into<Vec<u8>>,
+    ) -> Result<bool, ClientError> {
         let key = key.into();
         let target = match expected {
             Some(v) => CompareTarget::Value(v.to_vec()),
             None => CompareTarget::Exists(false),
         };
         let txn = Txn {
-            compare: vec![Compare { key: key.clone(), target }],
-            success: vec![Op::Put { key, value: new.into(), lease: 0 }],
+            compare: vec![Compare {
+                key: key.clone(),
+                target,
+            }],
+            success: vec![Op::Put {
+                key,
+                value: new.into(),
+                lease: 0,
+            }],
             failure: vec![],
         };
         Ok(self.txn(txn).await?.succeeded)
@@ -419,7 +543,10 @@ impl Client {
     /// Creates a lease of `ttl`; returns its id.
     pub async fn lease_grant(&self, ttl: Duration) -> Result<u64, ClientError> {
         let ttl_ms = ttl.as_millis().max(1) as u64;
-        match self.call(RequestBody::LeaseGrant { ttl_ms }, Retry::IfNotApplied).await? {
+        match self
+            .call(RequestBody::LeaseGrant { ttl_ms }, Retry::IfNotApplied)
+            .await?
+        {
             ResponseBody::Lease { id, .. } => Ok(id),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
@@ -427,7 +554,10 @@ impl Client {
 
     /// Renews a lease for its full TTL; returns the TTL.
     pub async fn lease_keepalive(&self, id: u64) -> Result<Duration, ClientError> {
-        match self.call(RequestBody::LeaseKeepAlive { id }, Retry::Always).await? {
+        match self
+            .call(RequestBody::LeaseKeepAlive { id }, Retry::Always)
+            .await?
+        {
             ResponseBody::Lease { ttl_ms, .. } => Ok(Duration::from_millis(ttl_ms)),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
@@ -435,7 +565,10 @@ impl Client {
 
     /// Revokes a lease, deleting its keys; returns the store revision after.
     pub async fn lease_revoke(&self, id: u64) -> Result<u64, ClientError> {
-        match self.call(RequestBody::LeaseRevoke { id }, Retry::IfNotApplied).await? {
+        match self
+            .call(RequestBody::LeaseRevoke { id }, Retry::IfNotApplied)
+            .await?
+        {
             ResponseBody::Revoked { revision } => Ok(revision),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
@@ -444,7 +577,10 @@ impl Client {
     /// Adds a member that will listen at `addr`; returns its id and the
     /// address book after the change.
     pub async fn member_add(&self, addr: &str) -> Result<(u64, Vec<(u64, String)>), ClientError> {
-        self.members(RequestBody::MemberAdd { addr: addr.to_string() }).await
+        self.members(RequestBody::MemberAdd {
+            addr: addr.to_string(),
+        })
+        .await
     }
 
     /// Removes a member; returns the address book after the change.
@@ -493,8 +629,20 @@ impl Client {
                 let secret = self.cfg.secret.clone();
                 tokio::spawn(async move {
                     match probe_status(addr.clone(), secret).await {
-                        Ok(s) => MemberHealth { id, addr, reachable: true, status: Some(s), error: None },
-                        Err(e) => MemberHealth { id, addr, reachable: false, status: None, error: Some(e.to_string()) },
+                        Ok(s) => MemberHealth {
+                            id,
+                            addr,
+                            reachable: true,
+                            status: Some(s),
+                            error: None,
+                        },
+                        Err(e) => MemberHealth {
+                            id,
+                            addr,
+                            reachable: false,
+                            status: None,
+                            error: Some(e.to_string()),
+                        },
                     }
                 })
             })
@@ -511,7 +659,10 @@ impl Client {
             .filter(|s| s.leader != 0)
             .max_by_key(|s| s.term)
             .map_or(0, |s| s.leader);
-        Ok(ClusterStatus { leader, members: health })
+        Ok(ClusterStatus {
+            leader,
+            members: health,
+        })
     }
 
     /// Watches the keys under `prefix` from revision `from_rev` (0: from the
@@ -519,10 +670,19 @@ impl Client {
     /// resuming after the last event it delivered, so no event is missed or
     /// repeated; it ends with an error only if the history was compacted
     /// past the revision it needs, or authentication fails.
-    pub async fn watch(&self, prefix: impl Into<Vec<u8>>, from_rev: u64) -> Result<Watch, ClientError> {
+    pub async fn watch(
+        &self,
+        prefix: impl Into<Vec<u8>>,
+        from_rev: u64,
+    ) -> Result<Watch, ClientError> {
         let prefix = prefix.into();
         let next = if from_rev == 0 {
-            self.kvs(RequestBody::Range { prefix: prefix.clone(), limit: 1 }).await?.1 + 1
+            self.kvs(RequestBody::Range {
+                prefix: prefix.clone(),
+                limit: 1,
+            })
+            .await?
+            .1 + 1
         } else {
             from_rev
         };
@@ -537,17 +697,33 @@ async fn probe_status(addr: String, secret: Secret) -> Result<MemberStatus, Clie
     let conn = match Conn::open(&addr, &secret).await {
         Ok(c) => c,
         Err(ConnectError::Auth(source)) => return Err(ClientError::Auth { addr, source }),
-        Err(ConnectError::Unreachable(e)) => return Err(ClientError::NoQuorum { reachable: 0, total: 1, detail: format!(" ({e})") }),
+        Err(ConnectError::Unreachable(e)) => {
+            return Err(ClientError::NoQuorum {
+                reachable: 0,
+                total: 1,
+                detail: format!(" ({e})"),
+            })
+        }
     };
-    let (_, mut rx) = conn.send(&RequestBody::Status).ok_or_else(|| ClientError::Unknown("connection lost".into()))?;
+    let (_, mut rx) = conn
+        .send(&RequestBody::Status)
+        .ok_or_else(|| ClientError::Unknown("connection lost".into()))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, rx.recv()).await {
         Ok(Some(ResponseBody::Status(s))) => Ok(s),
         Ok(Some(other)) => Err(ClientError::Protocol(format!("{other:?}"))),
-        _ => Err(ClientError::Timeout(CONNECT_TIMEOUT, format!("no status from {addr}"))),
+        _ => Err(ClientError::Timeout(
+            CONNECT_TIMEOUT,
+            format!("no status from {addr}"),
+        )),
     }
 }
 
-async fn watch_task(cfg: ClientConfig, prefix: Vec<u8>, mut next: u64, tx: mpsc::Sender<Result<Event, ClientError>>) {
+async fn watch_task(
+    cfg: ClientConfig,
+    prefix: Vec<u8>,
+    mut next: u64,
+    tx: mpsc::Sender<Result<Event, ClientError>>,
+) {
     let mut i = 0usize;
     loop {
         let addr = cfg.endpoints[i % cfg.endpoints.len().max(1)].clone();
@@ -563,7 +739,12 @@ async fn watch_task(cfg: ClientConfig, prefix: Vec<u8>, mut next: u64, tx: mpsc:
                 continue;
             }
         };
-        let Some((_, mut rx)) = conn.send(&RequestBody::Watch { prefix: prefix.clone(), from_rev: next }) else { continue };
+        let Some((_, mut rx)) = conn.send(&RequestBody::Watch {
+            prefix: prefix.clone(),
+            from_rev: next,
+        }) else {
+            continue;
+        };
         while let Some(body) = rx.recv().await {
             match body {
                 ResponseBody::Events(evs) => {

@@ -55,7 +55,11 @@ pub fn check(history: &[HistOp]) -> Result<(), String> {
         by_key.entry(&op.key).or_default().push(op);
     }
     for (key, ops) in by_key {
-        let mut s = Search { ops: &ops, done: vec![false; ops.len()], memo: HashSet::new() };
+        let mut s = Search {
+            ops: &ops,
+            done: vec![false; ops.len()],
+            memo: HashSet::new(),
+        };
         if !s.run(None) {
             return Err(format!(
                 "history of key {:?} ({} operations) is not linearizable",
@@ -81,13 +85,14 @@ impl Search<'_> {
             RegOp::Write(v) => Some(Some(v.clone())),
             RegOp::Cas { expected, new, ok } => {
                 let holds = expected == value;
-                if op.ret.is_none() {
-                    Some(if holds { Some(new.clone()) } else { value.clone() })
-                } else if holds == *ok {
-                    Some(if holds { Some(new.clone()) } else { value.clone() })
-                } else {
-                    None
-                }
+                // An unknown outcome agrees with whatever the compare gives.
+                (op.ret.is_none() || holds == *ok).then(|| {
+                    if holds {
+                        Some(new.clone())
+                    } else {
+                        value.clone()
+                    }
+                })
             }
         }
     }
@@ -100,7 +105,11 @@ impl Search<'_> {
         if !self.memo.insert((self.done.clone(), value.clone())) {
             return false;
         }
-        let horizon = pending.iter().filter_map(|i| self.ops[*i].ret).min().unwrap_or(u64::MAX);
+        let horizon = pending
+            .iter()
+            .filter_map(|i| self.ops[*i].ret)
+            .min()
+            .unwrap_or(u64::MAX);
         for i in pending {
             let op = self.ops[i];
             if op.call > horizon {
@@ -123,7 +132,12 @@ mod tests {
     use super::*;
 
     fn op(call: u64, ret: Option<u64>, op: RegOp) -> HistOp {
-        HistOp { key: b"x".to_vec(), call, ret, op }
+        HistOp {
+            key: b"x".to_vec(),
+            call,
+            ret,
+            op,
+        }
     }
     fn v(s: &str) -> Option<Vec<u8>> {
         Some(s.as_bytes().to_vec())
@@ -133,11 +147,35 @@ mod tests {
     fn accepts_a_linearizable_history() {
         let h = vec![
             op(0, Some(10), RegOp::Write(b"a".to_vec())),
-            op(5, Some(20), RegOp::Cas { expected: v("a"), new: b"b".to_vec(), ok: true }),
-            op(6, Some(21), RegOp::Cas { expected: v("a"), new: b"c".to_vec(), ok: false }),
+            op(
+                5,
+                Some(20),
+                RegOp::Cas {
+                    expected: v("a"),
+                    new: b"b".to_vec(),
+                    ok: true,
+                },
+            ),
+            op(
+                6,
+                Some(21),
+                RegOp::Cas {
+                    expected: v("a"),
+                    new: b"c".to_vec(),
+                    ok: false,
+                },
+            ),
             op(22, Some(30), RegOp::Read(v("b"))),
             // unknown outcome that did not happen
-            op(23, None, RegOp::Cas { expected: v("zz"), new: b"q".to_vec(), ok: false }),
+            op(
+                23,
+                None,
+                RegOp::Cas {
+                    expected: v("zz"),
+                    new: b"q".to_vec(),
+                    ok: false,
+                },
+            ),
         ];
         assert!(check(&h).is_ok());
     }
@@ -147,8 +185,24 @@ mod tests {
         // Both CAS from "a" succeed: impossible.
         let h = vec![
             op(0, Some(10), RegOp::Write(b"a".to_vec())),
-            op(11, Some(20), RegOp::Cas { expected: v("a"), new: b"b".to_vec(), ok: true }),
-            op(12, Some(21), RegOp::Cas { expected: v("a"), new: b"c".to_vec(), ok: true }),
+            op(
+                11,
+                Some(20),
+                RegOp::Cas {
+                    expected: v("a"),
+                    new: b"b".to_vec(),
+                    ok: true,
+                },
+            ),
+            op(
+                12,
+                Some(21),
+                RegOp::Cas {
+                    expected: v("a"),
+                    new: b"c".to_vec(),
+                    ok: true,
+                },
+            ),
         ];
         assert!(check(&h).is_err());
         // A stale read after a completed write.
@@ -164,7 +218,15 @@ mod tests {
     fn unknown_outcomes_may_or_may_not_apply() {
         let h = vec![
             op(0, Some(10), RegOp::Write(b"a".to_vec())),
-            op(11, None, RegOp::Cas { expected: v("a"), new: b"b".to_vec(), ok: false }),
+            op(
+                11,
+                None,
+                RegOp::Cas {
+                    expected: v("a"),
+                    new: b"b".to_vec(),
+                    ok: false,
+                },
+            ),
             op(12, Some(20), RegOp::Read(v("b"))),
             op(21, Some(30), RegOp::Read(v("b"))),
         ];

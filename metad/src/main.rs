@@ -13,10 +13,21 @@ use std::time::Duration;
 #[command(name = "metad", version)]
 struct Cli {
     /// Members to talk to, host:port, comma-separated.
-    #[arg(long, env = "METAD_ENDPOINTS", value_delimiter = ',', global = true, default_value = "127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "METAD_ENDPOINTS",
+        value_delimiter = ',',
+        global = true,
+        default_value = "127.0.0.1:2380"
+    )]
     endpoints: Vec<String>,
     /// The cluster secret (hex).
-    #[arg(long, env = "METAD_SECRET_FILE", global = true, default_value = "/etc/grid/secret")]
+    #[arg(
+        long,
+        env = "METAD_SECRET_FILE",
+        global = true,
+        default_value = "/etc/grid/secret"
+    )]
     secret_file: PathBuf,
     /// Give up on a client call after this many milliseconds.
     #[arg(long, global = true, default_value_t = 5000)]
@@ -121,10 +132,16 @@ enum MemberCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -147,20 +164,51 @@ fn text(b: &[u8]) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.cmd {
-        Cmd::Init { data_dir, listen, advertise } => {
+        Cmd::Init {
+            data_dir,
+            listen,
+            advertise,
+        } => {
             let m = DataDir::new(data_dir).init(listen, advertise.as_deref().unwrap_or(listen))?;
-            println!("initialized member {} ({}); secret in {}", m.id, m.advertise, DataDir::new(data_dir).secret_path().display());
+            println!(
+                "initialized member {} ({}); secret in {}",
+                m.id,
+                m.advertise,
+                DataDir::new(data_dir).secret_path().display()
+            );
         }
-        Cmd::Run { data_dir, snapshot_interval, history } => DataDir::new(data_dir).run(*snapshot_interval, *history).await?,
-        Cmd::Join { data_dir, listen, advertise } => {
+        Cmd::Run {
+            data_dir,
+            snapshot_interval,
+            history,
+        } => {
+            DataDir::new(data_dir)
+                .run(*snapshot_interval, *history)
+                .await?
+        }
+        Cmd::Join {
+            data_dir,
+            listen,
+            advertise,
+        } => {
             let c = client(&cli)?;
             let advertise = advertise.clone().unwrap_or_else(|| listen.clone());
             let (id, members) = c.member_add(&advertise).await?;
-            let m = MemberFile { id, listen: listen.clone(), advertise, peers: members.into_iter().collect() };
+            let m = MemberFile {
+                id,
+                listen: listen.clone(),
+                advertise,
+                peers: members.into_iter().collect(),
+            };
             DataDir::new(data_dir).record_join(&m, &c.config().secret)?;
-            println!("joined as member {id}; now run: metad run --data-dir {}", data_dir.display());
+            println!(
+                "joined as member {id}; now run: metad run --data-dir {}",
+                data_dir.display()
+            );
         }
-        Cmd::Member { cmd: MemberCmd::Remove { id } } => {
+        Cmd::Member {
+            cmd: MemberCmd::Remove { id },
+        } => {
             let members = client(&cli)?.member_remove(*id).await?;
             println!("removed member {id}; members: {members:?}");
         }
@@ -176,7 +224,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             "member {} {} {} term {} commit {} applied {} revision {}",
                             m.id, m.addr, st.role, st.term, st.commit, st.applied, st.revision
                         ),
-                        None => println!("member {} {} unreachable: {}", m.id, m.addr, m.error.as_deref().unwrap_or("")),
+                        None => println!(
+                            "member {} {} unreachable: {}",
+                            m.id,
+                            m.addr,
+                            m.error.as_deref().unwrap_or("")
+                        ),
                     }
                 }
             }
@@ -213,7 +266,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             use std::io::Write;
             while let Some(ev) = w.next().await {
                 let ev = ev?;
-                println!("{} {:?} {} {}", ev.rev, ev.kind, text(&ev.kv.key), text(&ev.kv.value));
+                println!(
+                    "{} {:?} {} {}",
+                    ev.rev,
+                    ev.kind,
+                    text(&ev.kv.key),
+                    text(&ev.kv.value)
+                );
                 std::io::stdout().flush()?;
             }
         }

@@ -124,7 +124,12 @@ impl DataDir {
         state.set_member(1, Some(advertise.to_string()), &mut b);
         state.set_applied(1, 1, &mut b);
         storage.bootstrap(1, &state)?;
-        let m = MemberFile { id: 1, listen: listen.into(), advertise: advertise.into(), peers: BTreeMap::new() };
+        let m = MemberFile {
+            id: 1,
+            listen: listen.into(),
+            advertise: advertise.into(),
+            peers: BTreeMap::new(),
+        };
         self.write_member(&m)?;
         Ok(m)
     }
@@ -149,15 +154,28 @@ impl DataDir {
         let mut cfg = NodeConfig::new(m.id);
         cfg.snapshot_interval = snapshot_interval;
         cfg.bootstrap_peers = m.peers.clone();
-        let listener = tokio::net::TcpListener::bind(&m.listen).await.map_err(self.io(PathBuf::from(&m.listen)))?;
+        let listener = tokio::net::TcpListener::bind(&m.listen)
+            .await
+            .map_err(self.io(PathBuf::from(&m.listen)))?;
         tracing::info!(id = m.id, listen = %m.listen, advertise = %m.advertise, applied = state.meta().applied_index, "metad member starting");
-        let (node, raft) = crate::node::start(cfg, storage, state, secret.clone(), tokio::runtime::Handle::current())?;
+        let (node, raft) = crate::node::start(
+            cfg,
+            storage,
+            state,
+            secret.clone(),
+            tokio::runtime::Handle::current(),
+        )?;
         let server = tokio::spawn(crate::server::serve(listener, node, secret));
         let result = tokio::task::spawn_blocking(move || raft.join()).await;
         server.abort();
         match result {
             Ok(Ok(r)) => r.map_err(MemberError::from),
-            _ => Err(NodeError::Raft(raft::Error::Store(raft::StorageError::Other("the raft thread panicked".into()))).into()),
+            _ => Err(
+                NodeError::Raft(raft::Error::Store(raft::StorageError::Other(
+                    "the raft thread panicked".into(),
+                )))
+                .into(),
+            ),
         }
     }
 }

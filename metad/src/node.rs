@@ -121,11 +121,15 @@ pub struct NodeHandle {
 impl NodeHandle {
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, ErrorReply> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).map_err(|_| ErrorReply::Other("member is shutting down".into()))?;
+        self.tx
+            .send(make(tx))
+            .map_err(|_| ErrorReply::Other("member is shutting down".into()))?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ErrorReply::Unknown("member is shutting down".into())),
-            Err(_) => Err(ErrorReply::Unknown(format!("no answer from Raft within {REQUEST_TIMEOUT:?}"))),
+            Err(_) => Err(ErrorReply::Unknown(format!(
+                "no answer from Raft within {REQUEST_TIMEOUT:?}"
+            ))),
         }
     }
 
@@ -166,14 +170,19 @@ impl NodeHandle {
 
     /// This member's view of the cluster.
     pub fn status(&self) -> MemberStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether `id` may connect as a peer: a member in the state machine, a
     /// voter, or a member known from joining.
     pub fn is_member(&self, id: u64) -> bool {
         let s = self.status();
-        s.members.iter().any(|(m, _)| *m == id) || s.voters.contains(&id) || self.bootstrap.contains_key(&id)
+        s.members.iter().any(|(m, _)| *m == id)
+            || s.voters.contains(&id)
+            || self.bootstrap.contains_key(&id)
     }
 }
 
@@ -307,7 +316,10 @@ impl Loop {
             self.flush_reads();
             self.on_ready()?;
         }
-        tracing::warn!(id = self.cfg.id, "this member was removed from the cluster; stopping");
+        tracing::warn!(
+            id = self.cfg.id,
+            "this member was removed from the cluster; stopping"
+        );
         Ok(())
     }
 
@@ -329,7 +341,8 @@ impl Loop {
                 } else {
                     match self.h.state().lease_ttl(id) {
                         Some(ttl) => {
-                            self.deadlines.insert(id, Instant::now() + Duration::from_millis(ttl));
+                            self.deadlines
+                                .insert(id, Instant::now() + Duration::from_millis(ttl));
                             Ok(ttl)
                         }
                         None => Err(crate::state::StateError::NoSuchLease(id).into()),
@@ -344,7 +357,9 @@ impl Loop {
                 }
             }
             Msg::Peer(PeerReport::Unreachable(id)) => self.raw.report_unreachable(id),
-            Msg::Peer(PeerReport::SnapshotFailed(id)) => self.raw.report_snapshot(id, SnapshotStatus::Failure),
+            Msg::Peer(PeerReport::SnapshotFailed(id)) => {
+                self.raw.report_snapshot(id, SnapshotStatus::Failure)
+            }
         }
     }
 
@@ -354,7 +369,9 @@ impl Loop {
             return;
         }
         if self.member_op.is_some() || self.raw.raft.has_pending_conf() {
-            let _ = reply.send(Err(ErrorReply::Busy("a membership change is under way".into())));
+            let _ = reply.send(Err(ErrorReply::Busy(
+                "a membership change is under way".into(),
+            )));
             return;
         }
         let pid = self.proposal_id();
@@ -369,7 +386,9 @@ impl Loop {
             }
             MemberChange::Remove(id) => {
                 if !self.h.state().members().contains_key(&id) {
-                    let _ = reply.send(Err(ErrorReply::Other(format!("member {id} does not exist"))));
+                    let _ = reply.send(Err(ErrorReply::Other(format!(
+                        "member {id} does not exist"
+                    ))));
                     return;
                 }
                 cc.node_id = id;
@@ -381,7 +400,9 @@ impl Loop {
         match self.raw.propose_conf_change(Vec::new(), cc) {
             Ok(()) => self.member_op = Some((pid, reply)),
             Err(e) => {
-                let _ = reply.send(Err(ErrorReply::Busy(format!("configuration change refused: {e}"))));
+                let _ = reply.send(Err(ErrorReply::Busy(format!(
+                    "configuration change refused: {e}"
+                ))));
             }
         }
     }
@@ -451,7 +472,10 @@ impl Loop {
         let expired: Vec<u64> = self
             .deadlines
             .iter()
-            .filter(|(id, d)| **d <= now && self.revoking.get(*id).map_or(true, |t| now.duration_since(*t) > REQUEST_TIMEOUT))
+            .filter(|(id, d)| {
+                **d <= now
+                    && !matches!(self.revoking.get(*id), Some(t) if now.duration_since(*t) <= REQUEST_TIMEOUT)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -470,7 +494,11 @@ impl Loop {
         if !rd.messages().is_empty() {
             self.transport.send(rd.take_messages());
         }
-        let snap = if rd.snapshot().is_empty() { None } else { Some((rd.snapshot(), self.restore(rd.snapshot())?)) };
+        let snap = if rd.snapshot().is_empty() {
+            None
+        } else {
+            Some((rd.snapshot(), self.restore(rd.snapshot())?))
+        };
         let restored = snap.is_some();
         self.raw.mut_store().persist(snap, rd.entries(), rd.hs())?;
         if restored {
@@ -502,7 +530,10 @@ impl Loop {
         let mut b = Batch::default();
         let mut st = self.h.state.write().unwrap_or_else(|e| e.into_inner());
         st.restore(&snap.data, &mut b).map_err(StorageErr::from)?;
-        tracing::info!(index = snap.get_metadata().index, "restored state from a snapshot");
+        tracing::info!(
+            index = snap.get_metadata().index,
+            "restored state from a snapshot"
+        );
         Ok(b)
     }
 
@@ -529,13 +560,17 @@ impl Loop {
                                 }
                             }
                         }
-                        Err(err) => tracing::error!(index = e.index, "undecodable entry skipped: {err}"),
+                        Err(err) => {
+                            tracing::error!(index = e.index, "undecodable entry skipped: {err}")
+                        }
                     },
                     EntryType::EntryConfChange => {
                         members_changed = true;
-                        self.apply_conf_change(e, &mut *st, &mut b)?;
+                        self.apply_conf_change(e, &mut st, &mut b)?;
                     }
-                    EntryType::EntryConfChangeV2 => tracing::error!(index = e.index, "unexpected ConfChangeV2 skipped"),
+                    EntryType::EntryConfChangeV2 => {
+                        tracing::error!(index = e.index, "unexpected ConfChangeV2 skipped")
+                    }
                 }
                 st.set_applied(e.index, e.term, &mut b);
             }
@@ -554,7 +589,12 @@ impl Loop {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, e: &Entry, st: &mut State, b: &mut Batch) -> Result<(), NodeError> {
+    fn apply_conf_change(
+        &mut self,
+        e: &Entry,
+        st: &mut State,
+        b: &mut Batch,
+    ) -> Result<(), NodeError> {
         let cc = match ConfChange::parse_from_bytes(&e.data) {
             Ok(cc) => cc,
             Err(err) => {
@@ -574,9 +614,14 @@ impl Loop {
                 }
                 tracing::info!(member = cc.node_id, change = ?cc.get_change_type(), %addr, voters = ?cs.voters, "membership changed");
                 self.raw.mut_store().set_conf_state(cs);
-                Ok((cc.node_id, st.members().iter().map(|(i, a)| (*i, a.clone())).collect()))
+                Ok((
+                    cc.node_id,
+                    st.members().iter().map(|(i, a)| (*i, a.clone())).collect(),
+                ))
             }
-            Err(err) => Err(ErrorReply::Other(format!("configuration change failed: {err}"))),
+            Err(err) => Err(ErrorReply::Other(format!(
+                "configuration change failed: {err}"
+            ))),
         };
         if let Some((p, tx)) = self.member_op.take() {
             if p == pid {
@@ -591,7 +636,8 @@ impl Loop {
     fn track_lease(&mut self, cmd: &Command, r: &Result<Applied, crate::state::StateError>) {
         match (cmd, r) {
             (_, Ok(Applied::LeaseGranted { id, ttl_ms })) => {
-                self.deadlines.insert(*id, Instant::now() + Duration::from_millis(*ttl_ms));
+                self.deadlines
+                    .insert(*id, Instant::now() + Duration::from_millis(*ttl_ms));
             }
             (Command::LeaseRevoke { id }, _) => {
                 self.deadlines.remove(id);
@@ -603,7 +649,13 @@ impl Loop {
 
     fn refresh_addrs(&mut self) {
         let mut addrs = self.cfg.bootstrap_peers.clone();
-        addrs.extend(self.h.state().members().iter().map(|(i, a)| (*i, a.clone())));
+        addrs.extend(
+            self.h
+                .state()
+                .members()
+                .iter()
+                .map(|(i, a)| (*i, a.clone())),
+        );
         self.transport.set_addrs(addrs);
     }
 
@@ -613,36 +665,52 @@ impl Loop {
         let leader = self.is_leader();
         if leader && !self.was_leader {
             let now = Instant::now();
-            self.deadlines = self.h.state().leases().map(|(id, ttl)| (id, now + Duration::from_millis(ttl))).collect();
+            self.deadlines = self
+                .h
+                .state()
+                .leases()
+                .map(|(id, ttl)| (id, now + Duration::from_millis(ttl)))
+                .collect();
             self.revoking.clear();
             tracing::info!(id = self.cfg.id, term = self.raw.raft.term, "became leader");
         }
         if !leader && self.was_leader {
             let e = self.not_leader();
             for (_, tx) in self.proposals.drain() {
-                let _ = tx.send(Err(ErrorReply::Unknown("leadership lost before the write was applied".into())));
+                let _ = tx.send(Err(ErrorReply::Unknown(
+                    "leadership lost before the write was applied".into(),
+                )));
             }
-            let waiting = self.reads_waiting.drain().map(|(_, w)| w).chain(self.reads_ready.drain(..).map(|(_, w)| w));
+            let waiting = self
+                .reads_waiting
+                .drain()
+                .map(|(_, w)| w)
+                .chain(self.reads_ready.drain(..).map(|(_, w)| w));
             for txs in waiting.collect::<Vec<_>>() {
                 for tx in txs {
                     let _ = tx.send(Err(e.clone()));
                 }
             }
             if let Some((_, tx)) = self.member_op.take() {
-                let _ = tx.send(Err(ErrorReply::Unknown("leadership lost during the membership change".into())));
+                let _ = tx.send(Err(ErrorReply::Unknown(
+                    "leadership lost during the membership change".into(),
+                )));
             }
             self.deadlines.clear();
         }
         self.was_leader = leader;
         let applied = self.h.state().meta().applied_index;
-        let (ready, waiting): (Vec<_>, Vec<_>) = self.reads_ready.drain(..).partition(|(i, _)| *i <= applied);
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.reads_ready.drain(..).partition(|(i, _)| *i <= applied);
         self.reads_ready = waiting;
         for (_, txs) in ready {
             for tx in txs {
                 let _ = tx.send(Ok(()));
             }
         }
-        if std::mem::take(&mut self.snapshot_due) || applied >= self.raw.store().snapshot_index() + self.cfg.snapshot_interval {
+        if std::mem::take(&mut self.snapshot_due)
+            || applied >= self.raw.store().snapshot_index() + self.cfg.snapshot_interval
+        {
             let (data, term) = {
                 let st = self.h.state();
                 (st.snapshot(), st.meta().applied_term)

@@ -31,7 +31,10 @@ pub enum FrameError {
 }
 
 /// Reads one frame of at most `max` bytes.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Vec<u8>, FrameError> {
     let len = r.read_u32().await? as usize;
     if len > max {
         return Err(FrameError::TooLarge { len, max });
@@ -42,8 +45,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<V
 }
 
 /// Writes one frame (not flushed).
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Result<(), FrameError> {
-    let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge { len: payload.len(), max: u32::MAX as usize })?;
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+) -> Result<(), FrameError> {
+    let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge {
+        len: payload.len(),
+        max: u32::MAX as usize,
+    })?;
     w.write_u32(len).await?;
     w.write_all(payload).await?;
     Ok(())
@@ -60,12 +69,18 @@ pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, FrameError> {
 }
 
 /// Reads and decodes one frame.
-pub async fn read_msg<R: AsyncRead + Unpin, T: for<'a> Deserialize<'a>>(r: &mut R, max: usize) -> Result<T, FrameError> {
+pub async fn read_msg<R: AsyncRead + Unpin, T: for<'a> Deserialize<'a>>(
+    r: &mut R,
+    max: usize,
+) -> Result<T, FrameError> {
     decode(&read_frame(r, max).await?)
 }
 
 /// Encodes, writes and flushes one frame.
-pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, v: &T) -> Result<(), FrameError> {
+pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    v: &T,
+) -> Result<(), FrameError> {
     write_frame(w, &encode(v)).await?;
     w.flush().await?;
     Ok(())

@@ -5,7 +5,10 @@
 
 use crate::auth::{accept_handshake, Role, Secret};
 use crate::node::{MemberChange, NodeHandle};
-use crate::protocol::{decode, read_frame, write_frame, ErrorReply, FrameError, Request, RequestBody, Response, ResponseBody, MAX_CLIENT_FRAME, MAX_PEER_FRAME};
+use crate::protocol::{
+    decode, read_frame, write_frame, ErrorReply, FrameError, Request, RequestBody, Response,
+    ResponseBody, MAX_CLIENT_FRAME, MAX_PEER_FRAME,
+};
 use crate::state::{check_command, check_key, Applied, Command};
 use protobuf::Message as _;
 use raft::prelude::Message;
@@ -36,7 +39,12 @@ pub async fn serve(listener: TcpListener, node: NodeHandle, secret: Secret) {
 
 async fn connection(mut stream: TcpStream, addr: SocketAddr, node: NodeHandle, secret: Secret) {
     let _ = stream.set_nodelay(true);
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(&mut stream, &secret, |id| node.is_member(id))).await {
+    let hello = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        accept_handshake(&mut stream, &secret, |id| node.is_member(id)),
+    )
+    .await
+    {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             tracing::warn!(%addr, "connection refused: {e}");
@@ -83,10 +91,16 @@ async fn client(stream: TcpStream, addr: SocketAddr, node: NodeHandle) {
     let writer = tokio::spawn(async move {
         let mut w = BufWriter::new(w);
         while let Some(resp) = rx.recv().await {
-            let mut ok = write_frame(&mut w, &crate::protocol::encode(&resp)).await.is_ok();
+            let mut ok = write_frame(&mut w, &crate::protocol::encode(&resp))
+                .await
+                .is_ok();
             while ok {
                 match rx.try_recv() {
-                    Ok(resp) => ok = write_frame(&mut w, &crate::protocol::encode(&resp)).await.is_ok(),
+                    Ok(resp) => {
+                        ok = write_frame(&mut w, &crate::protocol::encode(&resp))
+                            .await
+                            .is_ok()
+                    }
                     Err(_) => break,
                 }
             }
@@ -96,7 +110,10 @@ async fn client(stream: TcpStream, addr: SocketAddr, node: NodeHandle) {
         }
     });
     loop {
-        let req = match read_frame(&mut r, MAX_CLIENT_FRAME).await.and_then(|f| decode::<Request>(&f)) {
+        let req = match read_frame(&mut r, MAX_CLIENT_FRAME)
+            .await
+            .and_then(|f| decode::<Request>(&f))
+        {
             Ok(req) => req,
             Err(FrameError::Io(_)) => break,
             Err(e) => {
@@ -111,7 +128,9 @@ async fn client(stream: TcpStream, addr: SocketAddr, node: NodeHandle) {
             if let RequestBody::Watch { prefix, from_rev } = req.body {
                 watch(req.id, prefix, from_rev, node, tx).await;
             } else {
-                let body = answer(req.body, &node).await.unwrap_or_else(ResponseBody::Error);
+                let body = answer(req.body, &node)
+                    .await
+                    .unwrap_or_else(ResponseBody::Error);
                 let _ = tx.send(Response { id: req.id, body }).await;
             }
         });
@@ -134,12 +153,18 @@ async fn answer(body: RequestBody, node: &NodeHandle) -> Result<ResponseBody, Er
             check_key(&key)?;
             node.read_barrier().await?;
             let st = node.state();
-            ResponseBody::Kvs { kvs: st.get(&key).cloned().into_iter().collect(), revision: st.revision() }
+            ResponseBody::Kvs {
+                kvs: st.get(&key).cloned().into_iter().collect(),
+                revision: st.revision(),
+            }
         }
         RequestBody::Range { prefix, limit } => {
             node.read_barrier().await?;
             let st = node.state();
-            ResponseBody::Kvs { kvs: st.range(&prefix, limit as usize), revision: st.revision() }
+            ResponseBody::Kvs {
+                kvs: st.range(&prefix, limit as usize),
+                revision: st.revision(),
+            }
         }
         RequestBody::Txn(t) => {
             let cmd = Command::Txn(t);
@@ -151,8 +176,13 @@ async fn answer(body: RequestBody, node: &NodeHandle) -> Result<ResponseBody, Er
             check_command(&cmd)?;
             applied(node.propose(cmd).await?)
         }
-        RequestBody::LeaseRevoke { id } => applied(node.propose(Command::LeaseRevoke { id }).await?),
-        RequestBody::LeaseKeepAlive { id } => ResponseBody::Lease { id, ttl_ms: node.keepalive(id).await? },
+        RequestBody::LeaseRevoke { id } => {
+            applied(node.propose(Command::LeaseRevoke { id }).await?)
+        }
+        RequestBody::LeaseKeepAlive { id } => ResponseBody::Lease {
+            id,
+            ttl_ms: node.keepalive(id).await?,
+        },
         RequestBody::Status => ResponseBody::Status(node.status()),
         RequestBody::MemberAdd { addr } => {
             let (id, members) = node.change_member(MemberChange::Add(addr)).await?;
@@ -178,12 +208,25 @@ fn applied(a: Applied) -> ResponseBody {
 /// kept history first, then live events, with no gap and no repeat: the
 /// subscription is taken before the history is read, and live events older
 /// than the history's end are skipped.
-async fn watch(id: u64, prefix: Vec<u8>, from_rev: u64, node: NodeHandle, tx: mpsc::Sender<Response>) {
+async fn watch(
+    id: u64,
+    prefix: Vec<u8>,
+    from_rev: u64,
+    node: NodeHandle,
+    tx: mpsc::Sender<Response>,
+) {
     let mut live = node.subscribe();
     let (backlog, mut next) = {
         let st = node.state();
-        let from = if from_rev == 0 { st.revision() + 1 } else { from_rev };
-        (st.history_since(&prefix, from), (st.revision() + 1).max(from))
+        let from = if from_rev == 0 {
+            st.revision() + 1
+        } else {
+            from_rev
+        };
+        (
+            st.history_since(&prefix, from),
+            (st.revision() + 1).max(from),
+        )
     };
     let send = |body| {
         let tx = tx.clone();
@@ -208,7 +251,11 @@ async fn watch(id: u64, prefix: Vec<u8>, from_rev: u64, node: NodeHandle, tx: mp
         };
         match batch {
             Ok(batch) => {
-                let evs: Vec<_> = batch.iter().filter(|e| e.rev >= next && e.kv.key.starts_with(&prefix)).cloned().collect();
+                let evs: Vec<_> = batch
+                    .iter()
+                    .filter(|e| e.rev >= next && e.kv.key.starts_with(&prefix))
+                    .cloned()
+                    .collect();
                 if let Some(last) = batch.last() {
                     next = next.max(last.rev + 1);
                 }

@@ -352,7 +352,13 @@ impl State {
                 Some(&P_HIST) => s.history.push_back(dec(&v, "history record")?),
                 Some(&P_LEASE) => {
                     let (id, ttl_ms): (u64, u64) = dec(&v, "lease record")?;
-                    s.leases.insert(id, Lease { ttl_ms, ..Lease::default() });
+                    s.leases.insert(
+                        id,
+                        Lease {
+                            ttl_ms,
+                            ..Lease::default()
+                        },
+                    );
                 }
                 Some(&P_MEMBER) => {
                     let (id, addr): (u64, String) = dec(&v, "member record")?;
@@ -413,9 +419,15 @@ impl State {
     /// Events of keys under `prefix` with revision ≥ `from_rev`, or
     /// [`StateError::Compacted`] when the history no longer reaches back there.
     pub fn history_since(&self, prefix: &[u8], from_rev: u64) -> Result<Vec<Event>, StateError> {
-        let oldest = self.history.front().map_or(self.meta.revision + 1, |e| e.rev);
+        let oldest = self
+            .history
+            .front()
+            .map_or(self.meta.revision + 1, |e| e.rev);
         if from_rev < oldest && from_rev <= self.meta.revision {
-            return Err(StateError::Compacted { requested: from_rev, oldest });
+            return Err(StateError::Compacted {
+                requested: from_rev,
+                oldest,
+            });
         }
         let skip = from_rev.saturating_sub(oldest) as usize;
         Ok(self
@@ -467,9 +479,19 @@ impl State {
             Command::LeaseGrant { ttl_ms } => {
                 let id = self.meta.next_lease_id;
                 self.meta.next_lease_id += 1;
-                self.leases.insert(id, Lease { ttl_ms: *ttl_ms, ..Lease::default() });
-                b.ops.push((pkey(P_LEASE, &id.to_be_bytes()), Some(enc(&(id, *ttl_ms)))));
-                Ok(Applied::LeaseGranted { id, ttl_ms: *ttl_ms })
+                self.leases.insert(
+                    id,
+                    Lease {
+                        ttl_ms: *ttl_ms,
+                        ..Lease::default()
+                    },
+                );
+                b.ops
+                    .push((pkey(P_LEASE, &id.to_be_bytes()), Some(enc(&(id, *ttl_ms)))));
+                Ok(Applied::LeaseGranted {
+                    id,
+                    ttl_ms: *ttl_ms,
+                })
             }
             Command::LeaseRevoke { id } => {
                 let lease = self.leases.remove(id).ok_or(StateError::NoSuchLease(*id))?;
@@ -477,7 +499,9 @@ impl State {
                 for key in lease.keys {
                     self.delete_key(&key, b);
                 }
-                Ok(Applied::LeaseRevoked { revision: self.meta.revision })
+                Ok(Applied::LeaseRevoked {
+                    revision: self.meta.revision,
+                })
             }
         }
     }
@@ -507,14 +531,18 @@ impl State {
                 Op::Put { key, value, lease } => self.put_key(key, value, *lease, b),
                 Op::Delete { key } => self.delete_key(key, b),
                 Op::DeletePrefix { prefix } => {
-                    let keys: Vec<Vec<u8>> = self.range(prefix, 0).into_iter().map(|kv| kv.key).collect();
+                    let keys: Vec<Vec<u8>> =
+                        self.range(prefix, 0).into_iter().map(|kv| kv.key).collect();
                     for key in keys {
                         self.delete_key(&key, b);
                     }
                 }
             }
         }
-        Ok(TxnResult { succeeded, revision: self.meta.revision })
+        Ok(TxnResult {
+            succeeded,
+            revision: self.meta.revision,
+        })
     }
 
     fn put_key(&mut self, key: &[u8], value: &[u8], lease: u64, b: &mut Batch) {
@@ -540,23 +568,44 @@ impl State {
         }
         b.ops.push((pkey(P_KEY, key), Some(enc(&kv))));
         self.kv.insert(key.to_vec(), kv.clone());
-        self.record(Event { rev, kind: EventKind::Put, kv }, b);
+        self.record(
+            Event {
+                rev,
+                kind: EventKind::Put,
+                kv,
+            },
+            b,
+        );
     }
 
     fn delete_key(&mut self, key: &[u8], b: &mut Batch) {
-        let Some(old) = self.kv.remove(key) else { return };
+        let Some(old) = self.kv.remove(key) else {
+            return;
+        };
         self.meta.revision += 1;
         let rev = self.meta.revision;
         if let Some(l) = self.leases.get_mut(&old.lease) {
             l.keys.remove(key);
         }
         b.ops.push((pkey(P_KEY, key), None));
-        let kv = KeyValue { value: Vec::new(), mod_rev: rev, ..old };
-        self.record(Event { rev, kind: EventKind::Delete, kv }, b);
+        let kv = KeyValue {
+            value: Vec::new(),
+            mod_rev: rev,
+            ..old
+        };
+        self.record(
+            Event {
+                rev,
+                kind: EventKind::Delete,
+                kv,
+            },
+            b,
+        );
     }
 
     fn record(&mut self, ev: Event, b: &mut Batch) {
-        b.ops.push((pkey(P_HIST, &ev.rev.to_be_bytes()), Some(enc(&ev))));
+        b.ops
+            .push((pkey(P_HIST, &ev.rev.to_be_bytes()), Some(enc(&ev))));
         self.history.push_back(ev.clone());
         b.events.push(ev);
         while self.history.len() > self.history_len {
@@ -588,15 +637,26 @@ impl State {
             s.kv.insert(kv.key.clone(), kv);
         }
         for (id, ttl_ms) in snap.leases {
-            b.ops.push((pkey(P_LEASE, &id.to_be_bytes()), Some(enc(&(id, ttl_ms)))));
-            s.leases.insert(id, Lease { ttl_ms, ..Lease::default() });
+            b.ops
+                .push((pkey(P_LEASE, &id.to_be_bytes()), Some(enc(&(id, ttl_ms)))));
+            s.leases.insert(
+                id,
+                Lease {
+                    ttl_ms,
+                    ..Lease::default()
+                },
+            );
         }
         for (id, addr) in snap.members {
-            b.ops.push((pkey(P_MEMBER, &id.to_be_bytes()), Some(enc(&(id, addr.clone())))));
+            b.ops.push((
+                pkey(P_MEMBER, &id.to_be_bytes()),
+                Some(enc(&(id, addr.clone()))),
+            ));
             s.members.insert(id, addr);
         }
         for ev in snap.history {
-            b.ops.push((pkey(P_HIST, &ev.rev.to_be_bytes()), Some(enc(&ev))));
+            b.ops
+                .push((pkey(P_HIST, &ev.rev.to_be_bytes()), Some(enc(&ev))));
             s.history.push_back(ev);
         }
         b.ops.push((K_META.to_vec(), Some(enc(&s.meta))));
@@ -612,7 +672,11 @@ mod tests {
 
     fn put(k: &str, v: &str) -> Command {
         Command::Txn(Txn {
-            success: vec![Op::Put { key: k.into(), value: v.into(), lease: 0 }],
+            success: vec![Op::Put {
+                key: k.into(),
+                value: v.into(),
+                lease: 0,
+            }],
             ..Txn::default()
         })
     }
@@ -628,19 +692,45 @@ mod tests {
 
         let cas = |expect: &str| {
             Command::Txn(Txn {
-                compare: vec![Compare { key: b"a".to_vec(), target: CompareTarget::Value(expect.into()) }],
-                success: vec![Op::Put { key: b"a".to_vec(), value: b"3".to_vec(), lease: 0 }],
+                compare: vec![Compare {
+                    key: b"a".to_vec(),
+                    target: CompareTarget::Value(expect.into()),
+                }],
+                success: vec![Op::Put {
+                    key: b"a".to_vec(),
+                    value: b"3".to_vec(),
+                    lease: 0,
+                }],
                 failure: vec![],
             })
         };
-        assert_eq!(s.apply(&cas("1"), &mut b).unwrap(), Applied::Txn(TxnResult { succeeded: false, revision: 2 }));
-        assert_eq!(s.apply(&cas("2"), &mut b).unwrap(), Applied::Txn(TxnResult { succeeded: true, revision: 3 }));
+        assert_eq!(
+            s.apply(&cas("1"), &mut b).unwrap(),
+            Applied::Txn(TxnResult {
+                succeeded: false,
+                revision: 2
+            })
+        );
+        assert_eq!(
+            s.apply(&cas("2"), &mut b).unwrap(),
+            Applied::Txn(TxnResult {
+                succeeded: true,
+                revision: 3
+            })
+        );
 
-        let Applied::LeaseGranted { id, .. } = s.apply(&Command::LeaseGrant { ttl_ms: 100 }, &mut b).unwrap() else {
+        let Applied::LeaseGranted { id, .. } = s
+            .apply(&Command::LeaseGrant { ttl_ms: 100 }, &mut b)
+            .unwrap()
+        else {
             panic!("not a lease")
         };
         let leased = Command::Txn(Txn {
-            success: vec![Op::Put { key: b"l".to_vec(), value: b"x".to_vec(), lease: id }],
+            success: vec![Op::Put {
+                key: b"l".to_vec(),
+                value: b"x".to_vec(),
+                lease: id,
+            }],
             ..Txn::default()
         });
         s.apply(&leased, &mut b).unwrap();
@@ -648,13 +738,22 @@ mod tests {
         assert!(s.get(b"l").is_none());
         assert_eq!(s.revision(), 5);
         // history of 3: revisions 3, 4, 5 are kept
-        assert!(matches!(s.history_since(b"", 2), Err(StateError::Compacted { oldest: 3, .. })));
+        assert!(matches!(
+            s.history_since(b"", 2),
+            Err(StateError::Compacted { oldest: 3, .. })
+        ));
         assert_eq!(s.history_since(b"", 4).unwrap().len(), 2);
         assert_eq!(s.history_since(b"", 6).unwrap().len(), 0);
 
         let big = put("k", &"v".repeat(MAX_VALUE + 1));
-        assert!(matches!(s.apply(&big, &mut b), Err(StateError::ValueTooLarge { .. })));
-        assert!(matches!(s.apply(&put(&"k".repeat(MAX_KEY + 1), ""), &mut b), Err(StateError::KeyTooLarge { .. })));
+        assert!(matches!(
+            s.apply(&big, &mut b),
+            Err(StateError::ValueTooLarge { .. })
+        ));
+        assert!(matches!(
+            s.apply(&put(&"k".repeat(MAX_KEY + 1), ""), &mut b),
+            Err(StateError::KeyTooLarge { .. })
+        ));
     }
 
     #[test]

@@ -53,15 +53,22 @@ pub enum StorageErr {
 }
 
 fn db_err(path: &str) -> impl FnOnce(rocksdb::Error) -> StorageErr + '_ {
-    move |source| StorageErr::Db { path: path.to_string(), source }
+    move |source| StorageErr::Db {
+        path: path.to_string(),
+        source,
+    }
 }
 
 fn parse<M: protobuf::Message>(b: &[u8], what: &'static str) -> Result<M, StorageErr> {
-    M::parse_from_bytes(b).map_err(|e| StorageErr::Corrupt { what, detail: e.to_string() })
+    M::parse_from_bytes(b).map_err(|e| StorageErr::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 fn bytes<M: protobuf::Message>(m: &M) -> Vec<u8> {
-    m.write_to_bytes().expect("encoding a protobuf message to a Vec cannot fail")
+    m.write_to_bytes()
+        .expect("encoding a protobuf message to a Vec cannot fail")
 }
 
 /// Raft's view of the log on RocksDB, with the first/last index, hard state,
@@ -86,7 +93,8 @@ impl RaftStorage {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [CF_LOG, CF_RAFT, CF_STATE].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs =
+            [CF_LOG, CF_RAFT, CF_STATE].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs).map_err(db_err(&path))?);
         let raft = db.cf_handle(CF_RAFT).expect("cf raft");
         let get = |k: &[u8]| db.get_cf(raft, k).map_err(db_err(&path));
@@ -107,7 +115,14 @@ impl RaftStorage {
             Some(kv) => index_of(&kv.map_err(db_err(&path))?.0),
             None => snap_meta.index,
         };
-        Ok(RaftStorage { db, first: snap_meta.index + 1, last, hard, conf, snap_meta })
+        Ok(RaftStorage {
+            db,
+            first: snap_meta.index + 1,
+            last,
+            hard,
+            conf,
+            snap_meta,
+        })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -153,7 +168,11 @@ impl RaftStorage {
         }
         let mut state = State::load(history_len, records.into_iter())?;
         if state.meta().applied_index < self.snap_meta.index {
-            let snap: Snapshot = match self.db.get_cf(self.cf(CF_RAFT), K_SNAP).map_err(db_err("snap"))? {
+            let snap: Snapshot = match self
+                .db
+                .get_cf(self.cf(CF_RAFT), K_SNAP)
+                .map_err(db_err("snap"))?
+            {
                 Some(b) => parse(&b, "snapshot")?,
                 None => Snapshot::default(),
             };
@@ -257,8 +276,10 @@ impl RaftStorage {
         if index <= self.snap_meta.index {
             return Ok(());
         }
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         let m = snap.mut_metadata();
         m.index = index;
         m.term = term;
@@ -278,8 +299,10 @@ impl RaftStorage {
     /// Creates a new one-member group: member `id` is the only voter, and
     /// the state (which holds its address) is the snapshot at index 1.
     pub fn bootstrap(&mut self, id: u64, state: &State) -> Result<(), StorageErr> {
-        let mut snap = Snapshot::default();
-        snap.data = state.snapshot().into();
+        let mut snap = Snapshot {
+            data: state.snapshot().into(),
+            ..Default::default()
+        };
         let m = snap.mut_metadata();
         m.index = 1;
         m.term = 1;
@@ -336,7 +359,9 @@ impl raft::Storage for RaftStorage {
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
         let from = key_of(low);
-        let it = self.db.iterator_cf(log, IteratorMode::From(&from, rocksdb::Direction::Forward));
+        let it = self
+            .db
+            .iterator_cf(log, IteratorMode::From(&from, rocksdb::Direction::Forward));
         for kv in it {
             let (k, v) = kv.map_err(io)?;
             if index_of(&k) >= high {
@@ -379,7 +404,9 @@ impl raft::Storage for RaftStorage {
         let raft = self.cf(CF_RAFT);
         match self.db.get_cf(raft, K_SNAP).map_err(io)? {
             Some(b) => Snapshot::parse_from_bytes(&b).map_err(io),
-            None => Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
+            None => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
         }
     }
 }

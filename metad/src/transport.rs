@@ -47,13 +47,21 @@ impl Transport {
         rt: tokio::runtime::Handle,
         report: std::sync::mpsc::Sender<crate::node::Msg>,
     ) -> Transport {
-        Transport { my_id, secret, rt, report, addrs: BTreeMap::new(), peers: HashMap::new() }
+        Transport {
+            my_id,
+            secret,
+            rt,
+            report,
+            addrs: BTreeMap::new(),
+            peers: HashMap::new(),
+        }
     }
 
     /// Sets the address book (member id → address); connections to members
     /// that left or moved are dropped.
     pub fn set_addrs(&mut self, addrs: BTreeMap<u64, String>) {
-        self.peers.retain(|id, _| addrs.get(id).is_some() && addrs.get(id) == self.addrs.get(id));
+        self.peers
+            .retain(|id, _| addrs.contains_key(id) && addrs.get(id) == self.addrs.get(id));
         self.addrs = addrs;
     }
 
@@ -70,7 +78,13 @@ impl Transport {
                     continue;
                 };
                 let (tx, rx) = mpsc::unbounded_channel();
-                let task = PeerTask { to, addr, my_id: self.my_id, secret: self.secret.clone(), report: self.report.clone() };
+                let task = PeerTask {
+                    to,
+                    addr,
+                    my_id: self.my_id,
+                    secret: self.secret.clone(),
+                    report: self.report.clone(),
+                };
                 self.rt.spawn(task.run(rx));
                 self.peers.insert(to, tx);
             }
@@ -93,20 +107,33 @@ struct PeerTask {
 
 impl PeerTask {
     fn fail(&self, dropped: &[Message]) {
-        let _ = self.report.send(crate::node::Msg::Peer(PeerReport::Unreachable(self.to)));
-        if dropped.iter().any(|m| m.get_msg_type() == MessageType::MsgSnapshot) {
-            let _ = self.report.send(crate::node::Msg::Peer(PeerReport::SnapshotFailed(self.to)));
+        let _ = self
+            .report
+            .send(crate::node::Msg::Peer(PeerReport::Unreachable(self.to)));
+        if dropped
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+        {
+            let _ = self
+                .report
+                .send(crate::node::Msg::Peer(PeerReport::SnapshotFailed(self.to)));
         }
     }
 
     async fn connect(&self) -> Result<TcpStream, String> {
         let fut = async {
-            let mut s = TcpStream::connect(&self.addr).await.map_err(|e| e.to_string())?;
+            let mut s = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|e| e.to_string())?;
             s.set_nodelay(true).map_err(|e| e.to_string())?;
-            connect_handshake(&mut s, &self.secret, Role::Peer, self.my_id).await.map_err(|e| e.to_string())?;
+            connect_handshake(&mut s, &self.secret, Role::Peer, self.my_id)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(s)
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, fut).await.map_err(|_| "timed out".to_string())?
+        tokio::time::timeout(CONNECT_TIMEOUT, fut)
+            .await
+            .map_err(|_| "timed out".to_string())?
     }
 
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Message>) {
@@ -148,11 +175,15 @@ impl PeerTask {
                 let write = async {
                     for m in &batch {
                         let bytes = m.write_to_bytes().map_err(|e| e.to_string())?;
-                        write_frame(&mut w, &bytes).await.map_err(|e| e.to_string())?;
+                        write_frame(&mut w, &bytes)
+                            .await
+                            .map_err(|e| e.to_string())?;
                     }
                     w.flush().await.map_err(|e| e.to_string())
                 };
-                let res = tokio::time::timeout(WRITE_TIMEOUT, write).await.unwrap_or_else(|_| Err("write timed out".into()));
+                let res = tokio::time::timeout(WRITE_TIMEOUT, write)
+                    .await
+                    .unwrap_or_else(|_| Err("write timed out".into()));
                 if let Err(e) = res {
                     tracing::warn!(to = self.to, addr = %self.addr, "peer connection lost: {e}");
                     self.fail(&batch);

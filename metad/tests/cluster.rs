@@ -44,10 +44,17 @@ async fn writes_continue_through_leader_kills() {
         let t = Instant::now();
         c.kill_member(l);
         while acked.lock().unwrap().len() == before {
-            assert!(t.elapsed() < Duration::from_secs(10), "no write accepted after killing the leader");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no write accepted after killing the leader"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        eprintln!("fail-over: first write accepted {:?} after killing leader {}", t.elapsed(), l + 1);
+        eprintln!(
+            "fail-over: first write accepted {:?} after killing leader {}",
+            t.elapsed(),
+            l + 1
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         c.start_member(l);
     }
@@ -56,15 +63,25 @@ async fn writes_continue_through_leader_kills() {
     let max_gap = writer.await.unwrap();
     eprintln!("longest pause between acknowledged writes: {max_gap:?}");
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 100, "only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() > 100,
+        "only {} writes acknowledged",
+        acked.len()
+    );
     let rev = c.settled_revision().await;
     let (kvs, read_rev) = client.get_prefix("w/").await.unwrap();
     assert_eq!(rev, read_rev);
     let present: BTreeSet<Vec<u8>> = kvs.into_iter().map(|kv| kv.key).collect();
     for k in &acked {
-        assert!(present.contains(k.as_bytes()), "acknowledged write {k} lost");
+        assert!(
+            present.contains(k.as_bytes()),
+            "acknowledged write {k} lost"
+        );
     }
-    eprintln!("{} acknowledged writes, all present; revision {rev}", acked.len());
+    eprintln!(
+        "{} acknowledged writes, all present; revision {rev}",
+        acked.len()
+    );
 }
 
 /// All members killed at once come back with the same state and revision.
@@ -119,7 +136,11 @@ async fn resumed_watch_misses_nothing() {
     let deadline = Instant::now() + Duration::from_secs(15);
     while revs.len() < written.len() + 1 {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ev = tokio::time::timeout(left, w.next()).await.expect("events missing").unwrap().unwrap();
+        let ev = tokio::time::timeout(left, w.next())
+            .await
+            .expect("events missing")
+            .unwrap()
+            .unwrap();
         revs.push(ev.rev);
     }
     let mut expected = vec![start];
@@ -166,14 +187,25 @@ async fn concurrent_cas_with_leader_kill_is_linearizable() {
                         let new = format!("c{w}-{n}").into_bytes();
                         match client.cas(key.clone(), seen.as_deref(), new.clone()).await {
                             Ok(ok) => {
-                                let op = RegOp::Cas { expected: seen.clone(), new: new.clone(), ok };
+                                let op = RegOp::Cas {
+                                    expected: seen.clone(),
+                                    new: new.clone(),
+                                    ok,
+                                };
                                 if ok {
                                     seen = Some(new);
                                 }
                                 (op, Some(now()))
                             }
                             Err(ClientError::Server(_)) => continue,
-                            Err(_) => (RegOp::Cas { expected: seen.clone(), new, ok: false }, None),
+                            Err(_) => (
+                                RegOp::Cas {
+                                    expected: seen.clone(),
+                                    new,
+                                    ok: false,
+                                },
+                                None,
+                            ),
                         }
                     }
                 };

@@ -5,7 +5,9 @@ mod common;
 
 use common::Cluster;
 use metad::auth::{connect_handshake, Role};
-use metad::protocol::{read_msg, write_frame, ErrorReply, Response, ResponseBody, MAX_CLIENT_FRAME};
+use metad::protocol::{
+    read_msg, write_frame, ErrorReply, Response, ResponseBody, MAX_CLIENT_FRAME,
+};
 use metad::{ClientConfig, ClientError, Compare, CompareTarget, EventKind, Op, Secret, Txn};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,10 +28,25 @@ async fn put_get_cas_watch_and_leases() {
     // CAS over two keys: succeeds only if both hold.
     let txn = |v1: &str| Txn {
         compare: vec![
-            Compare { key: b"a/1".to_vec(), target: CompareTarget::Value(v1.into()) },
-            Compare { key: b"a/2".to_vec(), target: CompareTarget::ModRev(r2) },
+            Compare {
+                key: b"a/1".to_vec(),
+                target: CompareTarget::Value(v1.into()),
+            },
+            Compare {
+                key: b"a/2".to_vec(),
+                target: CompareTarget::ModRev(r2),
+            },
         ],
-        success: vec![Op::Put { key: b"a/1".to_vec(), value: b"uno".to_vec(), lease: 0 }, Op::Delete { key: b"a/2".to_vec() }],
+        success: vec![
+            Op::Put {
+                key: b"a/1".to_vec(),
+                value: b"uno".to_vec(),
+                lease: 0,
+            },
+            Op::Delete {
+                key: b"a/2".to_vec(),
+            },
+        ],
         failure: vec![],
     };
     assert!(!client.txn(txn("wrong")).await.unwrap().succeeded);
@@ -42,14 +59,23 @@ async fn put_get_cas_watch_and_leases() {
     // Limits are errors, not crashes.
     let err = client.put(vec![b'k'; 5000], "x").await.unwrap_err();
     assert!(err.to_string().contains("over the limit"), "{err}");
-    let err = client.put("k", vec![0u8; 1024 * 1024 + 1]).await.unwrap_err();
+    let err = client
+        .put("k", vec![0u8; 1024 * 1024 + 1])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("over the limit"), "{err}");
 
     // A watch from revision 1 replays the history, then follows live writes.
     let mut w = client.watch("a/", 1).await.unwrap();
     let mut got = Vec::new();
     for _ in 0..4 {
-        got.push(tokio::time::timeout(Duration::from_secs(5), w.next()).await.unwrap().unwrap().unwrap());
+        got.push(
+            tokio::time::timeout(Duration::from_secs(5), w.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
     }
     let kinds: Vec<_> = got.iter().map(|e| (e.kv.key.clone(), e.kind)).collect();
     assert_eq!(
@@ -62,14 +88,27 @@ async fn put_get_cas_watch_and_leases() {
         ]
     );
     let live = client.put("a/3", "three").await.unwrap();
-    let e = tokio::time::timeout(Duration::from_secs(5), w.next()).await.unwrap().unwrap().unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!((e.rev, e.kv.key.as_slice()), (live, &b"a/3"[..]));
 
     // A lease kept alive survives; one left alone expires with its keys.
-    let kept = client.lease_grant(Duration::from_millis(800)).await.unwrap();
-    let dropped = client.lease_grant(Duration::from_millis(800)).await.unwrap();
+    let kept = client
+        .lease_grant(Duration::from_millis(800))
+        .await
+        .unwrap();
+    let dropped = client
+        .lease_grant(Duration::from_millis(800))
+        .await
+        .unwrap();
     client.put_with_lease("l/kept", "x", kept).await.unwrap();
-    client.put_with_lease("l/dropped", "x", dropped).await.unwrap();
+    client
+        .put_with_lease("l/dropped", "x", dropped)
+        .await
+        .unwrap();
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         client.lease_keepalive(kept).await.unwrap();
@@ -85,7 +124,11 @@ async fn put_get_cas_watch_and_leases() {
 async fn the_cli_works() {
     let c = Cluster::start(1);
     let out = c.cli().args(["put", "x/k", "v1"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = c.cli().args(["get", "x/k"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1");
     let out = c.cli().args(["list", "x/", "--json"]).output().unwrap();
@@ -97,10 +140,16 @@ async fn the_cli_works() {
     assert_eq!(v["members"][0]["reachable"], true);
     let out = c.cli().args(["get", "x/missing"]).output().unwrap();
     assert!(!out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
     let out = c.cli().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(help.lines().next().unwrap(), "metad: the grid's replicated metadata service (Raft on RocksDB)");
+    assert_eq!(
+        help.lines().next().unwrap(),
+        "metad: the grid's replicated metadata service (Raft on RocksDB)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -112,14 +161,24 @@ async fn unauthenticated_clients_are_refused() {
     assert!(matches!(err, ClientError::Auth { .. }), "{err}");
     // A client that skips the handshake and sends a request gets nothing.
     let mut s = TcpStream::connect(&c.members[0].addr).await.unwrap();
-    write_frame(&mut s, &metad::protocol::encode(&metad::protocol::Request { id: 1, body: metad::protocol::RequestBody::Status })).await.unwrap();
+    write_frame(
+        &mut s,
+        &metad::protocol::encode(&metad::protocol::Request {
+            id: 1,
+            body: metad::protocol::RequestBody::Status,
+        }),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut buf)).await;
     assert!(!String::from_utf8_lossy(&buf).contains("Leader"));
     // An unknown member cannot connect as a peer.
     let mut s = TcpStream::connect(&c.members[0].addr).await.unwrap();
     let secret = Secret::load(&c.secret_file()).unwrap();
-    let err = connect_handshake(&mut s, &secret, Role::Peer, 99).await.unwrap_err();
+    let err = connect_handshake(&mut s, &secret, Role::Peer, 99)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not a member"), "{err}");
     assert!(c.log(0).contains("connection refused"));
     // The service is fine.
@@ -130,12 +189,20 @@ async fn unauthenticated_clients_are_refused() {
 async fn malformed_frames_get_an_error_and_the_server_survives() {
     let c = Cluster::start(1);
     let secret = Secret::load(&c.secret_file()).unwrap();
-    for bad in [vec![0u8, 0, 0, 3, 0xff, 0xff, 0xff], vec![0xff, 0xff, 0xff, 0xff]] {
+    for bad in [
+        vec![0u8, 0, 0, 3, 0xff, 0xff, 0xff],
+        vec![0xff, 0xff, 0xff, 0xff],
+    ] {
         let mut s = TcpStream::connect(&c.members[0].addr).await.unwrap();
-        connect_handshake(&mut s, &secret, Role::Client, 0).await.unwrap();
+        connect_handshake(&mut s, &secret, Role::Client, 0)
+            .await
+            .unwrap();
         s.write_all(&bad).await.unwrap();
         let resp: Response = read_msg(&mut s, MAX_CLIENT_FRAME).await.unwrap();
-        assert!(matches!(resp.body, ResponseBody::Error(ErrorReply::Malformed(_))), "{resp:?}");
+        assert!(
+            matches!(resp.body, ResponseBody::Error(ErrorReply::Malformed(_))),
+            "{resp:?}"
+        );
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "connection closed after the error");
@@ -146,5 +213,8 @@ async fn malformed_frames_get_an_error_and_the_server_survives() {
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut rest)).await;
     c.client().put("still", "alive").await.unwrap();
-    assert_eq!(c.client().get("still").await.unwrap().unwrap().value, b"alive");
+    assert_eq!(
+        c.client().get("still").await.unwrap().unwrap().value,
+        b"alive"
+    );
 }

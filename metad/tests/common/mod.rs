@@ -14,7 +14,11 @@ pub const METAD: &str = env!("CARGO_BIN_EXE_metad");
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One member process.
@@ -51,18 +55,35 @@ impl Cluster {
     /// Starts a cluster of `n` members: `init` + `run` for the first,
     /// `join` + `run` for each other.
     pub fn start(n: usize) -> Cluster {
-        let root = std::env::temp_dir().join(format!("metad-test-{}-{}", std::process::id(), free_port()));
+        let root =
+            std::env::temp_dir().join(format!("metad-test-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&root).unwrap();
-        let mut c = Cluster { root, members: Vec::new() };
+        let mut c = Cluster {
+            root,
+            members: Vec::new(),
+        };
         for i in 0..n {
             let dir = c.root.join(format!("m{}", i + 1));
             let addr = format!("127.0.0.1:{}", free_port());
             if i == 0 {
-                run_ok(Command::new(METAD).args(["init", "--listen", &addr, "--data-dir"]).arg(&dir));
+                run_ok(
+                    Command::new(METAD)
+                        .args(["init", "--listen", &addr, "--data-dir"])
+                        .arg(&dir),
+                );
             } else {
-                run_ok(c.cli().args(["join", "--listen", &addr, "--data-dir"]).arg(&dir));
+                run_ok(
+                    c.cli()
+                        .args(["join", "--listen", &addr, "--data-dir"])
+                        .arg(&dir),
+                );
             }
-            c.members.push(Member { id: i as u64 + 1, dir, addr, child: None });
+            c.members.push(Member {
+                id: i as u64 + 1,
+                dir,
+                addr,
+                child: None,
+            });
             c.start_member(i);
         }
         c
@@ -88,14 +109,21 @@ impl Cluster {
 
     /// A client of the whole cluster.
     pub fn client(&self) -> Client {
-        Client::new(ClientConfig::new(self.endpoints(), Secret::load(&self.secret_file()).unwrap()))
+        Client::new(ClientConfig::new(
+            self.endpoints(),
+            Secret::load(&self.secret_file()).unwrap(),
+        ))
     }
 
     /// Starts (or restarts) member index `i`.
     pub fn start_member(&mut self, i: usize) {
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "member {} already running", m.id);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(m.dir.join("log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.dir.join("log"))
+            .unwrap();
         let child = Command::new(METAD)
             .args(["run", "--data-dir"])
             .arg(&m.dir)
