@@ -229,3 +229,27 @@ async fn concurrent_cas_with_leader_kill_is_linearizable() {
     assert!(h.len() > 300);
     check(&h).unwrap();
 }
+
+/// A member that missed more than a snapshot interval catches up by
+/// snapshot; then a member is removed while the cluster serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_catch_up_and_member_removal() {
+    let mut c = Cluster::start_with(3, &["--snapshot-interval", "50"]);
+    let client = c.client();
+    c.kill_member(2);
+    for i in 0..300 {
+        client.put(format!("s/{i}"), "v").await.unwrap();
+    }
+    c.start_member(2);
+    let rev = c.settled_revision().await;
+    assert!(c.log(2).contains("restored state from a snapshot"), "{}", c.log(2));
+    assert_eq!(client.member_status(&c.members[2].addr).await.unwrap().revision, rev);
+
+    let out = c.cli().args(["member", "remove", "3"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.kill_member(2);
+    client.put("s/after", "v").await.unwrap();
+    let s = client.status().await.unwrap();
+    assert_eq!(s.members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(s.members.iter().all(|m| m.reachable));
+}

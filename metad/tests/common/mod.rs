@@ -36,6 +36,8 @@ pub struct Member {
 pub struct Cluster {
     /// Root of the data directories.
     pub root: PathBuf,
+    /// Extra arguments of `metad run`.
+    run_args: Vec<String>,
     /// The members, member i+1 at index i.
     pub members: Vec<Member>,
 }
@@ -55,11 +57,18 @@ impl Cluster {
     /// Starts a cluster of `n` members: `init` + `run` for the first,
     /// `join` + `run` for each other.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// Like [`Cluster::start`], with extra arguments for `metad run`.
+    pub fn start_with(n: usize, run_args: &[&str]) -> Cluster {
         let root =
             std::env::temp_dir().join(format!("metad-test-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&root).unwrap();
+        let run_args = run_args.iter().map(|s| s.to_string()).collect();
         let mut c = Cluster {
             root,
+            run_args,
             members: Vec::new(),
         };
         for i in 0..n {
@@ -117,6 +126,7 @@ impl Cluster {
 
     /// Starts (or restarts) member index `i`.
     pub fn start_member(&mut self, i: usize) {
+        let run_args = self.run_args.clone();
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "member {} already running", m.id);
         let log = std::fs::OpenOptions::new()
@@ -127,6 +137,7 @@ impl Cluster {
         let child = Command::new(METAD)
             .args(["run", "--data-dir"])
             .arg(&m.dir)
+            .args(&run_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
