@@ -790,3 +790,74 @@ impl Drop for Watch {
         self.task.abort();
     }
 }
+
+/// A blocking wrapper of [`Client`] for synchronous code (FUSE handlers,
+/// agents without a runtime): it owns a one-worker tokio runtime. Any
+/// [`Client`] call can be made with [`BlockingClient::block_on`]; the
+/// common ones have shortcuts.
+pub struct BlockingClient {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl BlockingClient {
+    /// A blocking client; fails only if the runtime cannot start.
+    pub fn new(cfg: ClientConfig) -> std::io::Result<BlockingClient> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        Ok(BlockingClient {
+            rt,
+            client: Client::new(cfg),
+        })
+    }
+
+    /// The async client, for [`BlockingClient::block_on`].
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs a future (typically a [`Client`] call) to completion.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// [`Client::get`].
+    pub fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>, ClientError> {
+        self.block_on(self.client.get(key))
+    }
+
+    /// [`Client::get_prefix`].
+    pub fn get_prefix(
+        &self,
+        prefix: impl Into<Vec<u8>>,
+    ) -> Result<(Vec<KeyValue>, u64), ClientError> {
+        self.block_on(self.client.get_prefix(prefix))
+    }
+
+    /// [`Client::put`].
+    pub fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<u64, ClientError> {
+        self.block_on(self.client.put(key, value))
+    }
+
+    /// [`Client::delete`].
+    pub fn delete(&self, key: impl Into<Vec<u8>>) -> Result<u64, ClientError> {
+        self.block_on(self.client.delete(key))
+    }
+
+    /// [`Client::txn`].
+    pub fn txn(&self, txn: Txn) -> Result<TxnResult, ClientError> {
+        self.block_on(self.client.txn(txn))
+    }
+
+    /// [`Client::watch`]; the events are read with
+    /// `client.block_on(watch.next())`.
+    pub fn watch(&self, prefix: impl Into<Vec<u8>>, from_rev: u64) -> Result<Watch, ClientError> {
+        self.block_on(self.client.watch(prefix, from_rev))
+    }
+}

@@ -30,5 +30,7 @@ pub mod storage;
 pub mod transport;
 
 pub use auth::Secret;
-pub use client::{Client, ClientConfig, ClientError, ClusterStatus, MemberHealth, Watch};
+pub use client::{
+    BlockingClient, Client, ClientConfig, ClientError, ClusterStatus, MemberHealth, Watch,
+};
 pub use state::{Compare, CompareTarget, Event, EventKind, KeyValue, Op, Txn, TxnResult};

@@ -163,7 +163,8 @@ impl NodeHandle {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Events as they are applied, in batches.
+    /// Events as they are applied, in batches; an empty batch means events
+    /// were skipped (a snapshot from the leader jumped past the history).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<Event>>> {
         self.events.subscribe()
     }
@@ -529,7 +530,13 @@ impl Loop {
     fn restore(&mut self, snap: &Snapshot) -> Result<Batch, NodeError> {
         let mut b = Batch::default();
         let mut st = self.h.state.write().unwrap_or_else(|e| e.into_inner());
+        let old_rev = st.revision();
         st.restore(&snap.data, &mut b).map_err(StorageErr::from)?;
+        // Watchers get the events the snapshot jumped over from its history;
+        // when it does not reach back that far, an empty batch tells them
+        // events were skipped, and they end (clients resume elsewhere).
+        let skipped = st.history_since(b"", old_rev + 1).unwrap_or_default();
+        let _ = self.h.events.send(Arc::new(skipped));
         tracing::info!(
             index = snap.get_metadata().index,
             "restored state from a snapshot"

@@ -250,6 +250,11 @@ async fn watch(
             _ = tx.closed() => return,
         };
         match batch {
+            Ok(batch) if batch.is_empty() => {
+                let msg = format!("events skipped by a snapshot; resume from revision {next}");
+                send(ResponseBody::Error(ErrorReply::Other(msg))).await;
+                return;
+            }
             Ok(batch) => {
                 let evs: Vec<_> = batch
                     .iter()

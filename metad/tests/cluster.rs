@@ -242,14 +242,32 @@ async fn snapshot_catch_up_and_member_removal() {
     }
     c.start_member(2);
     let rev = c.settled_revision().await;
-    assert!(c.log(2).contains("restored state from a snapshot"), "{}", c.log(2));
-    assert_eq!(client.member_status(&c.members[2].addr).await.unwrap().revision, rev);
+    assert!(
+        c.log(2).contains("restored state from a snapshot"),
+        "{}",
+        c.log(2)
+    );
+    assert_eq!(
+        client
+            .member_status(&c.members[2].addr)
+            .await
+            .unwrap()
+            .revision,
+        rev
+    );
 
     let out = c.cli().args(["member", "remove", "3"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     c.kill_member(2);
     client.put("s/after", "v").await.unwrap();
     let s = client.status().await.unwrap();
-    assert_eq!(s.members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        s.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     assert!(s.members.iter().all(|m| m.reachable));
 }

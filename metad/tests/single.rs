@@ -218,3 +218,20 @@ async fn malformed_frames_get_an_error_and_the_server_survives() {
         b"alive"
     );
 }
+
+#[test]
+fn the_blocking_client_works() {
+    let c = Cluster::start(1);
+    let secret = Secret::load(&c.secret_file()).unwrap();
+    let b = metad::BlockingClient::new(ClientConfig::new(c.endpoints(), secret)).unwrap();
+    let rev = b.put("b/1", "x").unwrap();
+    assert_eq!(b.get("b/1").unwrap().unwrap().mod_rev, rev);
+    let mut w = b.watch("b/", rev).unwrap();
+    assert_eq!(b.block_on(w.next()).unwrap().unwrap().rev, rev);
+    b.delete("b/1").unwrap();
+    assert_eq!(
+        b.block_on(w.next()).unwrap().unwrap().kind,
+        EventKind::Delete
+    );
+    assert!(b.get_prefix("b/").unwrap().0.is_empty());
+}
