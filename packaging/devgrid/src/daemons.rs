@@ -17,37 +17,61 @@ pub const METAD_PORT: u16 = 2380;
 /// here as it comes to exist.
 pub fn default_daemons() -> Vec<DaemonSpec> {
     let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
-    vec![DaemonSpec {
-        name: "metad".into(),
-        on_first: Some(METAD_MEMBERS),
-        // node1 creates the cluster and its secret, shared with every node
-        // through /etc/grid; the others join it, one at a time.
-        prepare: Some(strings(&[
-            "sh",
-            "-c",
-            "set -e; if [ {i} = 1 ]; then \
+    vec![
+        DaemonSpec {
+            name: "metad".into(),
+            on_first: Some(METAD_MEMBERS),
+            // node1 creates the cluster and its secret, shared with every node
+            // through /etc/grid; the others join it, one at a time. A member
+            // that has its data (a host grid brought up again) just runs.
+            prepare: Some(strings(&[
+                "sh",
+                "-c",
+                "set -e; [ -d /var/lib/grid/metad ] && exit 0; \
+             if [ {i} = 1 ]; then \
                {bin}/metad init --data-dir /var/lib/grid/metad --advertise {node}:2380; \
                cp /var/lib/grid/metad/secret /etc/grid/secret; \
              else \
                {bin}/metad join --data-dir /var/lib/grid/metad --advertise {node}:2380; \
              fi",
-        ])),
-        argv: strings(&["{bin}/metad", "run", "--data-dir", "/var/lib/grid/metad"]),
-    },
-    // gvsfs: the /gvs mount and the node's chunk store, on every node.
-    DaemonSpec {
-        name: "gvsfs".into(),
-        on_first: None,
-        prepare: None,
-        argv: strings(&["{bin}/gvsfs", "mount", "--mountpoint", "/gvs", "--data-dir", "/var/lib/grid/gvsfs"]),
-    }]
+            ])),
+            argv: strings(&["{bin}/metad", "run", "--data-dir", "/var/lib/grid/metad"]),
+            // Serving, and part of a cluster with a leader.
+            ready: Some(strings(&[
+                "{bin}/metad",
+                "--endpoints",
+                "{node}:2380",
+                "--timeout-ms",
+                "1000",
+                "list",
+                "devgrid/",
+            ])),
+        },
+        // gvsfs: the /gvs mount and the node's chunk store, on every node.
+        DaemonSpec {
+            name: "gvsfs".into(),
+            on_first: None,
+            prepare: None,
+            argv: strings(&[
+                "{bin}/gvsfs",
+                "mount",
+                "--mountpoint",
+                "/gvs",
+                "--data-dir",
+                "/var/lib/grid/gvsfs",
+            ]),
+            ready: Some(strings(&["mountpoint", "-q", "/gvs"])),
+        },
+    ]
 }
 
-/// The environment of every daemon and command in a grid of `nodes` nodes:
-/// where metad is, so that clients on any node find it.
-pub fn grid_env(nodes: usize) -> BTreeMap<String, String> {
-    let endpoints: Vec<String> = (1..=nodes.min(METAD_MEMBERS))
-        .map(|i| format!("node{i}:{METAD_PORT}"))
+/// The environment of every daemon and command in a grid whose nodes are
+/// named `nodes`: where metad is, so that clients on any node find it.
+pub fn grid_env(nodes: &[String]) -> BTreeMap<String, String> {
+    let endpoints: Vec<String> = nodes
+        .iter()
+        .take(METAD_MEMBERS)
+        .map(|n| format!("{n}:{METAD_PORT}"))
         .collect();
     BTreeMap::from([
         ("METAD_ENDPOINTS".to_string(), endpoints.join(",")),

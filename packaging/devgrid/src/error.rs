@@ -31,6 +31,26 @@ pub enum Error {
         /// The daemons that node runs, comma-separated.
         known: String,
     },
+    /// An operation that needs namespaces, asked of a host grid.
+    #[error("grid {grid} is this machine itself: it cannot be {what}")]
+    HostGrid {
+        /// The host grid.
+        grid: String,
+        /// What was asked ("cut", "heal").
+        what: String,
+    },
+    /// A daemon that died or did not start serving.
+    #[error("{daemon} on {node} is not ready: {why} (its log: {log})")]
+    NotReady {
+        /// The node.
+        node: String,
+        /// The daemon.
+        daemon: String,
+        /// What was seen.
+        why: String,
+        /// Where its log is.
+        log: String,
+    },
     /// `up` on a grid that already exists.
     #[error("grid {0} is already up (devgrid down --name {0} first)")]
     AlreadyUp(String),

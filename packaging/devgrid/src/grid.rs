@@ -32,7 +32,14 @@ pub struct DaemonSpec {
     /// the grid's binaries, `{node}` by the node's name, `{i}` by its number
     /// and `{addr}` by its address.
     pub argv: Vec<String>,
+    /// A command that succeeds once the daemon serves (run in the node
+    /// until it does), so that `up` and `start` return a working grid.
+    #[serde(default)]
+    pub ready: Option<Vec<String>>,
 }
+
+/// How long a daemon may take to become ready.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 
 impl DaemonSpec {
     /// Whether the daemon runs on node `i`.
@@ -54,6 +61,9 @@ pub struct GridConfig {
     pub bin_dir: PathBuf,
     /// The environment of every daemon and `exec` in the grid.
     pub env: BTreeMap<String, String>,
+    /// A one-node grid that is this machine itself: its daemons run in the
+    /// host's namespaces, so `/gvs` is mounted on the host.
+    pub host: bool,
 }
 
 impl GridConfig {
@@ -64,7 +74,18 @@ impl GridConfig {
             nodes,
             daemons: crate::daemons::default_daemons(),
             bin_dir: crate::daemons::bin_dir(),
-            env: crate::daemons::grid_env(nodes),
+            env: crate::daemons::grid_env(&node_names(false, nodes)),
+            host: false,
+        }
+    }
+
+    /// A one-node grid on this machine itself, running the project's
+    /// daemons in the host's namespaces: `/gvs` is the host's.
+    pub fn host(name: &str) -> Self {
+        GridConfig {
+            env: crate::daemons::grid_env(&node_names(true, 1)),
+            host: true,
+            ..GridConfig::new(name, 1)
         }
     }
 }
@@ -78,6 +99,8 @@ struct State {
     daemons: Vec<DaemonSpec>,
     bin_dir: PathBuf,
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    host: bool,
     /// Running daemons by "nodeI.DAEMON".
     running: BTreeMap<String, ProcId>,
 }
@@ -142,7 +165,7 @@ impl Grid {
     /// whatever was made is torn down again before the error is returned.
     pub fn up(cfg: &GridConfig) -> Result<Grid> {
         layout::validate_name(&cfg.name)?;
-        if !(1..=layout::MAX_NODES).contains(&cfg.nodes) {
+        if !(1..=layout::MAX_NODES).contains(&cfg.nodes) || (cfg.host && cfg.nodes != 1) {
             return Err(Error::BadNodeCount(cfg.nodes));
         }
         let grid = {
@@ -151,7 +174,13 @@ impl Grid {
             if probe.state_file().exists() || probe.netns_path(1).exists() {
                 return Err(Error::AlreadyUp(cfg.name.clone()));
             }
-            let layout = Layout::new(&cfg.name, free_subnet()?)?;
+            if cfg.host {
+                if let Some(other) = host_grid() {
+                    return Err(Error::AlreadyUp(other));
+                }
+            }
+            let subnet = if cfg.host { 0 } else { free_subnet()? };
+            let layout = Layout::new(&cfg.name, subnet)?;
             let grid = Grid {
                 state: State {
                     name: cfg.name.clone(),
@@ -160,6 +189,7 @@ impl Grid {
                     daemons: cfg.daemons.clone(),
                     bin_dir: cfg.bin_dir.clone(),
                     env: cfg.env.clone(),
+                    host: cfg.host,
                     running: BTreeMap::new(),
                 },
                 layout,
@@ -179,12 +209,16 @@ impl Grid {
 
     fn build(&self) -> Result<()> {
         let l = &self.layout;
-        mountns::write_hosts(l, self.state.nodes)?;
-        mountns::prepare_ns_dir(l)?;
-        network::create_bridge(l)?;
-        for i in 1..=self.state.nodes {
-            network::create_node(l, i)?;
-            mountns::create_node(l, i)?;
+        if self.state.host {
+            mountns::create_host_paths()?;
+        } else {
+            mountns::write_hosts(l, self.state.nodes)?;
+            mountns::prepare_ns_dir(l)?;
+            network::create_bridge(l)?;
+            for i in 1..=self.state.nodes {
+                network::create_node(l, i)?;
+                mountns::create_node(l, i)?;
+            }
         }
         for d in self.state.daemons.clone() {
             for i in (1..=self.state.nodes).filter(|&i| d.runs_on(i)) {
@@ -251,9 +285,23 @@ impl Grid {
         &self.layout
     }
 
-    /// Node `i`'s address.
+    /// Node `i`'s address (loopback for a host grid).
     pub fn addr(&self, i: usize) -> Ipv4Addr {
-        self.layout.addr(i)
+        if self.state.host {
+            Ipv4Addr::LOCALHOST
+        } else {
+            self.layout.addr(i)
+        }
+    }
+
+    /// Node `i`'s name: `nodeI`, or this machine's hostname for a host grid.
+    pub fn node_name(&self, i: usize) -> String {
+        node_names(self.state.host, i).pop().unwrap_or_default()
+    }
+
+    /// Whether this is a host grid (see [`GridConfig::host`]).
+    pub fn is_host(&self) -> bool {
+        self.state.host
     }
 
     /// Parses a node name (`node2` or `2`) of this grid.
@@ -265,7 +313,7 @@ impl Grid {
         argv.iter()
             .map(|a| {
                 a.replace("{bin}", &self.state.bin_dir.to_string_lossy())
-                    .replace("{node}", &format!("node{i}"))
+                    .replace("{node}", &self.node_name(i))
                     .replace("{i}", &i.to_string())
                     .replace("{addr}", &self.layout.addr(i).to_string())
             })
@@ -276,7 +324,11 @@ impl Grid {
     /// UTS namespaces) with the grid's environment and its binaries first
     /// on the PATH; add arguments and run it as any `Command`.
     pub fn command(&self, i: usize, program: &str) -> Command {
-        let mut cmd = process::in_node(&self.layout, i, program);
+        let mut cmd = if self.state.host {
+            Command::new(program)
+        } else {
+            process::in_node(&self.layout, i, program)
+        };
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
         cmd.envs(&self.state.env)
             .env("PATH", format!("{}:{path}", self.state.bin_dir.display()));
@@ -294,7 +346,11 @@ impl Grid {
     /// Runs `f` on a new thread whose network namespace is node `i`'s, and
     /// returns what it returns: sockets it opens live in that node.
     pub fn in_netns<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let path = self.layout.netns_path(i);
+        let path = if self.state.host {
+            PathBuf::from("/proc/self/ns/net")
+        } else {
+            self.layout.netns_path(i)
+        };
         let ns = fs::File::open(&path).ctx(|| format!("opening {}", path.display()))?;
         std::thread::scope(|s| {
             s.spawn(move || {
@@ -345,7 +401,39 @@ impl Grid {
         let p = process::spawn(self.command(i, &argv[0]).args(&argv[1..]), &log)?;
         me.state.running.insert(key, p);
         me.save()?;
+        if let Some(ready) = &d.ready {
+            self.wait_ready(i, d, p, &self.expand(ready, i))?;
+        }
         Ok(p)
+    }
+
+    fn wait_ready(&self, i: usize, d: &DaemonSpec, p: ProcId, probe: &[String]) -> Result<()> {
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        let not_ready = |why: &str| Error::NotReady {
+            node: self.node_name(i),
+            daemon: d.name.clone(),
+            why: why.to_string(),
+            log: self.layout.log_file(i, &d.name).display().to_string(),
+        };
+        loop {
+            if !p.alive() {
+                return Err(not_ready("it exited"));
+            }
+            let mut cmd = self.command(i, &probe[0]);
+            cmd.args(&probe[1..])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            if cmd.status().is_ok_and(|s| s.success()) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(not_ready(&format!(
+                    "`{}` still fails after {READY_TIMEOUT:?}",
+                    probe.join(" ")
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Starts node `i`'s daemons (or only `daemon`) that are not running.
@@ -377,11 +465,24 @@ impl Grid {
     /// Cuts node `i` off the network: both ways, or only its outgoing
     /// traffic when `oneway`.
     pub fn cut(&self, i: usize, oneway: bool) -> Result<()> {
+        self.not_host("cut")?;
         network::cut(&self.layout, i, oneway)
+    }
+
+    fn not_host(&self, what: &str) -> Result<()> {
+        if self.state.host {
+            Err(Error::HostGrid {
+                grid: self.state.name.clone(),
+                what: what.to_string(),
+            })
+        } else {
+            Ok(())
+        }
     }
 
     /// Restores node `i`'s network.
     pub fn heal(&self, i: usize) -> Result<()> {
+        self.not_host("heal")?;
         network::heal(&self.layout, i)
     }
 
@@ -390,10 +491,14 @@ impl Grid {
         let g = Grid::open(&self.state.name)?;
         (1..=g.state.nodes)
             .map(|i| {
-                let cut = match network::is_cut(&g.layout, i)? {
-                    None => "no",
-                    Some(true) => "outgoing",
-                    Some(false) => "both ways",
+                let cut = if g.state.host {
+                    "-"
+                } else {
+                    match network::is_cut(&g.layout, i)? {
+                        None => "no",
+                        Some(true) => "outgoing",
+                        Some(false) => "both ways",
+                    }
                 };
                 let daemons = g
                     .daemons_of(i, None)?
@@ -401,9 +506,13 @@ impl Grid {
                     .map(|d| (d.name.clone(), g.pid(i, &d.name)))
                     .collect();
                 Ok(NodeStatus {
-                    name: format!("node{i}"),
-                    addr: g.layout.addr(i),
-                    netns: g.layout.netns(i),
+                    name: g.node_name(i),
+                    addr: g.addr(i),
+                    netns: if g.state.host {
+                        "(host)".into()
+                    } else {
+                        g.layout.netns(i)
+                    },
                     cut: cut.to_string(),
                     daemons,
                 })
@@ -426,6 +535,11 @@ pub fn teardown(name: &str) -> Result<()> {
     layout::validate_name(name)?;
     let _lock = lock()?;
     let probe = Layout::new(name, 0)?;
+    if let Ok(g) = Grid::open(name) {
+        if g.state.host {
+            return teardown_host(&g);
+        }
+    }
     let nodes = existing_nodes(&probe);
     for &i in &nodes {
         process::kill_all_in_node(&probe, i);
@@ -442,6 +556,42 @@ pub fn teardown(name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Stops a host grid: its daemons (by the pids it recorded: the host's
+/// other processes are not the grid's) and its `/gvs` mount. The node's
+/// data in /var/lib/grid stays, so `up` brings the same grid back.
+fn teardown_host(g: &Grid) -> Result<()> {
+    for p in g.state.running.values() {
+        process::kill_and_wait(*p);
+    }
+    mountns::release_host_paths();
+    for dir in [g.layout.run_dir(), g.layout.data_dir()] {
+        if dir.exists() {
+            fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The name of the host grid that is up, if any: there can be only one,
+/// since it owns the host's `/gvs` and ports.
+fn host_grid() -> Option<String> {
+    fs::read_dir(RUN_ROOT).ok()?.flatten().find_map(|e| {
+        let text = fs::read_to_string(e.path().join("state.json")).ok()?;
+        let st: State = serde_json::from_str(&text).ok()?;
+        st.host.then_some(st.name)
+    })
+}
+
+/// The names of nodes 1..=`upto` (a host grid's one node is the hostname).
+fn node_names(host: bool, upto: usize) -> Vec<String> {
+    if host {
+        let h = nix::unistd::gethostname().unwrap_or_default();
+        vec![h.to_string_lossy().into_owned()]
+    } else {
+        (1..=upto).map(|i| format!("node{i}")).collect()
+    }
 }
 
 /// The node numbers of grid `l` that have a namespace, a namespace file or

@@ -20,8 +20,12 @@ enum Cmd {
     /// Start a grid of N nodes with the grid's daemons, and print where each node is
     Up {
         /// How many nodes
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, conflicts_with = "host")]
         nodes: usize,
+        /// A one-node grid that is this machine itself: daemons in the host's
+        /// namespaces, /gvs mounted on the host, data kept in /var/lib/grid
+        #[arg(long)]
+        host: bool,
         #[arg(long, default_value = "dev")]
         name: String,
     },
@@ -91,12 +95,21 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Up { nodes, name } => {
-            let grid = Grid::up(&GridConfig::new(&name, nodes))?;
+        Cmd::Up { nodes, host, name } => {
+            let cfg = if host {
+                GridConfig::host(&name)
+            } else {
+                GridConfig::new(&name, nodes)
+            };
+            let grid = Grid::up(&cfg)?;
             print_status(&grid)?;
-            println!(
-                "run a command on a node: devgrid exec --name {name} node1 -- CMD; stop the grid: devgrid down --name {name}"
-            );
+            if grid.is_host() {
+                println!("this machine is the grid's node: /gvs is mounted here; stop the grid: devgrid down --name {name}");
+            } else {
+                println!(
+                    "run a command on a node: devgrid exec --name {name} node1 -- CMD; stop the grid: devgrid down --name {name}"
+                );
+            }
         }
         Cmd::Exec { name, node, cmd } => {
             let grid = Grid::open(&name)?;
@@ -151,12 +164,12 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 }
 
 fn print_status(grid: &Grid) -> anyhow::Result<()> {
-    println!(
-        "grid {} ({} nodes, bridge {})",
-        grid.name(),
-        grid.nodes(),
-        grid.layout().bridge()
-    );
+    if grid.is_host() {
+        println!("grid {} (this machine itself)", grid.name());
+    } else {
+        let (name, nodes, bridge) = (grid.name(), grid.nodes(), grid.layout().bridge());
+        println!("grid {name} ({nodes} nodes, bridge {bridge})");
+    }
     println!(
         "{:<8} {:<15} {:<20} {:<10} daemons",
         "node", "address", "netns", "cut"

@@ -64,6 +64,28 @@ pub(crate) fn create_node(l: &Layout, i: usize) -> Result<()> {
     Ok(())
 }
 
+/// Creates the node paths in the host's own tree: mount points for nodes
+/// in namespaces, and the real directories of a host grid.
+pub(crate) fn create_host_paths() -> Result<()> {
+    for dir in [
+        node_paths::DATA,
+        node_paths::RUN,
+        node_paths::ETC,
+        node_paths::GVS,
+    ] {
+        fs::create_dir_all(dir).ctx(|| format!("creating {dir}"))?;
+    }
+    Ok(())
+}
+
+/// Unmounts a host grid's `/gvs` if its daemon, killed, left it mounted
+/// (a dead FUSE mount answers every access with ENOTCONN).
+pub(crate) fn release_host_paths() {
+    if crate::process::is_mounted(std::path::Path::new(node_paths::GVS)) {
+        let _ = run(&["umount", "-l", node_paths::GVS]);
+    }
+}
+
 /// Writes the grid's `/etc/hosts`: every node's name and address.
 pub(crate) fn write_hosts(l: &Layout, nodes: usize) -> Result<()> {
     let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n");

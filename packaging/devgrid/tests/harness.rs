@@ -46,6 +46,7 @@ fn sleeper() -> DaemonSpec {
         on_first: None,
         prepare: None,
         argv: vec!["sleep".into(), "infinity".into()],
+        ready: Some(vec!["true".into()]),
     }
 }
 
