@@ -46,7 +46,7 @@ enum Cmd {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:2380")]
         listen: String,
-        /// Address the other members reach this one at (default: --listen).
+        /// Address the other members reach this one at (default: --listen, unless a wildcard).
         #[arg(long)]
         advertise: Option<String>,
     },
@@ -70,7 +70,7 @@ enum Cmd {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:2380")]
         listen: String,
-        /// Address the other members reach this one at (default: --listen).
+        /// Address the other members reach this one at (default: --listen, unless a wildcard).
         #[arg(long)]
         advertise: Option<String>,
     },
@@ -162,6 +162,18 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The address others reach a member at: `--advertise`, else `--listen`
+/// unless that is a wildcard address, which nobody can connect to.
+fn advertised(listen: &str, advertise: &Option<String>) -> anyhow::Result<String> {
+    match advertise {
+        Some(a) => Ok(a.clone()),
+        None if listen.starts_with("0.0.0.0:") || listen.starts_with("[::]:") => {
+            anyhow::bail!("--advertise is required when --listen ({listen}) is a wildcard address")
+        }
+        None => Ok(listen.to_string()),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.cmd {
         Cmd::Init {
@@ -169,7 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             advertise,
         } => {
-            let m = DataDir::new(data_dir).init(listen, advertise.as_deref().unwrap_or(listen))?;
+            let m = DataDir::new(data_dir).init(listen, &advertised(listen, advertise)?)?;
             println!(
                 "initialized member {} ({}); secret in {}",
                 m.id,
@@ -192,7 +204,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
         } => {
             let c = client(&cli)?;
-            let advertise = advertise.clone().unwrap_or_else(|| listen.clone());
+            let advertise = advertised(listen, advertise)?;
+            if DataDir::new(data_dir).holds_member() {
+                anyhow::bail!("{} already holds a member", data_dir.display());
+            }
             let (id, members) = c.member_add(&advertise).await?;
             let m = MemberFile {
                 id,

@@ -78,6 +78,11 @@ impl DataDir {
         self.0.join("secret")
     }
 
+    /// Whether the directory already holds a member.
+    pub fn holds_member(&self) -> bool {
+        self.member_path().exists()
+    }
+
     fn member_path(&self) -> PathBuf {
         self.0.join("member.json")
     }
@@ -92,7 +97,7 @@ impl DataDir {
 
     fn create(&self) -> Result<(), MemberError> {
         std::fs::create_dir_all(&self.0).map_err(self.io(self.0.clone()))?;
-        if self.member_path().exists() {
+        if self.holds_member() {
             return Err(MemberError::Exists(self.0.clone()));
         }
         Ok(())
