@@ -1,0 +1,559 @@
+//! The datapath of one node: frames from local TAPs and datagrams from
+//! tunnels go through the same enforcement, then to a local TAP or into a
+//! tunnel to the destination appliance's node; drops become events.
+//!
+//! Threads: one reader per TAP (poll with a timeout, so it stops when its
+//! appliance leaves), one tunnel receiver (batched with `recvmmsg`). The
+//! topology is an `Arc` swapped whole on every change of the model.
+
+use crate::conntrack::Conntrack;
+use crate::events::{RateLimiter, Reason, SecurityEvent};
+use crate::model::{self, Appliance, Connection, GATEWAY_MAC};
+use crate::packet::{self, Arp, Eth, Ipv4, Transport, ETH_ARP, ETH_IPV4, PROTO_UDP};
+use crate::policy::{self, Verdict};
+use crate::responder;
+use crate::stats::{ConnStats, NodeStats};
+use crate::tap::Tap;
+use crate::topology::Topology;
+use crate::tunnel::{self, Header, TunnelError, Windows};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+type Key = (String, String);
+
+struct TapHandle {
+    tap: Tap,
+    mac: model::Mac,
+    stop: AtomicBool,
+}
+
+/// One node's datapath.
+pub struct Engine {
+    node: String,
+    node_id: u64,
+    topo: RwLock<Arc<Topology>>,
+    taps: RwLock<HashMap<Key, Arc<TapHandle>>>,
+    ct: Mutex<Conntrack>,
+    windows: Mutex<Windows>,
+    stats: Mutex<BTreeMap<String, ConnStats>>,
+    limiter: Mutex<RateLimiter>,
+    events: tokio::sync::mpsc::UnboundedSender<SecurityEvent>,
+    udp: UdpSocket,
+    local_addr: Ipv4Addr,
+    seq: AtomicU64,
+    tunnel_tx: AtomicU64,
+    tunnel_rx: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Engine {
+    /// A datapath for `node`, sending tunnel datagrams from `udp` (bound to
+    /// the tunnel port), reporting drops on `events`.
+    pub fn new(
+        node: &str,
+        local_addr: Ipv4Addr,
+        udp: UdpSocket,
+        events: tokio::sync::mpsc::UnboundedSender<SecurityEvent>,
+    ) -> Arc<Engine> {
+        // Let the kernel fragment datagrams larger than the underlay MTU
+        // rather than refuse them (a full-size frame plus our header does
+        // not fit in 1500 bytes).
+        let v: libc::c_int = libc::IP_PMTUDISC_DONT;
+        // SAFETY: a valid socket and an int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                udp.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                &v as *const _ as *const libc::c_void,
+                4,
+            );
+        }
+        let boot = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Arc::new(Engine {
+            node: node.into(),
+            node_id: model::node_id(node),
+            topo: RwLock::new(Arc::new(Topology::default())),
+            taps: RwLock::default(),
+            ct: Mutex::default(),
+            windows: Mutex::default(),
+            stats: Mutex::default(),
+            limiter: Mutex::default(),
+            events,
+            udp,
+            local_addr,
+            seq: AtomicU64::new(boot),
+            tunnel_tx: AtomicU64::new(0),
+            tunnel_rx: AtomicU64::new(0),
+        })
+    }
+
+    fn topo(&self) -> Arc<Topology> {
+        self.topo.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Installs a new version of the model and makes the local TAPs match
+    /// it: a TAP for every appliance of this node, none for the others.
+    pub fn install(self: &Arc<Self>, t: Topology) {
+        let t = Arc::new(t);
+        *self.topo.write().unwrap_or_else(|e| e.into_inner()) = t.clone();
+        let mut taps = self.taps.write().unwrap_or_else(|e| e.into_inner());
+        taps.retain(|k, h| {
+            let keep = t
+                .appliance(&k.0, &k.1)
+                .is_some_and(|a| a.node == self.node && a.mac == h.mac);
+            if !keep {
+                h.stop.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    "appliance {}/{} left this node: closing TAP {}",
+                    k.0,
+                    k.1,
+                    h.tap.name()
+                );
+            }
+            keep
+        });
+        for a in t.local(&self.node) {
+            let k = (a.app.clone(), a.name.clone());
+            if taps.contains_key(&k) {
+                continue;
+            }
+            match Tap::create(&a.tap_name(), a.mac) {
+                Ok(tap) => {
+                    tracing::info!(
+                        "appliance {}/{} ({}, {}): TAP {}",
+                        a.app,
+                        a.name,
+                        a.ip,
+                        a.mac,
+                        tap.name()
+                    );
+                    let h = Arc::new(TapHandle {
+                        tap,
+                        mac: a.mac,
+                        stop: AtomicBool::new(false),
+                    });
+                    taps.insert(k.clone(), h.clone());
+                    let me = self.clone();
+                    std::thread::Builder::new()
+                        .name(format!("tap-{}", a.name))
+                        .spawn(move || me.tap_reader(k, h))
+                        .expect("spawning a thread");
+                }
+                Err(e) => tracing::error!("appliance {}/{}: {e}", a.app, a.name),
+            }
+        }
+    }
+
+    fn tap_reader(self: Arc<Self>, k: Key, h: Arc<TapHandle>) {
+        let mut buf = vec![0u8; 65536];
+        while !h.stop.load(Ordering::SeqCst) {
+            if !h.tap.readable(Duration::from_millis(100)) {
+                continue;
+            }
+            match h.tap.recv(&mut buf) {
+                Ok(n) => self.from_tap(&k, &h, &buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!("TAP {}: {e}", h.tap.name());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn from_tap(&self, k: &Key, h: &TapHandle, frame: &[u8]) {
+        let topo = self.topo();
+        let Some(a) = topo.appliance(&k.0, &k.1) else {
+            return;
+        };
+        let Some(app) = topo.apps.get(&a.app) else {
+            return;
+        };
+        let Ok(eth) = Eth::parse(frame) else { return };
+        match eth.ethertype() {
+            ETH_ARP => {
+                if let Ok(req) = Arp::parse(eth.payload()) {
+                    if let Some(reply) = responder::arp_reply(&req, a.ip, &app.app.range) {
+                        let _ = h.tap.send(&reply);
+                    }
+                }
+            }
+            ETH_IPV4 => self.ipv4_from_tap(&topo, a, h, frame),
+            // IPv6 (neighbour discovery, router solicitations) and other
+            // link protocols are not routed; dropped without a report.
+            _ => {}
+        }
+    }
+
+    fn ipv4_from_tap(&self, topo: &Topology, a: &Appliance, h: &TapHandle, frame: &[u8]) {
+        let eth = Eth::parse(frame).expect("parsed before");
+        let Ok(ip) = Ipv4::parse(eth.payload()) else {
+            return self.report(
+                Reason::Malformed,
+                Some(a),
+                None,
+                None,
+                0,
+                (a.ip, 0),
+                (Ipv4Addr::UNSPECIFIED, 0),
+            );
+        };
+        let t = match Transport::parse(&ip) {
+            Ok(t) => t,
+            Err(_) => {
+                return self.report(
+                    Reason::Malformed,
+                    Some(a),
+                    None,
+                    None,
+                    ip.proto(),
+                    (ip.src(), 0),
+                    (ip.dst(), 0),
+                )
+            }
+        };
+        let (src, dst) = ((ip.src(), t.sport), (ip.dst(), t.dport));
+        if eth.src() != a.mac.0 {
+            return self.report(
+                Reason::SpoofedMac,
+                Some(a),
+                None,
+                None,
+                ip.proto(),
+                src,
+                dst,
+            );
+        }
+        if ip.src() != a.ip {
+            return self.report(Reason::SpoofedIp, Some(a), None, None, ip.proto(), src, dst);
+        }
+        let Some(app) = topo.apps.get(&a.app) else {
+            return;
+        };
+        let range = app.app.range;
+        if ip.dst() == range.gateway() && ip.proto() == PROTO_UDP && t.dport == 53 {
+            if let Some(q) = responder::parse_query(t.data) {
+                let first = q.name.split('.').next().unwrap_or("");
+                let addr = topo
+                    .resolve(a, first)
+                    .filter(|_| !q.name.contains('.') || q.name.ends_with(&format!(".{}", a.app)));
+                let answer = responder::dns_answer(t.data, &q, addr);
+                let reply = packet::udp_frame(
+                    GATEWAY_MAC.0,
+                    a.mac.0,
+                    (range.gateway(), 53),
+                    (a.ip, t.sport),
+                    &answer,
+                );
+                let _ = h.tap.send(&reply);
+            }
+            return;
+        }
+        if ip.dst().is_multicast()
+            || ip.dst().is_broadcast()
+            || ip.dst() == range.host(range.size() - 1)
+        {
+            return;
+        }
+        let Some(peer) = topo.at(&a.app, ip.dst()) else {
+            return self.report(
+                Reason::UndeclaredPeer,
+                Some(a),
+                None,
+                None,
+                ip.proto(),
+                src,
+                dst,
+            );
+        };
+        let verdict = policy::decide(
+            topo,
+            &mut lock(&self.ct),
+            a,
+            peer,
+            ip.proto(),
+            &t,
+            Instant::now(),
+        );
+        match verdict {
+            Verdict::Forward(c) => {
+                {
+                    let mut s = lock(&self.stats);
+                    let e = s.entry(c.id()).or_default();
+                    e.packets += 1;
+                    e.bytes += frame.len() as u64;
+                }
+                self.deliver(topo, peer, &c, frame);
+            }
+            Verdict::Drop(r, c) => {
+                if let Some(c) = &c {
+                    lock(&self.stats).entry(c.id()).or_default().drops += 1;
+                }
+                self.report(r, Some(a), Some(peer), c.as_ref(), ip.proto(), src, dst);
+            }
+        }
+    }
+
+    fn deliver(&self, topo: &Topology, dst: &Appliance, c: &Connection, frame: &[u8]) {
+        if dst.node == self.node {
+            let tap = self
+                .taps
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(dst.app.clone(), dst.name.clone()))
+                .cloned();
+            if let Some(h) = tap {
+                let mut f = frame.to_vec();
+                packet::set_macs(&mut f, GATEWAY_MAC.0, dst.mac.0);
+                if h.tap.send(&f).is_err() {
+                    lock(&self.stats).entry(c.id()).or_default().drops += 1;
+                }
+            }
+            return;
+        }
+        let (Some(node), Some(key)) = (
+            topo.nodes.get(&dst.node),
+            topo.apps.get(&dst.app).and_then(|a| a.key),
+        ) else {
+            lock(&self.stats).entry(c.id()).or_default().drops += 1;
+            return;
+        };
+        let h = Header {
+            app: model::app_id(&dst.app),
+            sender: self.node_id,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        };
+        let d = tunnel::seal(&key, h, frame);
+        if self
+            .udp
+            .send_to(&d, SocketAddrV4::new(node.addr, node.port))
+            .is_ok()
+        {
+            self.tunnel_tx.fetch_add(1, Ordering::Relaxed);
+        } else {
+            lock(&self.stats).entry(c.id()).or_default().drops += 1;
+        }
+    }
+
+    /// Handles one tunnel datagram from `from`.
+    pub fn from_tunnel(&self, d: &[u8], from: SocketAddrV4) {
+        let topo = self.topo();
+        let outer = (*from.ip(), from.port());
+        let me = (self.local_addr, model::TUNNEL_PORT);
+        let forged = |app: Option<&str>, e: TunnelError| {
+            tracing::debug!("tunnel packet from {from}: {e}");
+            let mut ev =
+                SecurityEvent::new(&self.node, Reason::ForgedTunnelPacket, PROTO_UDP, outer, me);
+            ev.app = app.map(String::from);
+            self.emit(ev);
+        };
+        let h = match tunnel::peek(d) {
+            Ok(h) => h,
+            Err(e) => return forged(None, e),
+        };
+        let Some(app) = topo.app_by_id.get(&h.app) else {
+            return forged(None, TunnelError::UnknownApp(h.app));
+        };
+        let Some(key) = topo.apps.get(app).and_then(|a| a.key) else {
+            return forged(Some(app), TunnelError::UnknownApp(h.app));
+        };
+        let sender = topo
+            .node_by_id
+            .get(&h.sender)
+            .and_then(|n| topo.nodes.get(n))
+            .filter(|n| n.addr == *from.ip());
+        let Some(sender) = sender else {
+            return forged(Some(app), TunnelError::UnknownSender(h.sender));
+        };
+        let frame = match tunnel::open(&key, d) {
+            Ok(f) => f,
+            Err(e) => return forged(Some(app), e),
+        };
+        if !lock(&self.windows).accept(&h) {
+            let mut ev = SecurityEvent::new(
+                &self.node,
+                Reason::ReplayedTunnelPacket,
+                PROTO_UDP,
+                outer,
+                me,
+            );
+            ev.app = Some(app.clone());
+            return self.emit(ev);
+        }
+        self.tunnel_rx.fetch_add(1, Ordering::Relaxed);
+        let Ok(eth) = Eth::parse(frame) else { return };
+        let Ok(ip) = Ipv4::parse(eth.payload()) else {
+            return;
+        };
+        let Ok(t) = Transport::parse(&ip) else { return };
+        let (src, dst) = ((ip.src(), t.sport), (ip.dst(), t.dport));
+        let Some(sa) = topo.at(app, ip.src()).filter(|a| a.node == sender.name) else {
+            let mut ev = SecurityEvent::new(&self.node, Reason::SpoofedIp, ip.proto(), src, dst);
+            ev.app = Some(app.clone());
+            return self.emit(ev);
+        };
+        // A frame for an appliance that is not (or no longer) here: a
+        // sender with an older view of a move; dropped without a report.
+        let Some(da) = topo.at(app, ip.dst()).filter(|a| a.node == self.node) else {
+            return;
+        };
+        match policy::decide(
+            &topo,
+            &mut lock(&self.ct),
+            sa,
+            da,
+            ip.proto(),
+            &t,
+            Instant::now(),
+        ) {
+            Verdict::Forward(c) => self.deliver(&topo, da, &c, frame),
+            Verdict::Drop(r, c) => {
+                if let Some(c) = &c {
+                    lock(&self.stats).entry(c.id()).or_default().drops += 1;
+                }
+                self.report(r, Some(sa), Some(da), c.as_ref(), ip.proto(), src, dst);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        r: Reason,
+        src: Option<&Appliance>,
+        dst: Option<&Appliance>,
+        c: Option<&Connection>,
+        proto: u8,
+        s: (Ipv4Addr, u16),
+        d: (Ipv4Addr, u16),
+    ) {
+        let mut ev = SecurityEvent::new(&self.node, r, proto, s, d);
+        ev.app = src.or(dst).map(|a| a.app.clone());
+        ev.src_appliance = src.map(|a| a.name.clone());
+        ev.dst_appliance = dst.map(|a| a.name.clone());
+        if let (Some(c), Some(sa)) = (c, src) {
+            if c.from.appliance == sa.name {
+                ev.src_terminal = Some(c.from.terminal.clone());
+                ev.dst_terminal = Some(c.to.terminal.clone());
+            } else {
+                ev.src_terminal = Some(c.to.terminal.clone());
+                ev.dst_terminal = Some(c.from.terminal.clone());
+            }
+        }
+        self.emit(ev);
+    }
+
+    fn emit(&self, ev: SecurityEvent) {
+        if let Some(ev) = lock(&self.limiter).admit(ev) {
+            tracing::warn!(
+                "drop: {} {:?}/{:?} {}:{} -> {}:{} proto {}",
+                ev.reason.as_str(),
+                ev.app,
+                ev.src_appliance,
+                ev.src_ip,
+                ev.src_port,
+                ev.dst_ip,
+                ev.dst_port,
+                ev.proto
+            );
+            let _ = self.events.send(ev);
+        }
+    }
+
+    /// Receives tunnel datagrams until the process ends, in batches.
+    pub fn tunnel_receiver(self: Arc<Self>) {
+        const BATCH: usize = 32;
+        const SIZE: usize = 65536;
+        let fd = self.udp.as_raw_fd();
+        let mut bufs = vec![vec![0u8; SIZE]; BATCH];
+        loop {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut p, 1, 1000) } <= 0 {
+                continue;
+            }
+            // SAFETY: zeroed C structs are valid initial values.
+            let mut addrs: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
+            let mut iovs: Vec<libc::iovec> = bufs
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                    iov_len: SIZE,
+                })
+                .collect();
+            // SAFETY: as above.
+            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+            for i in 0..BATCH {
+                msgs[i].msg_hdr.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
+                msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                msgs[i].msg_hdr.msg_iov = &mut iovs[i];
+                msgs[i].msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: every header points at a live buffer and address of
+            // the sizes given, for the duration of the call.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    msgs.as_mut_ptr(),
+                    BATCH as u32,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n <= 0 {
+                continue;
+            }
+            for i in 0..n as usize {
+                let a = addrs[i];
+                let from = SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                );
+                let len = msgs[i].msg_len as usize;
+                self.from_tunnel(&bufs[i][..len], from);
+            }
+        }
+    }
+
+    /// Forgets idle flows.
+    pub fn expire(&self) {
+        lock(&self.ct).expire(Instant::now());
+    }
+
+    /// This node's statistics now.
+    pub fn stats(&self) -> NodeStats {
+        let l = lock(&self.limiter);
+        NodeStats {
+            node: self.node.clone(),
+            conns: lock(&self.stats).clone(),
+            drops: l
+                .counts()
+                .iter()
+                .map(|(r, n)| (r.as_str().to_string(), *n))
+                .collect(),
+            suppressed: l.suppressed_total(),
+            tunnel_tx: self.tunnel_tx.load(Ordering::Relaxed),
+            tunnel_rx: self.tunnel_rx.load(Ordering::Relaxed),
+            flows: lock(&self.ct).len() as u64,
+        }
+    }
+}
+
+/// Binds the tunnel socket.
+pub fn bind_tunnel(port: u16) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+}

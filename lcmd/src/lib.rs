@@ -1,0 +1,34 @@
+//! lcmd, the grid's Logical Connection Manager on one node: appliance NICs
+//! are TAP devices it holds; it answers ARP and DNS for them, forwards
+//! only what declared connections admit (with connection tracking),
+//! carries traffic between nodes in authenticated, replay-protected UDP
+//! tunnels, and reports everything it drops as a security event.
+//!
+//! Modules, one job each:
+//! - [`model`]: the records in metad and their key layout;
+//! - [`store`]: reading and writing them (the CLI's library API);
+//! - [`topology`]: the model as the datapath looks it up;
+//! - [`packet`]: frame parsing and building;
+//! - [`responder`]: ARP and DNS answers;
+//! - [`conntrack`]: tracked flows;
+//! - [`policy`]: the forwarding decision and its reasons;
+//! - [`tunnel`]: encapsulation, MAC and replay window;
+//! - [`tap`]: TAP devices;
+//! - [`events`]: security events and their rate limit;
+//! - [`stats`]: per-connection counters;
+//! - [`engine`]: the datapath threads;
+//! - [`daemon`]: `lcmd run`.
+
+pub mod conntrack;
+pub mod daemon;
+pub mod engine;
+pub mod events;
+pub mod model;
+pub mod packet;
+pub mod policy;
+pub mod responder;
+pub mod stats;
+pub mod store;
+pub mod tap;
+pub mod topology;
+pub mod tunnel;

@@ -1,0 +1,278 @@
+//! Enforcement: whether one IPv4 packet from one appliance to another
+//! belongs to a declared connection (in its direction, with its protocol)
+//! or to a flow such a connection opened; and if not, why not.
+
+use crate::conntrack::{Conntrack, Dir, Entry, FlowKey, HttpState};
+use crate::events::Reason;
+use crate::model::{self, Appliance, Connection, Protocol};
+use crate::packet::{Transport, PROTO_TCP, TCP_ACK, TCP_SYN};
+use crate::topology::Topology;
+use std::time::Instant;
+
+/// The decision on one packet.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Deliver it; it belongs to this connection.
+    Forward(Connection),
+    /// Drop it, for this reason; `conn` is the connection it was closest
+    /// to, when there is one (for terminals in the event and statistics).
+    Drop(Reason, Option<Connection>),
+}
+
+/// Methods accepted at the start of an HTTP request.
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+/// Whether `data` starts with a well-formed HTTP/1.x request line
+/// (`METHOD SP TARGET SP HTTP/1.x CRLF`), which must be complete in the
+/// client's first data segment.
+pub fn is_http_request(data: &[u8]) -> bool {
+    let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    let Ok(line) = std::str::from_utf8(&data[..end]) else {
+        return false;
+    };
+    let mut parts = line.split(' ');
+    let (Some(m), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    METHODS.contains(&m)
+        && !target.is_empty()
+        && target.bytes().all(|b| b.is_ascii_graphic())
+        && (version == "HTTP/1.1" || version == "HTTP/1.0")
+}
+
+/// Decides on a packet from `src` to `dst` (both of the same application),
+/// tracking the flows it opens.
+pub fn decide(
+    topo: &Topology,
+    ct: &mut Conntrack,
+    src: &Appliance,
+    dst: &Appliance,
+    proto: u8,
+    t: &Transport,
+    now: Instant,
+) -> Verdict {
+    let key = FlowKey {
+        app: model::app_id(&src.app),
+        proto,
+        src: (src.ip, t.sport),
+        dst: (dst.ip, t.dport),
+    };
+    if let Some((dir, e)) = ct.lookup(&key) {
+        if topo.has_connection(&e.conn) {
+            e.last = now;
+            let conn = e.conn.clone();
+            if e.http == HttpState::Pending && dir == Dir::Orig && !t.data.is_empty() {
+                e.http = if is_http_request(t.data) {
+                    HttpState::Passed
+                } else {
+                    HttpState::Failed
+                };
+            }
+            if e.http == HttpState::Failed {
+                return Verdict::Drop(Reason::NotHttp, Some(conn));
+            }
+            return Verdict::Forward(conn);
+        }
+        ct.remove(&key);
+    }
+    let conns = topo.connections(&src.app);
+    let mut forward = conns
+        .iter()
+        .filter(|c| c.from.appliance == src.name && c.to.appliance == dst.name)
+        .peekable();
+    if forward.peek().is_none() {
+        let backward = conns
+            .iter()
+            .find(|c| c.from.appliance == dst.name && c.to.appliance == src.name);
+        return match backward {
+            Some(c) => Verdict::Drop(Reason::InputSideOpen, Some(c.clone())),
+            None => Verdict::Drop(Reason::UndeclaredPeer, None),
+        };
+    }
+    let candidates: Vec<&Connection> = forward.collect();
+    let Some(c) = candidates
+        .iter()
+        .find(|c| c.protocol.ip_proto_port() == (proto, t.dport))
+    else {
+        return Verdict::Drop(Reason::WrongPort, Some(candidates[0].clone()));
+    };
+    let syn = proto == PROTO_TCP && t.flags & TCP_SYN != 0 && t.flags & TCP_ACK == 0;
+    // A TCP segment without SYN from the output side is picked up as a
+    // flow in progress (it may be one whose appliance just moved here);
+    // the server drops it unless it knows the connection. Its HTTP check
+    // is not redone mid-stream.
+    let http = match c.protocol {
+        Protocol::Http if syn => HttpState::Pending,
+        Protocol::Http if !t.data.is_empty() => HttpState::Passed,
+        Protocol::Http => HttpState::Pending,
+        _ => HttpState::NotChecked,
+    };
+    let conn = (*c).clone();
+    ct.insert(
+        key,
+        Entry {
+            conn: conn.clone(),
+            http,
+            last: now,
+        },
+    );
+    Verdict::Forward(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AppSpec;
+    use metad::KeyValue;
+
+    fn topo() -> Topology {
+        let spec = AppSpec::from_toml(
+            r#"
+            name = "shop"
+            range = "10.200.1.0/24"
+            [appliances.web]
+            node = "node1"
+            outputs = ["db"]
+            [appliances.db]
+            node = "node2"
+            inputs = { http = "http" }
+            [appliances.other]
+            node = "node2"
+            inputs = { x = "tcp/80" }
+            [[connections]]
+            from = "web.db"
+            to = "db.http"
+            "#,
+        )
+        .unwrap();
+        let r = spec.resolve().unwrap();
+        let mut kvs = vec![];
+        let kv = |k: String, v: Vec<u8>| KeyValue {
+            key: k.into_bytes(),
+            value: v,
+            create_rev: 1,
+            mod_rev: 1,
+            version: 1,
+            lease: 0,
+        };
+        kvs.push(kv(
+            model::app_key("shop"),
+            serde_json::to_vec(&r.app).unwrap(),
+        ));
+        for a in &r.appliances {
+            kvs.push(kv(
+                model::appliance_key("shop", &a.name),
+                serde_json::to_vec(a).unwrap(),
+            ));
+        }
+        for c in &r.connections {
+            kvs.push(kv(
+                model::connection_key("shop", c),
+                serde_json::to_vec(c).unwrap(),
+            ));
+        }
+        Topology::from_kvs(&kvs).0
+    }
+
+    fn tcp(sport: u16, dport: u16, flags: u8, data: &[u8]) -> Transport<'_> {
+        Transport {
+            sport,
+            dport,
+            flags,
+            data,
+        }
+    }
+
+    #[test]
+    fn declared_flows_pass_and_the_rest_is_dropped_with_its_reason() {
+        let t = topo();
+        let mut ct = Conntrack::default();
+        let now = Instant::now();
+        let web = t.appliance("shop", "web").unwrap().clone();
+        let db = t.appliance("shop", "db").unwrap().clone();
+        let other = t.appliance("shop", "other").unwrap().clone();
+        assert_eq!(t.resolve(&web, "db"), Some(db.ip));
+        assert!(matches!(
+            decide(&t, &mut ct, &web, &db, 6, &tcp(5000, 80, TCP_SYN, b""), now),
+            Verdict::Forward(_)
+        ));
+        assert!(matches!(
+            decide(
+                &t,
+                &mut ct,
+                &db,
+                &web,
+                6,
+                &tcp(80, 5000, TCP_SYN | TCP_ACK, b""),
+                now
+            ),
+            Verdict::Forward(_)
+        ));
+        assert!(matches!(
+            decide(
+                &t,
+                &mut ct,
+                &web,
+                &db,
+                6,
+                &tcp(5000, 80, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n"),
+                now
+            ),
+            Verdict::Forward(_)
+        ));
+        assert_eq!(
+            decide(
+                &t,
+                &mut ct,
+                &web,
+                &other,
+                6,
+                &tcp(5001, 80, TCP_SYN, b""),
+                now
+            ),
+            Verdict::Drop(Reason::UndeclaredPeer, None)
+        );
+        assert!(matches!(
+            decide(&t, &mut ct, &web, &db, 6, &tcp(5002, 81, TCP_SYN, b""), now),
+            Verdict::Drop(Reason::WrongPort, Some(_))
+        ));
+        assert!(matches!(
+            decide(&t, &mut ct, &db, &web, 6, &tcp(5003, 80, TCP_SYN, b""), now),
+            Verdict::Drop(Reason::InputSideOpen, Some(_))
+        ));
+        assert!(matches!(
+            decide(&t, &mut ct, &web, &db, 6, &tcp(5004, 80, TCP_SYN, b""), now),
+            Verdict::Forward(_)
+        ));
+        assert!(matches!(
+            decide(
+                &t,
+                &mut ct,
+                &web,
+                &db,
+                6,
+                &tcp(5004, 80, TCP_ACK, b"HELLO\r\n"),
+                now
+            ),
+            Verdict::Drop(Reason::NotHttp, Some(_))
+        ));
+        assert!(matches!(
+            decide(&t, &mut ct, &web, &db, 17, &tcp(5005, 80, 0, b""), now),
+            Verdict::Drop(Reason::WrongPort, Some(_))
+        ));
+    }
+
+    #[test]
+    fn http_request_lines() {
+        assert!(is_http_request(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!is_http_request(b"GET /x\r\n"));
+        assert!(!is_http_request(b"HELLO NOT HTTP\r\n"));
+        assert!(!is_http_request(b"GET / HTTP/1.1"));
+    }
+}
