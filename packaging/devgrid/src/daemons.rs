@@ -62,6 +62,14 @@ pub fn default_daemons() -> Vec<DaemonSpec> {
             ]),
             ready: Some(strings(&["mountpoint", "-q", "/gvs"])),
         },
+        // lcmd: appliance TAPs, tunnels and enforcement, on every node.
+        DaemonSpec {
+            name: "lcmd".into(),
+            on_first: None,
+            prepare: None,
+            argv: strings(&["{bin}/lcmd", "run", "--node", "{node}", "--advertise", "{addr}"]),
+            ready: None,
+        },
     ]
 }
 
