@@ -172,6 +172,9 @@ impl DataDir {
         )?;
         let server = tokio::spawn(crate::server::serve(listener, node, secret));
         let result = tokio::task::spawn_blocking(move || raft.join()).await;
+        // Removed from the cluster: let the answer to the removal and the
+        // last messages go out before the connections close.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         server.abort();
         match result {
             Ok(Ok(r)) => r.map_err(MemberError::from),
