@@ -73,6 +73,9 @@ pub enum ClientError {
     /// The cluster answered something unexpected.
     #[error("protocol: unexpected answer {0}")]
     Protocol(String),
+    /// One member could not be reached.
+    #[error("cannot reach {0}")]
+    Unreachable(String),
     /// No endpoints were given.
     #[error("no endpoints given")]
     NoEndpoints,
@@ -697,13 +700,7 @@ async fn probe_status(addr: String, secret: Secret) -> Result<MemberStatus, Clie
     let conn = match Conn::open(&addr, &secret).await {
         Ok(c) => c,
         Err(ConnectError::Auth(source)) => return Err(ClientError::Auth { addr, source }),
-        Err(ConnectError::Unreachable(e)) => {
-            return Err(ClientError::NoQuorum {
-                reachable: 0,
-                total: 1,
-                detail: format!(" ({e})"),
-            })
-        }
+        Err(ConnectError::Unreachable(e)) => return Err(ClientError::Unreachable(e)),
     };
     let (_, mut rx) = conn
         .send(&RequestBody::Status)
