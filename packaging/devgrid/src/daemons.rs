@@ -36,15 +36,14 @@ pub fn default_daemons() -> Vec<DaemonSpec> {
              fi",
             ])),
             argv: strings(&["{bin}/metad", "run", "--data-dir", "/var/lib/grid/metad"]),
-            // Serving, and part of a cluster with a leader.
+            // Serving: the member answers.
             ready: Some(strings(&[
                 "{bin}/metad",
                 "--endpoints",
                 "{node}:2380",
                 "--timeout-ms",
                 "1000",
-                "list",
-                "devgrid/",
+                "status",
             ])),
         },
         // gvsfs: the /gvs mount and the node's chunk store, on every node.
@@ -67,7 +66,14 @@ pub fn default_daemons() -> Vec<DaemonSpec> {
             name: "lcmd".into(),
             on_first: None,
             prepare: None,
-            argv: strings(&["{bin}/lcmd", "run", "--node", "{node}", "--advertise", "{addr}"]),
+            argv: strings(&[
+                "{bin}/lcmd",
+                "run",
+                "--node",
+                "{node}",
+                "--advertise",
+                "{addr}",
+            ]),
             ready: None,
         },
     ]

@@ -33,7 +33,7 @@ pub struct DaemonSpec {
     /// and `{addr}` by its address.
     pub argv: Vec<String>,
     /// A command that succeeds once the daemon serves (run in the node
-    /// until it does), so that `up` and `start` return a working grid.
+    /// until it does), so that `up` returns a working grid.
     #[serde(default)]
     pub ready: Option<Vec<String>>,
 }
@@ -232,7 +232,7 @@ impl Grid {
                         });
                     }
                 }
-                self.start_one(i, &d)?;
+                self.start_one(i, &d, true)?;
             }
         }
         Ok(())
@@ -390,7 +390,9 @@ impl Grid {
         }
     }
 
-    fn start_one(&self, i: usize, d: &DaemonSpec) -> Result<ProcId> {
+    /// Starts daemon `d` on node `i` unless it runs; with `wait`, returns
+    /// only once its ready probe passes.
+    fn start_one(&self, i: usize, d: &DaemonSpec, wait: bool) -> Result<ProcId> {
         let key = format!("node{i}.{}", d.name);
         let mut me = Grid::open(&self.state.name)?;
         if let Some(p) = me.state.running.get(&key).filter(|p| p.alive()) {
@@ -401,7 +403,7 @@ impl Grid {
         let p = process::spawn(self.command(i, &argv[0]).args(&argv[1..]), &log)?;
         me.state.running.insert(key, p);
         me.save()?;
-        if let Some(ready) = &d.ready {
+        if let Some(ready) = d.ready.as_ref().filter(|_| wait) {
             self.wait_ready(i, d, p, &self.expand(ready, i))?;
         }
         Ok(p)
@@ -437,9 +439,11 @@ impl Grid {
     }
 
     /// Starts node `i`'s daemons (or only `daemon`) that are not running.
+    /// It does not wait for them to serve: after a crash of the whole grid
+    /// a daemon may need others, started later, before it can.
     pub fn start(&mut self, i: usize, daemon: Option<&str>) -> Result<()> {
         for d in self.daemons_of(i, daemon)? {
-            self.start_one(i, &d)?;
+            self.start_one(i, &d, false)?;
         }
         self.refresh()
     }
