@@ -1,66 +1,10 @@
 //! End-to-end tests of gvsfs on a grid in a box: 3 nodes, metad on each,
 //! a real FUSE mount of /gvs in every node's mount namespace.
 
-use std::time::{Duration, Instant};
+mod common;
 
+use common::{eventually, md5, run, sh, wait_mounted};
 use devgrid::GridGuard;
-
-/// Runs a shell script on node `i`; returns (success, stdout+stderr).
-fn run(grid: &GridGuard, i: usize, script: &str) -> (bool, String) {
-    let out = grid
-        .command(i, "sh")
-        .args(["-c", script])
-        .output()
-        .expect("running a command in a node");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// Runs a script that must succeed; returns its stdout+stderr.
-fn sh(grid: &GridGuard, i: usize, script: &str) -> String {
-    let (ok, text) = run(grid, i, script);
-    assert!(ok, "node{i}: `{script}` failed:\n{text}");
-    text
-}
-
-/// Waits until `script` succeeds on node `i` (at most `secs`).
-fn eventually(grid: &GridGuard, i: usize, script: &str, secs: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let (ok, text) = run(grid, i, script);
-        if ok {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node{i}: `{script}` did not succeed within {secs} s:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_mounted(grid: &GridGuard, nodes: usize) {
-    for i in 1..=nodes {
-        eventually(
-            grid,
-            i,
-            "grep -q ' /gvs fuse' /proc/mounts && ls /gvs >/dev/null",
-            90,
-        );
-    }
-}
-
-fn md5(grid: &GridGuard, i: usize, path: &str) -> String {
-    sh(grid, i, &format!("md5sum < {path}"))
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
 
 #[test]
 fn written_on_one_node_reads_back_on_the_others_and_namespace_follows() {
@@ -226,7 +170,7 @@ fn written_on_one_node_reads_back_on_the_others_and_namespace_follows() {
 
 #[test]
 fn a_mirror_killed_during_writes_leaves_the_volume_degraded_and_data_intact_and_restarts_keep_it() {
-    let mut grid = GridGuard::up("gvkl", 3).unwrap();
+    let grid = GridGuard::up("gvkl", 3).unwrap();
     wait_mounted(&grid, 3);
     sh(&grid, 1, "head -c 3000000 /dev/urandom > /tmp/a && head -c 3000000 /dev/urandom > /tmp/b && cat /tmp/a /tmp/b > /tmp/ab");
     sh(

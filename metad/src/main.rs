@@ -74,6 +74,16 @@ enum Cmd {
         #[arg(long)]
         advertise: Option<String>,
     },
+    /// Print a stopped member's keys under PREFIX from its own disk, after a
+    /// `# revision R applied I` line (no quorum needed; for post-mortems).
+    Dump {
+        /// Data directory of the stopped member.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Prefix of the keys printed (default: all).
+        #[arg(default_value = "")]
+        prefix: String,
+    },
     /// Membership changes.
     Member {
         #[command(subcommand)]
@@ -197,6 +207,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             DataDir::new(data_dir)
                 .run(*snapshot_interval, *history)
                 .await?
+        }
+        Cmd::Dump { data_dir, prefix } => {
+            let state = DataDir::new(data_dir).offline_state()?;
+            let meta = state.meta();
+            println!(
+                "# revision {} applied {}",
+                meta.revision, meta.applied_index
+            );
+            for kv in state.range(prefix.as_bytes(), 0) {
+                println!("{}\t{}", text(&kv.key), text(&kv.value));
+            }
         }
         Cmd::Join {
             data_dir,

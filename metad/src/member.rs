@@ -150,6 +150,15 @@ impl DataDir {
         self.write_member(m)
     }
 
+    /// The member's state machine as it is on disk, read while the member
+    /// is stopped (RocksDB's lock refuses it while `run` holds the
+    /// database): what this very member holds, not what a quorum answers.
+    pub fn offline_state(&self) -> Result<State, MemberError> {
+        self.member()?;
+        let storage = RaftStorage::open(&self.db_path())?;
+        Ok(storage.load_state(crate::state::DEFAULT_HISTORY)?)
+    }
+
     /// Serves until the member is removed or its disk fails.
     pub async fn run(&self, snapshot_interval: u64, history: usize) -> Result<(), MemberError> {
         let m = self.member()?;

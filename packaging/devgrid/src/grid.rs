@@ -263,13 +263,6 @@ impl Grid {
         fs::rename(&tmp, &path).ctx(|| format!("writing {}", path.display()))
     }
 
-    /// Re-reads the state file: another process may have started or killed
-    /// daemons since this handle was opened.
-    fn refresh(&mut self) -> Result<()> {
-        *self = Grid::open(&self.state.name)?;
-        Ok(())
-    }
-
     /// The grid's name.
     pub fn name(&self) -> &str {
         &self.state.name
@@ -441,22 +434,24 @@ impl Grid {
     /// Starts node `i`'s daemons (or only `daemon`) that are not running.
     /// It does not wait for them to serve: after a crash of the whole grid
     /// a daemon may need others, started later, before it can.
-    pub fn start(&mut self, i: usize, daemon: Option<&str>) -> Result<()> {
+    pub fn start(&self, i: usize, daemon: Option<&str>) -> Result<()> {
         for d in self.daemons_of(i, daemon)? {
             self.start_one(i, &d, false)?;
         }
-        self.refresh()
+        Ok(())
     }
 
     /// SIGKILLs node `i`'s daemons (or only `daemon`), as a crash would.
-    pub fn kill(&mut self, i: usize, daemon: Option<&str>) -> Result<()> {
-        self.refresh()?;
+    pub fn kill(&self, i: usize, daemon: Option<&str>) -> Result<()> {
+        // The state file, not this handle, knows what runs now: other
+        // processes and threads start and kill daemons too.
+        let mut now = Grid::open(&self.state.name)?;
         for d in self.daemons_of(i, daemon)? {
-            if let Some(p) = self.state.running.remove(&format!("node{i}.{}", d.name)) {
+            if let Some(p) = now.state.running.remove(&format!("node{i}.{}", d.name)) {
                 process::kill_and_wait(p);
             }
         }
-        self.save()
+        now.save()
     }
 
     /// The pid of node `i`'s `daemon`, when it runs.

@@ -122,12 +122,12 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             return Ok(exit_code(status));
         }
         Cmd::Kill { name, node, daemon } => {
-            let mut grid = Grid::open(&name)?;
+            let grid = Grid::open(&name)?;
             let i = grid.node(&node)?;
             grid.kill(i, daemon.as_deref())?;
         }
         Cmd::Start { name, node, daemon } => {
-            let mut grid = Grid::open(&name)?;
+            let grid = Grid::open(&name)?;
             let i = grid.node(&node)?;
             grid.start(i, daemon.as_deref())?;
         }

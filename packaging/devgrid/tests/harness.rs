@@ -161,7 +161,7 @@ fn daemons_are_killed_and_started_and_down_leaves_nothing() {
         daemons: vec![sleeper()],
         ..bare(name, 2)
     };
-    let mut grid = GridGuard::up_with(&cfg).unwrap();
+    let grid = GridGuard::up_with(&cfg).unwrap();
     let first = grid.pid(2, "sleeper").expect("sleeper runs on node2");
 
     grid.kill(2, Some("sleeper")).unwrap();
