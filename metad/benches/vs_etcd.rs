@@ -134,6 +134,10 @@ struct Measured {
     secs: f64,
     p50_us: u64,
     p99_us: u64,
+    /// CPU time (user + system) of the three members per 1000 writes.
+    cpu_ms_per_1k: f64,
+    /// Writes per second of each round.
+    round_rates: Vec<f64>,
 }
 
 impl Measured {
@@ -153,6 +157,8 @@ struct LoadReport {
 struct FailoverReport {
     leader: usize,
     ms: Option<f64>,
+    /// When a surviving member first reported itself leader of a newer term.
+    elected_ms: Option<f64>,
     before: usize,
 }
 
@@ -226,11 +232,22 @@ fn orchestrate(o: &Opts) -> Res<()> {
         .map(|i| format!("{}:{ETCD_CLIENT_PORT}", grid.addr(i)))
         .collect();
 
+    let pids = |daemon: &str| -> Vec<String> {
+        (1..=MEMBERS)
+            .filter_map(|i| grid.pid(i, daemon))
+            .map(|p| p.to_string())
+            .collect()
+    };
     // Throughput and latency, both systems, interleaved.
     let out = grid
         .command(LOAD_NODE, &exe.to_string_lossy())
         .arg("load")
         .arg(etcd_eps.join(","))
+        .arg(format!(
+            "{};{}",
+            pids("metad").join(","),
+            pids("etcd").join(",")
+        ))
         .arg(serde_json::to_string(o).expect("opts serialize"))
         .stderr(Stdio::inherit())
         .output()
@@ -270,8 +287,11 @@ fn orchestrate(o: &Opts) -> Res<()> {
         })?;
         match f.ms {
             Some(ms) => eprintln!(
-                "vs_etcd: fail-over {run}/{}: leader node{} killed, first write after {ms:.0} ms",
-                o.failovers, f.leader
+                "vs_etcd: fail-over {run}/{}: leader node{} killed, new leader seen after {} ms, \
+                 first write after {ms:.0} ms",
+                o.failovers,
+                f.leader,
+                f.elected_ms.map_or("?".into(), |e| format!("{e:.0}"))
             ),
             None => eprintln!(
                 "vs_etcd: fail-over {run}/{}: leader node{} killed, no write accepted within 10 s",
@@ -329,6 +349,25 @@ fn print_table(o: &Opts, r: &LoadReport, f: &[FailoverReport]) {
         );
         errors += m.errors + e.errors;
     }
+    for (clients, m, e) in &r.rows {
+        let per_round = |x: &Measured| {
+            x.round_rates
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "  {clients:>2} client(s), w/s by round: metad [{}], etcd [{}]; members' CPU per \
+             1000 writes: metad {:.0} ms, etcd {:.0} ms",
+            per_round(m),
+            per_round(e),
+            m.cpu_ms_per_1k,
+            e.cpu_ms_per_1k
+        );
+    }
+    let mut elected: Vec<f64> = f.iter().filter_map(|f| f.elected_ms).collect();
+    elected.sort_by(f64::total_cmp);
     let mut done: Vec<f64> = f.iter().filter_map(|f| f.ms).collect();
     done.sort_by(f64::total_cmp);
     let failed = f.len() - done.len();
@@ -347,6 +386,15 @@ fn print_table(o: &Opts, r: &LoadReport, f: &[FailoverReport]) {
             } else {
                 String::new()
             }
+        );
+    }
+    if !elected.is_empty() {
+        println!(
+            "  of which the election (kill -> a survivor reports itself leader): min {:.0} ms, \
+             median {:.0} ms, max {:.0} ms",
+            elected[0],
+            elected[elected.len() / 2],
+            elected[elected.len() - 1]
         );
     }
     println!(
@@ -397,6 +445,7 @@ struct Round {
     lat: Vec<Duration>,
     errors: usize,
     secs: f64,
+    cpu_secs: f64,
 }
 
 #[derive(Default)]
@@ -404,10 +453,14 @@ struct Pool {
     lat: Vec<Duration>,
     errors: usize,
     secs: f64,
+    cpu_secs: f64,
+    round_rates: Vec<f64>,
 }
 
 impl Pool {
     fn add(&mut self, r: Round) {
+        self.round_rates.push(r.lat.len() as f64 / r.secs.max(1e-9));
+        self.cpu_secs += r.cpu_secs;
         self.lat.extend(r.lat);
         self.errors += r.errors;
         self.secs += r.secs;
@@ -428,6 +481,8 @@ impl Pool {
             secs: self.secs,
             p50_us: p(0.50),
             p99_us: p(0.99),
+            cpu_ms_per_1k: self.cpu_secs * 1e6 / self.lat.len().max(1) as f64,
+            round_rates: self.round_rates,
         }
     }
 }
@@ -437,9 +492,12 @@ fn value() -> Vec<u8> {
 }
 
 fn load_main(args: &[String]) -> Res<()> {
-    let [etcd_eps, opts] = args else {
-        return Err("usage: load ETCD_ENDPOINTS OPTS_JSON".into());
+    let [etcd_eps, pids, opts] = args else {
+        return Err("usage: load ETCD_ENDPOINTS METAD_PIDS;ETCD_PIDS OPTS_JSON".into());
     };
+    let pid_list = |s: &str| -> Vec<i32> { s.split(',').filter_map(|p| p.parse().ok()).collect() };
+    let (mpids, epids) = pids.split_once(';').unwrap_or((pids, ""));
+    let (mpids, epids) = (pid_list(mpids), pid_list(epids));
     let o: Opts = serde_json::from_str(opts).map_err(|e| e.to_string())?;
     let etcd_eps: Vec<String> = etcd_eps.split(',').map(str::to_string).collect();
     let cfg = metad_config()?;
@@ -448,8 +506,8 @@ fn load_main(args: &[String]) -> Res<()> {
         let (leader, version) = etcd_leader(&etcd_eps, Duration::from_secs(90)).await?;
         eprintln!("vs_etcd: etcd {version} leader at {leader}");
         // Warm both up (leader known, first RocksDB/bbolt pages, page cache).
-        run_metad(&cfg, 8, 25, "warm").await?;
-        run_etcd(&leader, 8, 25, "warm").await?;
+        run_metad(&cfg, 8, 25, "warm", &mpids).await?;
+        run_etcd(&leader, 8, 25, "warm", &epids).await?;
         let mut report = LoadReport {
             etcd_version: version,
             ..LoadReport::default()
@@ -462,11 +520,11 @@ fn load_main(args: &[String]) -> Res<()> {
                 // Alternate which goes first, so that drift on the shared
                 // machine hits both alike.
                 if round % 2 == 0 {
-                    m.add(run_metad(&cfg, clients, writes, &tag).await?);
-                    e.add(run_etcd(&leader, clients, writes, &tag).await?);
+                    m.add(run_metad(&cfg, clients, writes, &tag, &mpids).await?);
+                    e.add(run_etcd(&leader, clients, writes, &tag, &epids).await?);
                 } else {
-                    e.add(run_etcd(&leader, clients, writes, &tag).await?);
-                    m.add(run_metad(&cfg, clients, writes, &tag).await?);
+                    e.add(run_etcd(&leader, clients, writes, &tag, &epids).await?);
+                    m.add(run_metad(&cfg, clients, writes, &tag, &mpids).await?);
                 }
                 eprintln!(
                     "vs_etcd: {clients} clients, round {}/{} done",
@@ -485,7 +543,13 @@ fn load_main(args: &[String]) -> Res<()> {
 /// Runs `clients` metad clients (one connection each), each putting
 /// `writes` values one after the other; the clock starts once every client
 /// is connected.
-async fn run_metad(cfg: &ClientConfig, clients: usize, writes: usize, tag: &str) -> Res<Round> {
+async fn run_metad(
+    cfg: &ClientConfig,
+    clients: usize,
+    writes: usize,
+    tag: &str,
+    pids: &[i32],
+) -> Res<Round> {
     let mut conns = Vec::new();
     for w in 0..clients {
         let c = Client::new(cfg.clone());
@@ -494,6 +558,7 @@ async fn run_metad(cfg: &ClientConfig, clients: usize, writes: usize, tag: &str)
             .map_err(|e| format!("metad: {e}"))?;
         conns.push(c);
     }
+    let cpu = cpu_secs(pids);
     let start = Instant::now();
     let tasks: Vec<_> = conns
         .into_iter()
@@ -519,10 +584,32 @@ async fn run_metad(cfg: &ClientConfig, clients: usize, writes: usize, tag: &str)
             })
         })
         .collect();
-    gather(tasks, start).await
+    gather(tasks, start, pids, cpu).await
 }
 
-async fn gather(tasks: Vec<tokio::task::JoinHandle<Round>>, start: Instant) -> Res<Round> {
+/// CPU time (user + system) the processes `pids` have used so far.
+fn cpu_secs(pids: &[i32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name: state is field 3, utime 14,
+            // stime 15.
+            let f: Vec<&str> = s[s.rfind(')')? + 2..].split(' ').collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 / hz
+}
+
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Round>>,
+    start: Instant,
+    pids: &[i32],
+    cpu: f64,
+) -> Res<Round> {
     let mut all = Round::default();
     for t in tasks {
         let r = t.await.map_err(|e| e.to_string())?;
@@ -530,11 +617,18 @@ async fn gather(tasks: Vec<tokio::task::JoinHandle<Round>>, start: Instant) -> R
         all.errors += r.errors;
     }
     all.secs = start.elapsed().as_secs_f64();
+    all.cpu_secs = cpu_secs(pids) - cpu;
     Ok(all)
 }
 
 /// The same for etcd, through its JSON gateway on the leader.
-async fn run_etcd(leader: &str, clients: usize, writes: usize, tag: &str) -> Res<Round> {
+async fn run_etcd(
+    leader: &str,
+    clients: usize,
+    writes: usize,
+    tag: &str,
+    pids: &[i32],
+) -> Res<Round> {
     let b64v = b64(&value());
     let mut conns = Vec::new();
     for w in 0..clients {
@@ -542,6 +636,7 @@ async fn run_etcd(leader: &str, clients: usize, writes: usize, tag: &str) -> Res
         c.put(&format!("bench/{tag}/{w}/connect"), &b64v).await?;
         conns.push(c);
     }
+    let cpu = cpu_secs(pids);
     let start = Instant::now();
     let tasks: Vec<_> = conns
         .into_iter()
@@ -571,7 +666,7 @@ async fn run_etcd(leader: &str, clients: usize, writes: usize, tag: &str) -> Res
             })
         })
         .collect();
-    gather(tasks, start).await
+    gather(tasks, start, pids, cpu).await
 }
 
 /// The etcd member that leads (its client address) and etcd's version.
@@ -830,6 +925,15 @@ async fn failover(cfg: ClientConfig, pids: BTreeMap<usize, i32>) -> Res<Failover
         return Err("no write accepted before the kill".into());
     }
 
+    let old_term = admin
+        .member_status(&format!("node{leader}:{}", devgrid::daemons::METAD_PORT))
+        .await
+        .map(|s| s.term)
+        .unwrap_or(0);
+    let survivors: Vec<String> = (1..=MEMBERS)
+        .filter(|&i| i != leader)
+        .map(|i| format!("node{i}:{}", devgrid::daemons::METAD_PORT))
+        .collect();
     let killed = Instant::now();
     // SAFETY: kill has no memory-safety preconditions.
     if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
@@ -846,6 +950,22 @@ async fn failover(cfg: ClientConfig, pids: BTreeMap<usize, i32>) -> Res<Failover
             .map(|(_, done)| *done)
             .min()
     };
+    // Meanwhile, when the survivors elect a leader (to tell the election
+    // from the client's part of the fail-over time).
+    let elected = tokio::spawn(async move {
+        while killed.elapsed() < Duration::from_secs(10) {
+            for addr in &survivors {
+                let probe = admin.member_status(addr);
+                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), probe).await {
+                    if s.role == "Leader" && s.term > old_term {
+                        return Some(killed.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    });
     let mut ms = None;
     while killed.elapsed() < Duration::from_secs(10) {
         let seen = first(&acks.lock().unwrap_or_else(|e| e.into_inner()));
@@ -863,6 +983,12 @@ async fn failover(cfg: ClientConfig, pids: BTreeMap<usize, i32>) -> Res<Failover
     for w in writers {
         let _ = tokio::time::timeout(Duration::from_secs(6), w).await;
     }
+    let elected_ms = elected.await.ok().flatten();
     let _ = std::io::stdout().flush();
-    Ok(FailoverReport { leader, ms, before })
+    Ok(FailoverReport {
+        leader,
+        ms,
+        elected_ms,
+        before,
+    })
 }
