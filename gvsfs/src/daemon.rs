@@ -44,9 +44,15 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
-    /// Use the kernel's writeback cache.
-    #[arg(long, default_value_t = false)]
+    /// Use the kernel's writeback cache (writes are gathered in the page
+    /// cache and reach gvsfs at fsync, close, or when the kernel flushes).
+    #[arg(long, env = "GVSFS_WRITEBACK", default_value_t = false)]
     pub writeback: bool,
+    /// Commit buffered writes in the background this often (milliseconds;
+    /// 0: only at fsync, close and when the buffer is full), so that other
+    /// nodes see data written here without waiting for an fsync.
+    #[arg(long, env = "GVSFS_COMMIT_MS", default_value_t = 1000)]
+    pub commit_ms: u64,
 }
 
 fn hostname() -> String {
@@ -71,8 +77,8 @@ fn capacity(dir: &Path) -> (u64, u64) {
 }
 
 async fn register(gvs: &Gvs, info: &NodeInfo) -> anyhow::Result<u64> {
-    let lease = gvs.client.lease_grant(NODE_TTL).await?;
-    gvs.client
+    let lease = gvs.client().lease_grant(NODE_TTL).await?;
+    gvs.client()
         .put_with_lease(meta::node_key(&gvs.me), info.encode(), lease)
         .await?;
     gvs.node_lease.store(lease, Ordering::SeqCst);
@@ -91,14 +97,14 @@ async fn keep_registered(gvs: Arc<Gvs>, data_dir: PathBuf, addr: String) {
             free,
         };
         let lease = gvs.lease();
-        match gvs.client.lease_keepalive(lease).await {
+        match gvs.client().lease_keepalive(lease).await {
             Ok(_) => {
                 // Refresh the free space when it moved by a GiB (each
                 // write is an event on every node).
                 let changed = last_free.is_none_or(|l: u64| l.abs_diff(free) > 1 << 30);
                 if changed
                     && gvs
-                        .client
+                        .client()
                         .put_with_lease(meta::node_key(&gvs.me), info.encode(), lease)
                         .await
                         .is_ok()
@@ -107,6 +113,7 @@ async fn keep_registered(gvs: Arc<Gvs>, data_dir: PathBuf, addr: String) {
                 }
             }
             Err(e) => {
+                gvs.metad_trouble(&e);
                 tracing::warn!("node lease {lease} lost ({e}); registering again");
                 match register(&gvs, &info).await {
                     Ok(l) => tracing::info!("registered again with lease {l}"),
@@ -122,6 +129,30 @@ fn unmount_stale(mountpoint: &Path) {
         // SAFETY: a plain syscall on a valid C string; failing (nothing
         // mounted there) is fine.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Commits every volume with buffered writes, every `every`: what a
+/// writer that never calls fsync has written reaches the mirrors and
+/// becomes visible to other nodes within about that long.
+fn background_commits(gvs: &Gvs, every: Duration) {
+    loop {
+        std::thread::sleep(every);
+        let vols: Vec<_> = gvs
+            .volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for v in vols {
+            let mut v = v.lock().unwrap_or_else(|e| e.into_inner());
+            if v.leased() && v.is_dirty() {
+                if let Err(e) = v.commit(gvs) {
+                    tracing::warn!("background commit: {e}");
+                }
+            }
+        }
     }
 }
 
@@ -169,7 +200,7 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
         let r = rt.block_on(async {
             gvs.init_root().await?;
             register(&gvs, &info).await?;
-            let (kvs, rev) = gvs.client.get_prefix(meta::PREFIX).await?;
+            let (kvs, rev) = gvs.client().get_prefix(meta::PREFIX).await?;
             gvs.mirror.reset(kvs, rev);
             anyhow::Ok(())
         });
@@ -218,16 +249,25 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
     *inval.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     {
         let gvs2 = gvs.clone();
-        let (client, mirror) = (gvs.client.clone(), gvs.mirror.clone());
+        let mirror = gvs.mirror.clone();
         rt.spawn(async move {
-            let cb = move |e: &metad::Event| on_event(&gvs2, &inval, e);
+            let gvs3 = gvs2.clone();
+            let cb = move |e: &metad::Event| on_event(&gvs3, &inval, e);
             loop {
-                if let Err(e) = crate::mirror::follow(&client, &mirror, &cb).await {
+                // Follow with the current client, until it is replaced.
+                let (client, gen) = (gvs2.client(), gvs2.client_gen());
+                let replaced = || gvs2.client_gen() != gen;
+                if let Err(e) = crate::mirror::follow(&client, &mirror, &cb, &replaced).await {
                     tracing::warn!("following gvs/: {e}");
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
+    }
+    if args.commit_ms > 0 {
+        let gvs = gvs.clone();
+        let every = Duration::from_millis(args.commit_ms);
+        std::thread::spawn(move || background_commits(&gvs, every));
     }
     let bg = session.spawn()?;
     tracing::info!("mounted {}", args.mountpoint.display());
@@ -264,6 +304,6 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
     if let Err(e) = bg.umount_and_join() {
         tracing::warn!("unmount: {e}");
     }
-    let _ = rt.block_on(gvs.client.lease_revoke(gvs.lease()));
+    let _ = rt.block_on(gvs.client().lease_revoke(gvs.lease()));
     Ok(())
 }

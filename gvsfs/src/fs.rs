@@ -151,7 +151,7 @@ impl GvsFs {
                 return Err(GvsError::Fenced(ino));
             }
         }
-        v.ensure_lease(&self.gvs, &rec)?;
+        v.ensure_lease(&self.gvs)?;
         if let Some(fh) = fh {
             if let Some(h) = self
                 .fhs
@@ -303,7 +303,7 @@ impl GvsFs {
                     for n in &updated.replicas {
                         if !rec.replicas.contains(n) {
                             self.gvs.rt.block_on(
-                                self.gvs.client.put(meta::missing_key(n, ino), Vec::new()),
+                                self.gvs.client().put(meta::missing_key(n, ino), Vec::new()),
                             )?;
                         }
                     }
@@ -562,7 +562,9 @@ impl Filesystem for GvsFs {
             reply.error(Errno::EISDIR);
             return;
         }
-        reply.opened(FileHandle(self.new_fh(ino.0)), FopenFlags::empty());
+        // The kernel may keep this file's pages across opens: a change made
+        // by another node invalidates them (see `on_event`).
+        reply.opened(FileHandle(self.new_fh(ino.0)), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
@@ -578,23 +580,22 @@ impl Filesystem for GvsFs {
     ) {
         let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
         let vol = self.gvs.volume(ino.0);
-        let (data, ahead) = {
+        // Only the plan is made under the volume's lock; the chunks are
+        // fetched without it, so readers of one volume run in parallel.
+        let (pieces, ahead) = {
             let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
-            tri!(reply, v.read(&self.gvs, &rec, offset, size))
+            tri!(reply, v.plan_read(&self.gvs, &rec, offset, size))
         };
+        let data = tri!(
+            reply,
+            crate::volume::assemble(&self.gvs, &rec.replicas, pieces)
+        );
         reply.data(&data);
         if !ahead.is_empty() {
             let gvs = self.gvs.clone();
             self.gvs.rt.spawn_blocking(move || {
-                for id in ahead {
-                    let cached = gvs
-                        .cache
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .contains(&id);
-                    if !cached {
-                        let _ = gvs.fetch(&id, &rec.replicas);
-                    }
+                if let Err(e) = gvs.fetch_many(&ahead, &rec.replicas) {
+                    tracing::debug!("read-ahead: {e}");
                 }
             });
         }
@@ -829,7 +830,7 @@ impl Filesystem for GvsFs {
             &attr,
             Generation(0),
             FileHandle(fh),
-            FopenFlags::empty(),
+            FopenFlags::FOPEN_KEEP_CACHE,
         );
     }
 
@@ -927,14 +928,38 @@ pub fn on_event(gvs: &Arc<Gvs>, inval: &Mutex<Option<mpsc::Sender<Inval>>>, e: &
         if !ours || e.kind == EventKind::Delete {
             send(Inval::Inode(ino));
         }
+    } else if let Some(ino) = meta::ino_of_key(&key, meta::LEASE_PREFIX) {
+        // The lease left this node (expired, or taken after it expired):
+        // fence this node's writers now rather than at their next commit.
+        let taken = e.kind == EventKind::Delete || e.kv.value != gvs.me.as_bytes();
+        if taken {
+            if let Some(vol) = gvs.volume_if_any(ino) {
+                let gvs = gvs.clone();
+                let tx = inval.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                std::thread::spawn(move || {
+                    let fenced = vol
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .check_lease(&gvs);
+                    // What the kernel cached of the fenced writes goes too.
+                    if let (true, Some(tx)) = (fenced, tx) {
+                        let _ = tx.send(Inval::Inode(ino));
+                    }
+                });
+            }
+        }
     } else if let Some(ino) = meta::ino_of_key(&key, meta::LEASE_REQ_PREFIX) {
         if e.kind == EventKind::Put && e.kv.value != gvs.me.as_bytes() {
             if let Some(vol) = gvs.volume_if_any(ino) {
                 let gvs = gvs.clone();
+                let tx = inval.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 std::thread::spawn(move || {
                     vol.lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .hand_over(&gvs)
+                        .hand_over(&gvs);
+                    if let Some(tx) = tx {
+                        let _ = tx.send(Inval::Inode(ino));
+                    }
                 });
             }
         }

@@ -3,9 +3,12 @@
 //! unlink, rename, attribute changes), each one metad CAS transaction.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use metad::{Client, Compare, CompareTarget, Op, Txn};
@@ -21,12 +24,47 @@ use crate::volume::Volume;
 /// Inode numbers taken from `gvs/next_ino` at a time.
 const INO_BATCH: u64 = 1024;
 
+/// A node to read chunks from: (name, chunk server address).
+type Source = (String, String);
+
+/// How often at most the metad client is replaced.
+const CLIENT_RESET_EVERY: Duration = Duration::from_secs(3);
+
+/// Threads reading the local chunk store for one request.
+const LOCAL_READERS: usize = 4;
+
+/// Runs futures concurrently on the current task; their outputs in order.
+/// (What `futures::future::join_all` does, without the dependency.)
+pub async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *o = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("ready")).collect()
+}
+
 /// Everything a node's gvsfs shares between FUSE threads and tasks.
 pub struct Gvs {
     /// This node's name (its hostname).
     pub me: String,
-    /// The metad client.
-    pub client: Arc<Client>,
+    /// The metad client, replaced by a fresh one when metad stops
+    /// answering it (see [`Gvs::metad_trouble`]), with its generation.
+    client: Mutex<(u64, Arc<Client>, Instant)>,
     /// The watched copy of `gvs/`.
     pub mirror: Arc<Mirror>,
     /// The local chunk store.
@@ -80,7 +118,7 @@ impl Gvs {
         let cap = std::num::NonZeroUsize::new(cache_chunks.max(16)).expect("nonzero");
         Gvs {
             me,
-            client,
+            client: Mutex::new((0, client, Instant::now())),
             mirror: Arc::new(Mirror::default()),
             store,
             peers,
@@ -92,10 +130,48 @@ impl Gvs {
         }
     }
 
+    /// The current metad client.
+    pub fn client(&self) -> Arc<Client> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    /// How many times the metad client was replaced.
+    pub fn client_gen(&self) -> u64 {
+        self.client.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// Called with a metad error: when metad did not answer in time, the
+    /// client is replaced by a fresh one (at most every few seconds).
+    ///
+    /// Works around the metad client keeping its connection to a leader
+    /// that was cut off the network: no error closes it, so every call
+    /// waits its whole timeout there and never tries the new leader, and a
+    /// watch on it stays silent. A fresh client tries every member.
+    pub fn metad_trouble(&self, e: &metad::ClientError) {
+        use metad::ClientError as E;
+        if !matches!(e, E::NoQuorum { .. } | E::Timeout(..) | E::Unknown(_)) {
+            return;
+        }
+        let mut g = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if g.2.elapsed() < CLIENT_RESET_EVERY {
+            return;
+        }
+        tracing::warn!("metad does not answer ({e}); reconnecting");
+        let cfg = g.1.config().clone();
+        *g = (g.0 + 1, Arc::new(Client::new(cfg)), Instant::now());
+    }
+
     /// Runs a metad transaction from a FUSE thread; on success waits until
     /// the local copy has seen it. Returns whether the compares held.
     pub fn txn(&self, t: Txn) -> Result<bool> {
-        let r = self.rt.block_on(self.client.txn(t))?;
+        let r = self
+            .rt
+            .block_on(self.client().txn(t))
+            .inspect_err(|e| self.metad_trouble(e))?;
         if r.succeeded {
             settle(&self.mirror, r.revision);
         }
@@ -120,11 +196,11 @@ impl Gvs {
             ],
             failure: vec![],
         };
-        match self.client.txn(t).await {
+        match self.client().txn(t).await {
             Ok(_) => Ok(()),
             // Another node may have raced us; what matters is that it exists.
             Err(metad::ClientError::Unknown(_))
-                if self.client.get(key.as_bytes()).await?.is_some() =>
+                if self.client().get(key.as_bytes()).await?.is_some() =>
             {
                 Ok(())
             }
@@ -137,7 +213,7 @@ impl Gvs {
         let mut g = self.inos.lock().unwrap_or_else(|e| e.into_inner());
         if g.0 >= g.1 {
             for _ in 0..100 {
-                let cur = self.rt.block_on(self.client.get(meta::NEXT_INO_KEY))?;
+                let cur = self.rt.block_on(self.client().get(meta::NEXT_INO_KEY))?;
                 let cur_v = cur.as_ref().map(|kv| kv.value.clone());
                 let start: u64 = cur_v
                     .as_deref()
@@ -145,10 +221,11 @@ impl Gvs {
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(meta::ROOT_INO + 1);
                 let next = (start + INO_BATCH).to_string();
-                match self
-                    .rt
-                    .block_on(self.client.cas(meta::NEXT_INO_KEY, cur_v.as_deref(), next))
-                {
+                match self.rt.block_on(self.client().cas(
+                    meta::NEXT_INO_KEY,
+                    cur_v.as_deref(),
+                    next,
+                )) {
                     Ok(true) => {
                         *g = (start, start + INO_BATCH);
                         break;
@@ -455,37 +532,118 @@ impl Gvs {
     /// A chunk by id: cache, local store, then the given replicas (each
     /// copy verified; a bad copy is skipped for the next replica).
     pub fn fetch(&self, id: &ChunkId, replicas: &[String]) -> Result<Arc<Vec<u8>>> {
-        if let Some(c) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
-            return Ok(c.clone());
-        }
-        let data = match self.store.get(id)? {
-            Some(d) => d,
-            None => self.fetch_remote(id, replicas)?,
-        };
-        let data = Arc::new(data);
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(*id, data.clone());
-        Ok(data)
+        Ok(self
+            .fetch_many(std::slice::from_ref(id), replicas)?
+            .pop()
+            .expect("one chunk asked, one returned"))
     }
 
-    fn fetch_remote(&self, id: &ChunkId, replicas: &[String]) -> Result<Vec<u8>> {
+    /// Chunks by id, in order: from the cache, then the local store (in
+    /// parallel), then the other replicas, in parallel and spread over
+    /// them: the k-th missing chunk is asked of replica k mod R first, so
+    /// a large read draws on every mirror at once. Every copy is verified.
+    pub fn fetch_many(&self, ids: &[ChunkId], replicas: &[String]) -> Result<Vec<Arc<Vec<u8>>>> {
+        let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; ids.len()];
+        let mut need = Vec::new();
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, id) in ids.iter().enumerate() {
+                match cache.get(id) {
+                    Some(c) => out[i] = Some(c.clone()),
+                    None => need.push(i),
+                }
+            }
+        }
+        if need.is_empty() {
+            return Ok(out.into_iter().map(|o| o.expect("filled")).collect());
+        }
+        // The local store: several reads at once when there are several.
+        let local: Vec<(usize, Option<Vec<u8>>)> = if need.len() < 4 {
+            need.iter()
+                .map(|&i| Ok((i, self.store.get(&ids[i])?)))
+                .collect::<Result<_>>()?
+        } else {
+            let per = need.len().div_ceil(LOCAL_READERS);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = need
+                    .chunks(per)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter()
+                                .map(|&i| Ok((i, self.store.get(&ids[i])?)))
+                                .collect::<Result<Vec<_>>>()
+                        })
+                    })
+                    .collect();
+                let mut all = Vec::new();
+                for h in handles {
+                    all.extend(h.join().expect("a store reader panicked")?);
+                }
+                Ok::<_, GvsError>(all)
+            })?
+        };
+        let mut fetched = Vec::new();
+        let mut remote = Vec::new();
+        for (i, d) in local {
+            match d {
+                Some(d) => fetched.push((i, Arc::new(d))),
+                None => remote.push(i),
+            }
+        }
+        if !remote.is_empty() {
+            let (primary, fallback) = self.sources(replicas);
+            let results = self.rt.block_on(join_all(
+                remote
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &i)| self.fetch_remote(ids[i], k, &primary, &fallback))
+                    .collect(),
+            ));
+            for (&i, r) in remote.iter().zip(results) {
+                fetched.push((i, Arc::new(r?)));
+            }
+        }
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, d) in fetched {
+                cache.put(ids[i], d.clone());
+                out[i] = Some(d);
+            }
+        }
+        Ok(out.into_iter().map(|o| o.expect("filled")).collect())
+    }
+
+    /// Where to read a volume's chunks from: its live replicas other than
+    /// this node, then any other live node (a chunk shared by a clone may
+    /// live on the origin's replicas). Each as (name, address).
+    fn sources(&self, replicas: &[String]) -> (Vec<Source>, Vec<Source>) {
         let nodes: HashMap<String, NodeInfo> = self.nodes().into_iter().collect();
-        // Live replicas first, then any other live node (a chunk shared by
-        // a clone may live on the origin's replicas).
-        let mut order: Vec<&String> = replicas
+        let primary = replicas
             .iter()
-            .filter(|r| **r != self.me && nodes.contains_key(*r))
+            .filter(|r| **r != self.me)
+            .filter_map(|r| Some((r.clone(), nodes.get(r)?.addr.clone())))
             .collect();
-        order.extend(
-            nodes
-                .keys()
-                .filter(|n| **n != self.me && !replicas.contains(n)),
-        );
-        for node in order {
-            let addr = &nodes[node].addr;
-            match self.rt.block_on(self.peers.get(addr, id)) {
+        let fallback = nodes
+            .iter()
+            .filter(|(n, _)| **n != self.me && !replicas.contains(n))
+            .map(|(n, i)| (n.clone(), i.addr.clone()))
+            .collect();
+        (primary, fallback)
+    }
+
+    /// One chunk from the other nodes: replica `k mod R` first, then the
+    /// other replicas, then every other node.
+    async fn fetch_remote(
+        &self,
+        id: ChunkId,
+        k: usize,
+        primary: &[Source],
+        fallback: &[Source],
+    ) -> Result<Vec<u8>> {
+        let n = primary.len();
+        let order = (0..n).map(|j| &primary[(k + j) % n]).chain(fallback.iter());
+        for (node, addr) in order {
+            match self.peers.get(addr, &id).await {
                 Ok(Some(d)) => return Ok(d),
                 Ok(None) => {}
                 Err(e) => tracing::warn!("reading chunk {} from {node}: {e}", id.hex()),

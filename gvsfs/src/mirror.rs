@@ -158,33 +158,47 @@ fn kv(k: &str, v: &[u8], mod_rev: u64) -> KeyValue {
     }
 }
 
-/// Loads the copy and keeps it current forever, calling `on_event` for
-/// every change after the mirror applied it (from the watch task).
+/// Loads the copy and keeps it current, calling `on_event` for every
+/// change after the mirror applied it (from the watch task), until
+/// `stop()` (checked twice a second) says the client is no longer the one
+/// to use.
 pub async fn follow(
     client: &Client,
     mirror: &Mirror,
     on_event: &(dyn Fn(&Event) + Send + Sync),
+    stop: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<()> {
-    loop {
+    while !stop() {
         let (kvs, rev) = client.get_prefix(crate::meta::PREFIX).await?;
         for e in mirror.reset(kvs, rev) {
             on_event(&e);
         }
         let mut w = client.watch(crate::meta::PREFIX, rev + 1).await?;
-        while let Some(ev) = w.next().await {
+        loop {
+            let ev = tokio::select! {
+                ev = w.next() => ev,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if stop() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
             match ev {
-                Ok(e) => {
+                Some(Ok(e)) => {
                     mirror.apply(&e);
                     on_event(&e);
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::warn!("watch of gvs/ ended ({e}); reloading");
                     break;
                 }
+                None => break,
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
 }
 
 /// Waits until the mirror holds the state after revision `rev`; used after

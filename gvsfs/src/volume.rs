@@ -19,6 +19,20 @@ use crate::mirror::settle;
 /// How long a writer waits for the current holder to hand a lease over.
 const LEASE_WAIT: Duration = Duration::from_secs(20);
 
+/// How long a commit or a lease request retries while metad cannot answer
+/// (a leader election, a lost answer).
+const METAD_WAIT: Duration = Duration::from_secs(20);
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Whether a metad error may go away by itself: retry it.
+fn transient(e: &metad::ClientError) -> bool {
+    use metad::ClientError as E;
+    matches!(
+        e,
+        E::NoQuorum { .. } | E::Timeout(..) | E::Unknown(_) | E::Unreachable(_)
+    )
+}
+
 /// Dirty bytes of one volume that trigger a commit.
 pub const DIRTY_LIMIT: usize = 256 << 20;
 
@@ -40,6 +54,59 @@ pub struct Volume {
     pub gen: u64,
     /// End of the last read, to detect sequential reads.
     last_read_end: u64,
+}
+
+/// One piece of a planned read.
+pub enum Piece {
+    /// Buffered (uncommitted) bytes, already cut to the piece.
+    Bytes(Vec<u8>),
+    /// `n` bytes at `within` of a chunk.
+    Chunk {
+        /// The chunk.
+        id: ChunkId,
+        /// Where the piece starts in it.
+        within: usize,
+        /// How many bytes.
+        n: usize,
+    },
+    /// A hole: `n` zeros.
+    Zeros(usize),
+}
+
+/// Carries out a planned read: fetches its chunks (in parallel, from the
+/// cache, the local store or the mirrors) and joins the pieces.
+pub fn assemble(gvs: &Gvs, replicas: &[String], pieces: Vec<Piece>) -> Result<Vec<u8>> {
+    let ids: Vec<ChunkId> = pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Chunk { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let mut chunks = gvs.fetch_many(&ids, replicas)?.into_iter();
+    let total = pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Bytes(b) => b.len(),
+            Piece::Chunk { n, .. } | Piece::Zeros(n) => *n,
+        })
+        .sum();
+    let mut out = Vec::with_capacity(total);
+    for p in pieces {
+        match p {
+            Piece::Bytes(b) => out.extend_from_slice(&b),
+            Piece::Zeros(n) => out.resize(out.len() + n, 0),
+            Piece::Chunk { within, n, .. } => {
+                let data = chunks.next().expect("one chunk per piece");
+                // A chunk shorter than the block (never made by gvsfs, but
+                // harmless) reads as zeros past its end.
+                let avail = data.len().saturating_sub(within).min(n);
+                out.extend_from_slice(&data[within..within + avail]);
+                out.resize(out.len() + (n - avail), 0);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn fetcher<'a>(gvs: &'a Gvs, replicas: &'a [String]) -> impl Fn(&ChunkId) -> Result<Vec<u8>> + 'a {
@@ -108,44 +175,44 @@ impl Volume {
         }
     }
 
-    /// Reads up to `len` bytes at `off`. Returns the bytes and, for a
-    /// sequential reader, the chunks worth reading ahead.
-    pub fn read(
+    /// Plans a read of up to `len` bytes at `off`: where each piece comes
+    /// from (buffered bytes, a chunk, or zeros) and, for a sequential
+    /// reader, the chunks worth reading ahead. Only the block map is
+    /// consulted here, under the volume's lock; the chunks are fetched
+    /// afterwards without it (see [`assemble`]), so that readers of one
+    /// volume run in parallel.
+    pub fn plan_read(
         &mut self,
         gvs: &Gvs,
         rec: &Inode,
         off: u64,
         len: u32,
-    ) -> Result<(Vec<u8>, Vec<ChunkId>)> {
+    ) -> Result<(Vec<Piece>, Vec<ChunkId>)> {
         let size = self.size(rec);
         if off >= size {
             return Ok((Vec::new(), Vec::new()));
         }
         let end = size.min(off + len as u64);
         let bs = rec.block_size as u64;
-        let mut out = Vec::with_capacity((end - off) as usize);
+        let f = fetcher(gvs, &rec.replicas);
+        let mut pieces = Vec::new();
         let mut pos = off;
         while pos < end {
             let b = pos / bs;
             let within = (pos % bs) as usize;
             let n = ((bs - within as u64).min(end - pos)) as usize;
-            if !self.dirty.contains_key(&b) {
-                let f = fetcher(gvs, &rec.replicas);
-                if self.map(gvs, rec)?.get(b, &f)?.is_none() {
-                    out.resize(out.len() + n, 0);
-                    pos += n as u64;
-                    continue;
-                }
-            }
-            let data = self.block(gvs, rec, b)?;
-            let avail = data.len().saturating_sub(within).min(n);
-            out.extend_from_slice(&data[within..within + avail]);
-            out.resize(out.len() + (n - avail), 0);
+            let piece = match self.dirty.get(&b) {
+                Some(d) => Piece::Bytes(d[within..within + n].to_vec()),
+                None => match self.map(gvs, rec)?.get(b, &f)? {
+                    Some(id) => Piece::Chunk { id, within, n },
+                    None => Piece::Zeros(n),
+                },
+            };
+            pieces.push(piece);
             pos += n as u64;
         }
         let mut ahead = Vec::new();
         if off == self.last_read_end && off > 0 {
-            let f = fetcher(gvs, &rec.replicas);
             let first = end.div_ceil(bs);
             let last = size.div_ceil(bs).min(first + crate::READ_AHEAD_BLOCKS);
             for b in first..last {
@@ -157,12 +224,12 @@ impl Volume {
             }
         }
         self.last_read_end = end;
-        Ok((out, ahead))
+        Ok((pieces, ahead))
     }
 
     /// Takes the write lease if this node does not hold it: asks the
     /// holder to hand it over and waits (or for the holder's lease to end).
-    pub fn ensure_lease(&mut self, gvs: &Gvs, rec: &Inode) -> Result<()> {
+    pub fn ensure_lease(&mut self, gvs: &Gvs) -> Result<()> {
         if self.epoch.is_some() {
             return Ok(());
         }
@@ -174,16 +241,19 @@ impl Volume {
             let rev = gvs.mirror.rev();
             match gvs.mirror.get(&lk) {
                 None => {
-                    let mut success = vec![Op::Put {
-                        key: lk.clone().into_bytes(),
-                        value: gvs.me.clone().into_bytes(),
-                        lease: gvs.lease(),
-                    }];
+                    // The lease key is written last: its mod revision is
+                    // the transaction's (metad may count one per op).
+                    let mut success = Vec::new();
                     if asked {
                         success.push(Op::Delete {
                             key: rk.clone().into_bytes(),
                         });
                     }
+                    success.push(Op::Put {
+                        key: lk.clone().into_bytes(),
+                        value: gvs.me.clone().into_bytes(),
+                        lease: gvs.lease(),
+                    });
                     let t = Txn {
                         compare: vec![
                             Compare {
@@ -198,10 +268,17 @@ impl Volume {
                         success,
                         failure: vec![],
                     };
-                    match gvs.rt.block_on(gvs.client.txn(t)) {
+                    match gvs.rt.block_on(gvs.client().txn(t)) {
                         Ok(r) if r.succeeded => {
                             settle(&gvs.mirror, r.revision);
-                            self.epoch = Some(r.revision);
+                            // The epoch is the lease key's mod revision, as
+                            // every node's watched copy shows it.
+                            let epoch = gvs
+                                .mirror
+                                .get(&lk)
+                                .filter(|v| v.value == gvs.me.as_bytes())
+                                .map_or(r.revision, |v| v.mod_rev);
+                            self.epoch = Some(epoch);
                             // Start from the committed state.
                             let (fresh, _) = gvs.inode(self.ino)?;
                             let f = fetcher(gvs, &fresh.replicas);
@@ -210,9 +287,8 @@ impl Volume {
                             self.pending_size = None;
                             self.map_changed = false;
                             tracing::info!(
-                                "volume {:#x}: write lease taken, epoch {}",
-                                self.ino,
-                                r.revision
+                                "volume {:#x}: write lease taken, epoch {epoch}",
+                                self.ino
                             );
                             return Ok(());
                         }
@@ -221,14 +297,36 @@ impl Volume {
                                 return Err(GvsError::NotFound);
                             }
                         }
-                        Err(metad::ClientError::Unknown(_)) => {}
+                        Err(e) if transient(&e) => {
+                            gvs.metad_trouble(&e);
+                            std::thread::sleep(RETRY_PAUSE);
+                        }
+                        // This node's metad lease expired (metad was out of
+                        // reach): it registers again in a moment.
+                        Err(e)
+                            if matches!(
+                                e.state_error(),
+                                Some(metad::state::StateError::NoSuchLease(_))
+                            ) =>
+                        {
+                            std::thread::sleep(RETRY_PAUSE);
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
                 Some(_) if !asked => {
-                    gvs.rt
-                        .block_on(gvs.client.put(rk.as_bytes(), gvs.me.as_bytes()))?;
-                    asked = true;
+                    match gvs
+                        .rt
+                        .block_on(gvs.client().put(rk.as_bytes(), gvs.me.as_bytes()))
+                    {
+                        Ok(_) => asked = true,
+                        Err(e) if transient(&e) => {
+                            gvs.metad_trouble(&e);
+                            tracing::info!("volume {:#x}: asking for the lease: {e}", self.ino);
+                            std::thread::sleep(RETRY_PAUSE);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 Some(_) => gvs.mirror.wait_change(rev, Duration::from_millis(200)),
             }
@@ -238,7 +336,6 @@ impl Volume {
                     .get(&lk)
                     .map(|v| String::from_utf8_lossy(&v.value).into_owned())
                     .unwrap_or_default();
-                let _ = rec;
                 return Err(GvsError::Conflict(format!(
                     "the write lease of volume {:#x} is held by {holder}",
                     self.ino
@@ -374,6 +471,25 @@ impl Volume {
         self.dirty.values().map(|d| d.len()).sum()
     }
 
+    /// Fences this node's writers at once when the watched lease key no
+    /// longer carries this node's epoch (the lease expired or was taken):
+    /// their next write, fsync or close gets EIO. Returns whether it fenced.
+    pub fn check_lease(&mut self, gvs: &Gvs) -> bool {
+        let Some(epoch) = self.epoch else {
+            return false;
+        };
+        let lk = meta::lease_key(self.ino);
+        if gvs.mirror.get(&lk).map(|v| v.mod_rev) == Some(epoch) {
+            return false;
+        }
+        tracing::warn!(
+            "volume {:#x}: write lease epoch {epoch} lost; fencing this node's writers",
+            self.ino
+        );
+        self.fence();
+        true
+    }
+
     /// Drops the local state after losing the lease.
     fn fence(&mut self) {
         self.dirty.clear();
@@ -438,7 +554,9 @@ impl Volume {
             }
         }
         let size = self.pending_size.unwrap_or(rec.size);
-        for _ in 0..20 {
+        let deadline = Instant::now() + METAD_WAIT;
+        let mut conflicts = 0;
+        while conflicts < 20 {
             let (mut cur, rev) = gvs.inode(self.ino)?;
             cur.root = root;
             cur.size = size;
@@ -472,7 +590,7 @@ impl Volume {
                 success,
                 failure: vec![],
             };
-            let r = gvs.rt.block_on(gvs.client.txn(t));
+            let r = gvs.rt.block_on(gvs.client().txn(t));
             match r {
                 Ok(r) if r.succeeded => {
                     settle(&gvs.mirror, r.revision);
@@ -482,6 +600,7 @@ impl Volume {
                     return Ok(());
                 }
                 Ok(r) => {
+                    conflicts += 1;
                     gvs.mirror.wait_rev(r.revision, Duration::from_secs(2));
                     if gvs.mirror.get(&lk).map(|v| v.mod_rev) != Some(epoch) {
                         tracing::warn!("volume {:#x}: fenced at commit (epoch {epoch})", self.ino);
@@ -491,6 +610,13 @@ impl Volume {
                     if gvs.mirror.get(&meta::ino_key(self.ino)).is_none() {
                         return Err(GvsError::NotFound);
                     }
+                }
+                // metad is electing a leader, or the answer was lost: try
+                // again (the same root, fenced by the same epoch) for a while.
+                Err(e) if transient(&e) && Instant::now() < deadline => {
+                    gvs.metad_trouble(&e);
+                    tracing::info!("volume {:#x}: commit: {e}; retrying", self.ino);
+                    std::thread::sleep(RETRY_PAUSE);
                 }
                 Err(e) => {
                     // The outcome may be unknown: keep the map; the next
@@ -531,7 +657,7 @@ impl Volume {
             ],
             failure: vec![],
         };
-        match gvs.rt.block_on(gvs.client.txn(t)) {
+        match gvs.rt.block_on(gvs.client().txn(t)) {
             Ok(r) => settle(&gvs.mirror, r.revision),
             Err(e) => tracing::warn!("volume {:#x}: releasing the lease: {e}", self.ino),
         }

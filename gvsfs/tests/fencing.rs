@@ -1,0 +1,176 @@
+//! Two nodes writing the same volume: the write lease moves to the second
+//! one, the first is fenced: its open file gets EIO on write, fsync and
+//! close, and none of its writes after the fencing appear anywhere.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+
+use common::{eventually, md5, sh, wait_mounted};
+use devgrid::GridGuard;
+
+/// A writer on node1 that keeps one file open and does what it is told,
+/// one command per line, answering each with one line: `ok` or the errno
+/// name. Commands: `write BYTE OFFSET_MIB` (1 MiB of BYTE), `fsync`,
+/// `close`.
+const WRITER: &str = r#"
+import errno, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+print("open", flush=True)
+for line in sys.stdin:
+    cmd = line.split()
+    try:
+        if cmd[0] == "write":
+            os.pwrite(fd, cmd[1].encode() * (1 << 20), int(cmd[2]) << 20)
+        elif cmd[0] == "fsync":
+            os.fsync(fd)
+        elif cmd[0] == "close":
+            os.close(fd)
+        print("ok", flush=True)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+"#;
+
+struct Writer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Writer {
+    fn start(grid: &GridGuard, node: usize, file: &str) -> Writer {
+        let mut child = grid
+            .command(node, "python3")
+            .args(["-c", WRITER, file])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the writer");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut w = Writer {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(w.answer(), "open");
+        w
+    }
+
+    fn answer(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("reading the writer");
+        line.trim().to_string()
+    }
+
+    fn ask(&mut self, cmd: &str) -> String {
+        writeln!(self.stdin, "{cmd}").expect("telling the writer");
+        self.stdin.flush().expect("flush");
+        self.answer()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// md5 of 1 MiB of each byte in `bytes`, concatenated.
+fn md5_of(grid: &GridGuard, bytes: &str) -> String {
+    let script: String = bytes
+        .chars()
+        .map(|c| format!("head -c 1048576 /dev/zero | tr '\\0' {c}; "))
+        .collect();
+    sh(grid, 3, &format!("({script}) | md5sum"))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Writes 1 MiB of `byte` at `mib` MiB into `file` on `node`, fsynced.
+fn write_mib(grid: &GridGuard, node: usize, file: &str, byte: char, mib: u64) {
+    sh(
+        grid,
+        node,
+        &format!(
+            "head -c 1048576 /dev/zero | tr '\\0' {byte} | dd of={file} bs=1M seek={mib} conv=notrunc,fsync status=none"
+        ),
+    );
+}
+
+/// What every node reads: the same bytes, of the expected size.
+fn assert_everywhere(grid: &GridGuard, file: &str, want_bytes: &str) {
+    let want = md5_of(grid, want_bytes);
+    let size = (want_bytes.len() << 20).to_string();
+    for i in 1..=3 {
+        // Reads may follow the last commit by a moment on other nodes.
+        eventually(
+            grid,
+            i,
+            &format!("test \"$(stat -c %s {file})\" = {size}"),
+            5,
+        );
+        assert_eq!(md5(grid, i, file), want, "node{i} reads other bytes");
+    }
+}
+
+#[test]
+fn a_writer_whose_lease_was_handed_over_gets_eio_and_its_late_writes_never_land() {
+    let grid = GridGuard::up("gvfnc", 3).unwrap();
+    wait_mounted(&grid, 3);
+    let file = "/gvs/f.vol";
+    let mut w1 = Writer::start(&grid, 1, file);
+    // node1 writes A (buffered, not fsynced): it holds the lease.
+    assert_eq!(w1.ask("write A 0"), "ok");
+    // node2 writes the same volume: node1 commits A and hands over.
+    write_mib(&grid, 2, file, 'C', 1);
+    // node1's handle is fenced: every later operation fails, nothing lands.
+    assert_eq!(w1.ask("write D 0"), "EIO");
+    assert_eq!(w1.ask("write D 2"), "EIO");
+    assert_eq!(w1.ask("fsync"), "EIO");
+    assert_eq!(w1.ask("close"), "EIO");
+    assert_everywhere(&grid, file, "AC");
+    // A new handle on node1 takes the lease back and writes normally.
+    write_mib(&grid, 1, file, 'E', 2);
+    assert_everywhere(&grid, file, "ACE");
+}
+
+#[test]
+fn a_writer_cut_off_while_another_node_takes_its_lease_is_fenced_by_the_epoch() {
+    let grid = GridGuard::up("gvfcut", 3).unwrap();
+    wait_mounted(&grid, 3);
+    let file = "/gvs/g.vol";
+    let mut w1 = Writer::start(&grid, 1, file);
+    assert_eq!(w1.ask("write A 0"), "ok");
+    assert_eq!(w1.ask("fsync"), "ok");
+    // node1 is cut off: its node lease, and with it its write lease,
+    // expires; node2 asks for the lease, gets it and writes.
+    grid.cut(1, false).unwrap();
+    write_mib(&grid, 2, file, 'C', 1);
+    // node1 does not know yet: the write is buffered there...
+    let during_cut = w1.ask("write B 2");
+    assert!(
+        during_cut == "ok" || during_cut == "EIO",
+        "write during the cut: {during_cut}"
+    );
+    grid.heal(1).unwrap();
+    // ...and once node1 sees the new lease holder, its writer is fenced.
+    eventually(
+        &grid,
+        1,
+        "dd if=/gvs/g.vol bs=1M skip=1 count=1 status=none | md5sum \
+         | grep -q $(head -c 1048576 /dev/zero | tr '\\0' C | md5sum | cut -c1-32)",
+        30,
+    );
+    assert_eq!(w1.ask("write D 0"), "EIO");
+    assert_eq!(w1.ask("fsync"), "EIO");
+    assert_eq!(w1.ask("close"), "EIO");
+    // Neither B (written after node2 took the lease) nor D landed.
+    assert_everywhere(&grid, file, "AC");
+}
