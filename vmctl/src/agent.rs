@@ -1,0 +1,466 @@
+//! `vmctl agent`, on every node: registers the node's capacity on a metad
+//! lease and keeps it alive (the heartbeat), runs the VMs reserved on this
+//! node through a backend, reports their real state, restarts crashed ones
+//! with a flapping guard, and takes its turn as the scheduler
+//! ([`crate::controller`]). If it cannot renew its lease it stops its VMs:
+//! the scheduler is about to start them elsewhere.
+
+use crate::backend::cgroup::Cgroups;
+use crate::backend::qemu::{choose_accel, Accel, QemuBackend};
+use crate::backend::xl::XlBackend;
+use crate::backend::{Hypervisor, Instance, RunState, VmConfig};
+use crate::controller;
+use crate::model::{self, Desired, NodeRecord, VmRecord, VmState, VmStatus};
+use crate::store::{Store, StoreError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The heartbeat lease's time to live: a node silent this long is dead to
+/// the scheduler (failover target: VMs running again within 15 s).
+pub const LEASE_TTL: Duration = Duration::from_secs(5);
+/// Crashes within [`FLAP_WINDOW_MS`] after which a VM stays stopped.
+pub const FLAP_LIMIT: usize = 3;
+/// The flapping guard's window.
+pub const FLAP_WINDOW_MS: u64 = 3_600_000;
+
+/// How the agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name.
+    pub node: String,
+    /// CPUs offered.
+    pub cpus: u32,
+    /// Memory offered, MiB.
+    pub mem_mib: u64,
+    /// Bandwidth offered, Mbit/s.
+    pub bw_mbit: u64,
+    /// Per-VM runtime directories (sockets, console files).
+    pub run_root: PathBuf,
+    /// Where the KVM probe's result is cached (shared by the machine).
+    pub accel_cache: PathBuf,
+}
+
+struct Local {
+    inst: Box<dyn Instance>,
+    rec: VmRecord,
+    /// Physical CPUs dedicated to it.
+    pinned: Vec<u32>,
+}
+
+/// The agent's state.
+pub struct Agent {
+    cfg: AgentConfig,
+    store: Store,
+    lease: u64,
+    last_renew: Instant,
+    qemu: Option<QemuBackend>,
+    accel: Option<Accel>,
+    limits: String,
+    locals: BTreeMap<String, Local>,
+    /// Crash timestamps by VM (the flapping guard).
+    crashes: BTreeMap<String, Vec<u64>>,
+    /// The last status written, by VM.
+    reported: BTreeMap<String, VmStatus>,
+}
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+impl Agent {
+    /// An agent; nothing happens until [`Agent::run`].
+    pub fn new(cfg: AgentConfig, store: Store) -> Agent {
+        let limits = match Cgroups::detect(Path::new("/sys/fs/cgroup"), &cfg.node) {
+            Ok(_) => "cgroup v2 (memory.max, cpu.max, cpuset)".to_string(),
+            Err(e) => e,
+        };
+        Agent {
+            cfg,
+            store,
+            lease: 0,
+            last_renew: Instant::now(),
+            qemu: None,
+            accel: None,
+            limits,
+            locals: BTreeMap::new(),
+            crashes: BTreeMap::new(),
+            reported: BTreeMap::new(),
+        }
+    }
+
+    fn node_record(&self) -> NodeRecord {
+        NodeRecord {
+            name: self.cfg.node.clone(),
+            cpus: self.cfg.cpus,
+            mem_mib: self.cfg.mem_mib,
+            bw_mbit: self.cfg.bw_mbit,
+            accel: self.accel.map_or("unprobed".into(), |a| a.as_str().into()),
+            hypervisors: vec!["qemu".into()],
+            limits: self.limits.clone(),
+            since_ms: model::now_ms(),
+        }
+    }
+
+    async fn register(&mut self) -> Result<(), StoreError> {
+        self.lease = self.store.client.lease_grant(LEASE_TTL).await?;
+        let rec = crate::store::to_json(&self.node_record());
+        self.store
+            .client
+            .put_with_lease(model::node_key(&self.cfg.node), rec, self.lease)
+            .await?;
+        self.last_renew = Instant::now();
+        tracing::info!("registered {} (lease {})", self.cfg.node, self.lease);
+        Ok(())
+    }
+
+    /// Renews the lease; on losing it, stops every local VM (fencing) and
+    /// registers again.
+    async fn heartbeat(&mut self) {
+        match self.store.client.lease_keepalive(self.lease).await {
+            Ok(_) => {
+                self.last_renew = Instant::now();
+                return;
+            }
+            Err(e) => tracing::warn!("heartbeat: {e}"),
+        }
+        if self.last_renew.elapsed() >= LEASE_TTL || self.lease == 0 {
+            self.fence("lost its heartbeat lease").await;
+            if let Err(e) = self.register().await {
+                tracing::warn!("registering again: {e}");
+            }
+        } else if let Ok(false) = self.lease_alive().await {
+            self.fence("its heartbeat lease expired").await;
+            if let Err(e) = self.register().await {
+                tracing::warn!("registering again: {e}");
+            }
+        }
+    }
+
+    async fn lease_alive(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .client
+            .get(model::node_key(&self.cfg.node))
+            .await?
+            .is_some_and(|kv| kv.lease == self.lease))
+    }
+
+    async fn fence(&mut self, why: &str) {
+        if self.locals.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            "{} {why}: stopping its VMs (they run elsewhere now)",
+            self.cfg.node
+        );
+        let names: Vec<String> = self.locals.keys().cloned().collect();
+        for n in names {
+            if let Some(mut l) = self.locals.remove(&n) {
+                let _ = block(|| l.inst.stop(Duration::from_secs(3)));
+            }
+        }
+        self.reported.clear();
+        let node = self.cfg.node.clone();
+        self.store
+            .event(
+                &node,
+                "fenced",
+                &node,
+                format!("{node} {why}; stopped its VMs"),
+            )
+            .await;
+    }
+
+    fn backend(&mut self, vm: &VmRecord) -> &dyn Hypervisor {
+        if self.qemu.is_none() {
+            let accel = choose_accel(Some(Path::new(&vm.boot.kernel)), &self.cfg.accel_cache);
+            self.accel = Some(accel);
+            let cg = Cgroups::detect(Path::new("/sys/fs/cgroup"), &self.cfg.node);
+            self.qemu = Some(QemuBackend::new(accel, cg));
+        }
+        self.qemu.as_ref().expect("set")
+    }
+
+    fn vm_config(&self, vm: &VmRecord) -> VmConfig {
+        let run_dir = self.cfg.run_root.join(&vm.name);
+        VmConfig {
+            name: vm.name.clone(),
+            vcpus: vm.cpu_max.max(1),
+            cpu_cap: vm.cpu_max.max(1),
+            mem_mib: vm.mem_mib,
+            pinned_cpus: if vm.pin {
+                self.free_cpus(vm.cpu_min)
+            } else {
+                vec![]
+            },
+            kernel: vm.boot.kernel.clone().into(),
+            initrd: vm.boot.initrd.clone().map(Into::into),
+            cmdline: format!(
+                "{} vmctl.name={} vmctl.node={}",
+                vm.boot.cmdline, vm.name, self.cfg.node
+            )
+            .trim()
+            .to_string(),
+            disks: vm.disks.iter().map(Into::into).collect(),
+            nics: vec![],
+            console: run_dir.join("console.log"),
+            run_dir,
+            incoming_port: None,
+        }
+    }
+
+    /// CPUs not dedicated to another local VM (highest first, leaving CPU 0
+    /// to the node's daemons).
+    fn free_cpus(&self, n: u32) -> Vec<u32> {
+        let taken: Vec<u32> = self
+            .locals
+            .values()
+            .flat_map(|l| l.pinned.clone())
+            .collect();
+        (0..self.cfg.cpus)
+            .rev()
+            .filter(|c| !taken.contains(c))
+            .take(n as usize)
+            .collect()
+    }
+
+    fn status(
+        &self,
+        vm: &str,
+        state: VmState,
+        pid: Option<u32>,
+        reason: Option<String>,
+    ) -> VmStatus {
+        VmStatus {
+            node: self.cfg.node.clone(),
+            state,
+            backend: "qemu".into(),
+            accel: self.accel.map_or("unprobed".into(), |a| a.as_str().into()),
+            pid,
+            console: self
+                .cfg
+                .run_root
+                .join(vm)
+                .join("console.log")
+                .display()
+                .to_string(),
+            crashes: self.crashes.get(vm).cloned().unwrap_or_default(),
+            reason,
+            limits: self.limits.clone(),
+            since_ms: model::now_ms(),
+        }
+    }
+
+    async fn report(&mut self, vm: &str, st: VmStatus) {
+        if let Some(old) = self.reported.get(vm) {
+            if old.state == st.state
+                && old.pid == st.pid
+                && old.reason == st.reason
+                && old.crashes == st.crashes
+            {
+                return;
+            }
+        }
+        match self.store.put(&model::status_key(vm), &st).await {
+            Ok(()) => {
+                self.reported.insert(vm.to_string(), st);
+            }
+            Err(e) => tracing::warn!("reporting {vm}: {e}"),
+        }
+    }
+
+    /// Records a crash; true when the VM is now flapping (it stays stopped).
+    async fn crashed(&mut self, rec: &VmRecord, why: &str) -> bool {
+        let now = model::now_ms();
+        let c = self.crashes.entry(rec.name.clone()).or_default();
+        c.retain(|t| now.saturating_sub(*t) < FLAP_WINDOW_MS);
+        c.push(now);
+        let n = c.len();
+        let node = self.cfg.node.clone();
+        if n >= FLAP_LIMIT {
+            let reason = format!("failed {n} times within an hour (last: {why}); left stopped");
+            self.store
+                .event(&node, "flapping", &rec.name, reason.clone())
+                .await;
+            // Stays stopped: the record says so, with the reason.
+            if let Ok(Some(v)) = self.store.get::<VmRecord>(&model::vm_key(&rec.name)).await {
+                let mut nv = v.value;
+                nv.desired = Desired::Stopped;
+                nv.reason = Some(reason.clone());
+                let _ = self.store.cas(&model::vm_key(&rec.name), v.rev, &nv).await;
+            }
+            let st = self.status(&rec.name, VmState::Failed, None, Some(reason));
+            self.report(&rec.name, st).await;
+            true
+        } else {
+            self.store
+                .event(
+                    &node,
+                    "crash",
+                    &rec.name,
+                    format!("{why}; restarting ({n} of {FLAP_LIMIT} within an hour)"),
+                )
+                .await;
+            let st = self.status(&rec.name, VmState::Crashed, None, Some(why.to_string()));
+            self.report(&rec.name, st).await;
+            false
+        }
+    }
+
+    /// Makes this node run exactly the VMs reserved on it that should run.
+    async fn reconcile_local(&mut self) -> Result<(), StoreError> {
+        let (vms, _) = self.store.list::<VmRecord>(model::VMS).await?;
+        let me = self.cfg.node.clone();
+        let wanted: BTreeMap<String, VmRecord> = vms
+            .into_iter()
+            .map(|(k, v)| (k, v.value))
+            .filter(|(_, v)| {
+                v.node.as_deref() == Some(me.as_str()) && v.desired == Desired::Running
+            })
+            .collect();
+        // Stop what should not run here.
+        let unwanted: Vec<String> = self
+            .locals
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for name in unwanted {
+            let mut l = self.locals.remove(&name).expect("listed");
+            let r = block(|| l.inst.stop(Duration::from_secs(10)));
+            if let Err(e) = r {
+                tracing::warn!("stopping {name}: {e}");
+            }
+            self.store
+                .event(&me, "stop", &name, format!("stopped on {me}"))
+                .await;
+            let st = self.status(&name, VmState::Stopped, None, None);
+            self.report(&name, st).await;
+        }
+        // Check what runs.
+        let names: Vec<String> = self.locals.keys().cloned().collect();
+        for name in names {
+            let state = {
+                let l = self.locals.get_mut(&name).expect("listed");
+                block(|| l.inst.state())
+            };
+            match state {
+                RunState::Running => {
+                    let pid = self.locals[&name].inst.pid();
+                    let st = self.status(&name, VmState::Running, pid, None);
+                    self.report(&name, st).await;
+                }
+                RunState::Paused(why) => {
+                    let pid = self.locals[&name].inst.pid();
+                    let st = self.status(&name, VmState::Starting, pid, Some(why));
+                    self.report(&name, st).await;
+                }
+                RunState::Exited(why) => {
+                    let l = self.locals.remove(&name).expect("listed");
+                    if self.crashed(&l.rec, &why).await {
+                        continue;
+                    }
+                }
+            }
+        }
+        // Start what should run here and does not.
+        for (name, rec) in wanted {
+            if self.locals.contains_key(&name) {
+                continue;
+            }
+            let cfg = self.vm_config(&rec);
+            let started = {
+                let backend: &dyn Hypervisor = if rec.hypervisor == "xen" {
+                    &XlBackend
+                } else {
+                    self.backend(&rec)
+                };
+                block(|| backend.start(&cfg))
+            };
+            match started {
+                Ok(inst) => {
+                    let pid = inst.pid();
+                    self.store
+                        .event(
+                            &me,
+                            "start",
+                            &name,
+                            format!("started on {me} (pid {})", pid.unwrap_or(0)),
+                        )
+                        .await;
+                    let pinned = cfg.pinned_cpus.clone();
+                    self.locals
+                        .insert(name.clone(), Local { inst, rec, pinned });
+                    let st = self.status(&name, VmState::Running, pid, None);
+                    self.report(&name, st).await;
+                }
+                Err(e) => {
+                    tracing::warn!("starting {name}: {e}");
+                    self.crashed(&rec, &format!("could not start: {e}")).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until the process is killed.
+    pub async fn run(mut self) -> Result<(), StoreError> {
+        loop {
+            match self.register().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!("registering: {e}; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        let mut watch = None;
+        let mut last_beat = Instant::now();
+        loop {
+            if watch.is_none() {
+                watch = self.store.client.watch(model::PREFIX, 0).await.ok();
+            }
+            // Wake on any change under dvm/, or after a second.
+            let woke = match watch.as_mut() {
+                Some(w) => tokio::time::timeout(Duration::from_secs(1), w.next()).await,
+                None => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Ok(None)
+                }
+            };
+            match woke {
+                Ok(None) => watch = None,
+                Ok(Some(_)) => {
+                    // Drain the burst: one pass handles them all.
+                    while let Some(w) = watch.as_mut() {
+                        match tokio::time::timeout(Duration::from_millis(20), w.next()).await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => watch = None,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(_) => {}
+            }
+            if last_beat.elapsed() >= Duration::from_millis(1000) {
+                self.heartbeat().await;
+                last_beat = Instant::now();
+            }
+            if let Err(e) = self.reconcile_local().await {
+                tracing::warn!("reconcile: {e}");
+            }
+            match controller::elect(&self.store, &self.cfg.node, self.lease).await {
+                Ok(true) => {
+                    if let Err(e) = controller::reconcile(&self.store, &self.cfg.node).await {
+                        tracing::warn!("scheduler: {e}");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("scheduler election: {e}"),
+            }
+            // Coalesce bursts of events.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

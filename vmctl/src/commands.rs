@@ -1,0 +1,757 @@
+//! What each `vmctl` command does, over the [`Store`]. Errors are one line
+//! for people; `--json` output is for scripts.
+
+use crate::controller::capacities;
+use crate::descriptor::{self, DescriptorError};
+use crate::model::{
+    self, AppRecord, Desired, EventRecord, NodeRecord, VmRecord, VmState, VmStatus,
+};
+use crate::store::{at_rev, put_op, Store, StoreError, Versioned};
+use crate::units::fmt_mib;
+use crate::volumes::{self, VolumeError};
+use metad::{Op, Txn};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where applications' volumes live.
+pub const APPS_DIR: &str = "/gvs/apps";
+
+/// Errors of commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    /// metad.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bad descriptor.
+    #[error("{file}: {err}")]
+    Descriptor {
+        /// The file.
+        file: String,
+        /// What is wrong, where.
+        err: DescriptorError,
+    },
+    /// metad, directly.
+    #[error("metad: {0}")]
+    Metad(#[from] metad::ClientError),
+    /// Images or volumes.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// A file could not be read.
+    #[error("{0}")]
+    Io(String),
+    /// Not found.
+    #[error("no such {0}")]
+    NotFound(String),
+    /// Refused (with the reason).
+    #[error("{0}")]
+    Refused(String),
+    /// Timed out waiting.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+fn print_json<T: Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
+}
+
+fn table(rows: Vec<Vec<String>>) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+async fn app(store: &Store, name: &str) -> Result<Versioned<AppRecord>, CmdError> {
+    store
+        .get::<AppRecord>(&model::app_key(name))
+        .await?
+        .ok_or_else(|| CmdError::NotFound(format!("application {name}")))
+}
+
+async fn app_vms(
+    store: &Store,
+    name: &str,
+) -> Result<Vec<(String, Versioned<VmRecord>)>, CmdError> {
+    Ok(store
+        .list::<VmRecord>(model::VMS)
+        .await?
+        .0
+        .into_iter()
+        .filter(|(_, v)| v.value.app == name)
+        .collect())
+}
+
+/// `vmctl app create FILE`.
+pub async fn app_create(store: &Store, file: &Path, json: bool) -> Result<(), CmdError> {
+    let src = std::fs::read_to_string(file)
+        .map_err(|e| CmdError::Io(format!("{}: {e}", file.display())))?;
+    let spec = descriptor::parse(&src).map_err(|err| CmdError::Descriptor {
+        file: file.display().to_string(),
+        err,
+    })?;
+    let key = model::app_key(&spec.name);
+    if store.client.get(key.as_str()).await?.is_some() {
+        return Err(CmdError::Refused(format!(
+            "application {} exists",
+            spec.name
+        )));
+    }
+    // Read every image before cloning anything.
+    let mut images = BTreeMap::new();
+    for (c, comp) in &spec.components {
+        let img = volumes::read_image(Path::new(&comp.image), comp.volumes.as_deref())?;
+        images.insert(c.clone(), img);
+    }
+    let app_dir = PathBuf::from(APPS_DIR).join(&spec.name);
+    if app_dir.exists() {
+        return Err(CmdError::Refused(format!(
+            "{} exists but no application {} is recorded; remove it first",
+            app_dir.display(),
+            spec.name
+        )));
+    }
+    let mut vms = Vec::new();
+    for (c, comp) in &spec.components {
+        let img = &images[c];
+        let dir = app_dir.join(c);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CmdError::Io(format!("creating {}: {e}", dir.display())))?;
+        let mut disks = Vec::new();
+        for v in &img.volumes {
+            let dst = dir.join(v.file_name().expect("a file"));
+            volumes::clone_volume(v, &dst)?;
+            disks.push(dst.display().to_string());
+        }
+        vms.push(VmRecord {
+            name: model::vm_name(&spec.name, c),
+            app: spec.name.clone(),
+            component: c.clone(),
+            cpu_min: comp.cpu_min,
+            cpu_max: comp.cpu_max,
+            mem_mib: comp.mem_mib,
+            bw_min: comp.bw_min,
+            pin: comp.pin,
+            hypervisor: comp.hypervisor.clone(),
+            anti_affinity: comp.anti_affinity.clone(),
+            boot: img.boot.clone(),
+            disks,
+            desired: Desired::Stopped,
+            node: None,
+            target: None,
+            reason: None,
+        });
+    }
+    let rec = AppRecord {
+        spec: spec.clone(),
+        source: src,
+        desired: Desired::Stopped,
+        start_gen: 0,
+        outcome: None,
+        created_ms: model::now_ms(),
+    };
+    let mut success = vec![put_op(&key, &rec)];
+    for v in &vms {
+        success.push(put_op(&model::vm_key(&v.name), v));
+    }
+    let txn = Txn {
+        compare: vec![at_rev(&key, 0)],
+        success,
+        failure: vec![],
+    };
+    if !store.client.txn(txn).await?.succeeded {
+        return Err(CmdError::Refused(format!(
+            "application {} exists",
+            spec.name
+        )));
+    }
+    store
+        .event(
+            "cli",
+            "create",
+            &spec.name,
+            format!("created with {} components", vms.len()),
+        )
+        .await;
+    if json {
+        print_json(&rec);
+    } else {
+        println!(
+            "created {} ({} components, volumes in {})",
+            spec.name,
+            vms.len(),
+            app_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `vmctl app start NAME`: asks the scheduler and waits for its answer.
+pub async fn app_start(store: &Store, name: &str, timeout: Duration) -> Result<(), CmdError> {
+    let gen = loop {
+        let a = app(store, name).await?;
+        let vms = app_vms(store, name).await?;
+        let mut rec = a.value.clone();
+        rec.desired = Desired::Running;
+        rec.start_gen += 1;
+        let key = model::app_key(name);
+        let mut compare = vec![at_rev(&key, a.rev)];
+        let mut success = vec![put_op(&key, &rec)];
+        for (k, v) in &vms {
+            let mut nv = v.value.clone();
+            nv.desired = Desired::Running;
+            nv.reason = None;
+            compare.push(at_rev(&model::vm_key(k), v.rev));
+            success.push(put_op(&model::vm_key(k), &nv));
+        }
+        let txn = Txn {
+            compare,
+            success,
+            failure: vec![],
+        };
+        if store.client.txn(txn).await?.succeeded {
+            break rec.start_gen;
+        }
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let a = app(store, name).await?;
+        if let Some(o) = a.value.outcome.filter(|o| o.gen == gen) {
+            if o.placed {
+                println!("started {name}: {}", o.reason);
+                return Ok(());
+            }
+            return Err(CmdError::Refused(format!(
+                "cannot start {name}: {}",
+                o.reason
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(CmdError::Timeout(format!(
+                "no answer from the scheduler in {timeout:?} (is a vmctl agent running?)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// `vmctl app stop NAME`: waits until every reservation is released.
+pub async fn app_stop(store: &Store, name: &str, timeout: Duration) -> Result<(), CmdError> {
+    loop {
+        let a = app(store, name).await?;
+        let vms = app_vms(store, name).await?;
+        let mut rec = a.value.clone();
+        rec.desired = Desired::Stopped;
+        let key = model::app_key(name);
+        let mut compare = vec![at_rev(&key, a.rev)];
+        let mut success = vec![put_op(&key, &rec)];
+        for (k, v) in &vms {
+            let mut nv = v.value.clone();
+            nv.desired = Desired::Stopped;
+            compare.push(at_rev(&model::vm_key(k), v.rev));
+            success.push(put_op(&model::vm_key(k), &nv));
+        }
+        if store
+            .client
+            .txn(Txn {
+                compare,
+                success,
+                failure: vec![],
+            })
+            .await?
+            .succeeded
+        {
+            break;
+        }
+    }
+    store.event("cli", "stop", name, "stop requested").await;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let vms = app_vms(store, name).await?;
+        let held: Vec<String> = vms
+            .iter()
+            .filter(|(_, v)| v.value.node.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if held.is_empty() {
+            println!("stopped {name}");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(CmdError::Timeout(format!(
+                "{} still running after {timeout:?}",
+                held.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `vmctl app destroy NAME`.
+pub async fn app_destroy(store: &Store, name: &str, force: bool) -> Result<(), CmdError> {
+    let vms = app_vms(store, name).await?;
+    let a = app(store, name).await?;
+    if vms.iter().any(|(_, v)| v.value.node.is_some()) || a.value.desired == Desired::Running {
+        if !force {
+            return Err(CmdError::Refused(format!(
+                "{name} is running; stop it first (or --force)"
+            )));
+        }
+        app_stop(store, name, Duration::from_secs(60)).await?;
+    }
+    let a = app(store, name).await?;
+    let vms = app_vms(store, name).await?;
+    let key = model::app_key(name);
+    let mut compare = vec![at_rev(&key, a.rev)];
+    let mut success = vec![Op::Delete {
+        key: key.clone().into_bytes(),
+    }];
+    for (k, v) in &vms {
+        compare.push(at_rev(&model::vm_key(k), v.rev));
+        success.push(Op::Delete {
+            key: model::vm_key(k).into_bytes(),
+        });
+        success.push(Op::Delete {
+            key: model::status_key(k).into_bytes(),
+        });
+    }
+    if !store
+        .client
+        .txn(Txn {
+            compare,
+            success,
+            failure: vec![],
+        })
+        .await?
+        .succeeded
+    {
+        return Err(CmdError::Refused(format!(
+            "{name} changed while being destroyed; try again"
+        )));
+    }
+    let dir = PathBuf::from(APPS_DIR).join(name);
+    let mut note = String::new();
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            note = format!(" (its volumes in {} remain: {e})", dir.display());
+        }
+    }
+    store.event("cli", "destroy", name, "destroyed").await;
+    println!("destroyed {name}{note}");
+    Ok(())
+}
+
+/// One VM as `vm list` and `app show` present it.
+#[derive(Debug, Serialize)]
+pub struct VmView {
+    /// Name.
+    pub name: String,
+    /// Wanted state.
+    pub desired: Desired,
+    /// Reserved on.
+    pub node: Option<String>,
+    /// What is true (the status is the node's own report, when it is for
+    /// the node the VM is reserved on).
+    pub state: String,
+    /// vCPUs reserved / seen.
+    pub cpu: String,
+    /// Memory.
+    pub mem: String,
+    /// Why (stopped, pending, failed).
+    pub reason: Option<String>,
+    /// Its record.
+    pub record: VmRecord,
+    /// Its node's report.
+    pub status: Option<VmStatus>,
+}
+
+fn view(v: VmRecord, st: Option<VmStatus>) -> VmView {
+    let state = match (&v.node, &st) {
+        (Some(n), Some(s)) if &s.node == n => format!("{:?}", s.state).to_lowercase(),
+        (Some(_), _) => "starting".into(),
+        (None, Some(s)) if s.state == VmState::Failed => "failed".into(),
+        (None, _) if v.desired == Desired::Running => "pending".into(),
+        (None, _) => "stopped".into(),
+    };
+    let reason = v
+        .reason
+        .clone()
+        .or_else(|| st.as_ref().and_then(|s| s.reason.clone()));
+    VmView {
+        name: v.name.clone(),
+        desired: v.desired,
+        node: v.node.clone(),
+        state,
+        cpu: format!("{}/{}", v.cpu_min, v.cpu_max),
+        mem: fmt_mib(v.mem_mib),
+        reason,
+        record: v,
+        status: st,
+    }
+}
+
+async fn views(store: &Store, app: Option<&str>) -> Result<Vec<VmView>, CmdError> {
+    let vms = store.list::<VmRecord>(model::VMS).await?.0;
+    let status: BTreeMap<String, VmStatus> = store
+        .list::<VmStatus>(model::STATUS)
+        .await?
+        .0
+        .into_iter()
+        .map(|(k, v)| (k, v.value))
+        .collect();
+    Ok(vms
+        .into_iter()
+        .filter(|(_, v)| app.is_none_or(|a| v.value.app == a))
+        .map(|(k, v)| view(v.value, status.get(&k).cloned()))
+        .collect())
+}
+
+fn vm_table(vs: &[VmView]) {
+    let mut rows = vec![vec!["VM", "NODE", "STATE", "WANT", "CPU", "MEM", "REASON"]
+        .into_iter()
+        .map(String::from)
+        .collect()];
+    for v in vs {
+        rows.push(vec![
+            v.name.clone(),
+            v.node.clone().unwrap_or_else(|| "-".into()),
+            v.state.clone(),
+            format!("{:?}", v.desired).to_lowercase(),
+            v.cpu.clone(),
+            v.mem.clone(),
+            v.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    table(rows);
+}
+
+/// `vmctl app list`.
+pub async fn app_list(store: &Store, json: bool) -> Result<(), CmdError> {
+    let apps = store.list::<AppRecord>(model::APPS).await?.0;
+    let vms = views(store, None).await?;
+    #[derive(Serialize)]
+    struct Row {
+        name: String,
+        desired: Desired,
+        components: usize,
+        running: usize,
+        outcome: Option<model::Outcome>,
+    }
+    let rows: Vec<Row> = apps
+        .into_iter()
+        .map(|(k, a)| Row {
+            components: a.value.spec.components.len(),
+            running: vms
+                .iter()
+                .filter(|v| v.record.app == k && v.state == "running")
+                .count(),
+            name: k,
+            desired: a.value.desired,
+            outcome: a.value.outcome,
+        })
+        .collect();
+    if json {
+        print_json(&rows);
+        return Ok(());
+    }
+    let mut t = vec![vec!["APP", "WANT", "RUNNING", "LAST START"]
+        .into_iter()
+        .map(String::from)
+        .collect()];
+    for r in rows {
+        t.push(vec![
+            r.name,
+            format!("{:?}", r.desired).to_lowercase(),
+            format!("{}/{}", r.running, r.components),
+            r.outcome.map_or(String::new(), |o| {
+                if o.placed {
+                    format!("placed: {}", o.reason)
+                } else {
+                    format!("refused: {}", o.reason)
+                }
+            }),
+        ]);
+    }
+    table(t);
+    Ok(())
+}
+
+/// `vmctl app show NAME`.
+pub async fn app_show(store: &Store, name: &str, json: bool) -> Result<(), CmdError> {
+    let a = app(store, name).await?;
+    let vms = views(store, Some(name)).await?;
+    if json {
+        print_json(&serde_json::json!({ "app": a.value, "vms": vms }));
+        return Ok(());
+    }
+    let r = &a.value;
+    println!(
+        "app {name}: wanted {:?}, placement {:?}",
+        r.desired, r.spec.placement
+    );
+    if let Some(o) = &r.outcome {
+        println!(
+            "last start: {} ({})",
+            if o.placed { "placed" } else { "refused" },
+            o.reason
+        );
+    }
+    for c in &r.spec.connections {
+        println!("connection {} -> {}", c.from, c.to);
+    }
+    vm_table(&vms);
+    Ok(())
+}
+
+/// `vmctl vm list`.
+pub async fn vm_list(store: &Store, app: Option<&str>, json: bool) -> Result<(), CmdError> {
+    let vs = views(store, app).await?;
+    if json {
+        print_json(&vs);
+    } else {
+        vm_table(&vs);
+    }
+    Ok(())
+}
+
+async fn vm_view(store: &Store, name: &str) -> Result<VmView, CmdError> {
+    views(store, None)
+        .await?
+        .into_iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| CmdError::NotFound(format!("VM {name} (VMs are named APP.COMPONENT)")))
+}
+
+/// `vmctl vm show NAME`.
+pub async fn vm_show(store: &Store, name: &str, json: bool) -> Result<(), CmdError> {
+    let v = vm_view(store, name).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    println!(
+        "vm {}: {} on {} (wanted {:?})",
+        v.name,
+        v.state,
+        v.node.as_deref().unwrap_or("-"),
+        v.desired
+    );
+    println!(
+        "cpu {} (reserved/seen), mem {}, disks {}",
+        v.cpu,
+        v.mem,
+        v.record.disks.join(", ")
+    );
+    if let Some(s) = &v.status {
+        println!(
+            "backend {} ({}), pid {}, limits: {}, console {}:{}",
+            s.backend,
+            s.accel,
+            s.pid.map_or("-".into(), |p| p.to_string()),
+            s.limits,
+            s.node,
+            s.console
+        );
+        if !s.crashes.is_empty() {
+            println!("crashes within the hour: {}", s.crashes.len());
+        }
+    }
+    if let Some(r) = &v.reason {
+        println!("reason: {r}");
+    }
+    Ok(())
+}
+
+/// `vmctl vm console NAME`: the console file is on the VM's node.
+pub async fn vm_console(store: &Store, name: &str, follow: bool) -> Result<(), CmdError> {
+    let v = vm_view(store, name).await?;
+    let st = v
+        .status
+        .ok_or_else(|| CmdError::Refused(format!("{name} has not run yet: no console")))?;
+    let path = PathBuf::from(&st.console);
+    let here = nix_hostname();
+    if !path.exists() {
+        return Err(CmdError::Refused(format!(
+            "{name}'s console is on {} ({}); run vmctl vm console there (this is {here})",
+            st.node, st.console
+        )));
+    }
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f =
+        std::fs::File::open(&path).map_err(|e| CmdError::Io(format!("{}: {e}", path.display())))?;
+    let mut out = std::io::stdout();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        f.read_to_end(&mut buf)
+            .map_err(|e| CmdError::Io(e.to_string()))?;
+        let _ = out.write_all(&buf);
+        let _ = out.flush();
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = f.seek(SeekFrom::Current(0));
+    }
+}
+
+fn nix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "?".into(), |s| s.trim().to_string())
+}
+
+/// `vmctl vm migrate NAME NODE`.
+pub async fn vm_migrate(store: &Store, name: &str, node: &str) -> Result<(), CmdError> {
+    let key = model::vm_key(name);
+    let v = store
+        .get::<VmRecord>(&key)
+        .await?
+        .ok_or_else(|| CmdError::NotFound(format!("VM {name}")))?;
+    if store.client.get(model::node_key(node)).await?.is_none() {
+        return Err(CmdError::Refused(format!("node {node} is not up")));
+    }
+    if v.value.node.is_some() || v.value.desired == Desired::Running {
+        return Err(CmdError::Refused(format!(
+            "{name} is running on {}; live migration is not implemented yet: stop its application, migrate, start",
+            v.value.node.as_deref().unwrap_or("?")
+        )));
+    }
+    let mut nv = v.value.clone();
+    nv.target = Some(node.to_string());
+    if !store.cas(&key, v.rev, &nv).await? {
+        return Err(CmdError::Refused(format!(
+            "{name} changed meanwhile; try again"
+        )));
+    }
+    println!("{name} will start on {node}");
+    Ok(())
+}
+
+/// One row of `vmctl node list`.
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    /// The node as registered.
+    #[serde(flatten)]
+    pub node: NodeRecord,
+    /// CPUs reserved.
+    pub used_cpus: u64,
+    /// MiB reserved.
+    pub used_mem_mib: u64,
+    /// VMs reserved here.
+    pub vms: Vec<String>,
+    /// Whether its agent is the scheduler.
+    pub scheduler: bool,
+}
+
+/// `vmctl node list`.
+pub async fn node_list(store: &Store, json: bool) -> Result<(), CmdError> {
+    let nodes: BTreeMap<String, NodeRecord> = store
+        .list::<NodeRecord>(model::NODES)
+        .await?
+        .0
+        .into_iter()
+        .map(|(k, v)| (k, v.value))
+        .collect();
+    let vms: Vec<VmRecord> = store
+        .list::<VmRecord>(model::VMS)
+        .await?
+        .0
+        .into_iter()
+        .map(|(_, v)| v.value)
+        .collect();
+    let sched = store
+        .client
+        .get(model::SCHEDULER)
+        .await?
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+    let caps = capacities(&nodes, vms.iter());
+    let rows: Vec<NodeView> = caps
+        .into_iter()
+        .map(|c| NodeView {
+            node: nodes[&c.name].clone(),
+            used_cpus: c.used_cpus,
+            used_mem_mib: c.used_mem,
+            vms: c.vms.into_iter().collect(),
+            scheduler: sched.as_deref() == Some(c.name.as_str()),
+        })
+        .collect();
+    if json {
+        print_json(&rows);
+        return Ok(());
+    }
+    let mut t = vec![vec!["NODE", "CPUS", "MEM", "ACCEL", "VMS", "LIMITS"]
+        .into_iter()
+        .map(String::from)
+        .collect()];
+    for r in rows {
+        t.push(vec![
+            format!("{}{}", r.node.name, if r.scheduler { " *" } else { "" }),
+            format!("{}/{}", r.used_cpus, r.node.cpus),
+            format!("{}/{}", fmt_mib(r.used_mem_mib), fmt_mib(r.node.mem_mib)),
+            r.node.accel.clone(),
+            r.vms.join(","),
+            r.node.limits.clone(),
+        ]);
+    }
+    table(t);
+    println!("(* schedules)");
+    Ok(())
+}
+
+fn print_event(e: &EventRecord, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(e).expect("serializes"));
+    } else {
+        let secs = e.ts_ms / 1000;
+        println!(
+            "{:02}:{:02}:{:02}.{:03} {:<6} {:<9} {:<12} {}",
+            (secs / 3600) % 24,
+            (secs / 60) % 60,
+            secs % 60,
+            e.ts_ms % 1000,
+            e.node,
+            e.kind,
+            e.subject,
+            e.message
+        );
+    }
+}
+
+/// `vmctl events [--follow]`.
+pub async fn events(store: &Store, follow: bool, json: bool) -> Result<(), CmdError> {
+    let (evs, rev) = store.list::<EventRecord>(model::EVENTS).await?;
+    for (_, e) in &evs {
+        print_event(&e.value, json);
+    }
+    if !follow {
+        return Ok(());
+    }
+    let mut w = store
+        .client
+        .watch(model::EVENTS, rev + 1)
+        .await
+        .map_err(StoreError::from)?;
+    while let Some(ev) = w.next().await {
+        let ev = ev.map_err(StoreError::from)?;
+        if ev.kind == metad::EventKind::Put {
+            if let Ok(e) = serde_json::from_slice::<EventRecord>(&ev.kv.value) {
+                print_event(&e, json);
+            }
+        }
+    }
+    Ok(())
+}
