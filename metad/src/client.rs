@@ -341,7 +341,7 @@ impl Client {
                     let eps = &self.cfg.endpoints;
                     if rr > 0 && rr % eps.len() == 0 {
                         round += 1;
-                        tokio::time::sleep(Duration::from_millis((25 * round as u64).min(200)))
+                        tokio::time::sleep(Duration::from_millis((10 * round as u64).min(200)))
                             .await;
                     }
                     rr += 1;
@@ -373,7 +373,9 @@ impl Client {
                         self.learn(&a);
                         target = Some(a);
                     } else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // An election is under way: ask again soon, the
+                        // fail-over time is this sleep plus the election.
+                        tokio::time::sleep(Duration::from_millis(15)).await;
                     }
                 }
                 Ok(Some(ResponseBody::Error(ErrorReply::Busy(e)))) => {
