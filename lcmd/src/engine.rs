@@ -161,7 +161,7 @@ impl Engine {
                 continue;
             }
             match h.tap.recv(&mut buf) {
-                Ok(n) => self.from_tap(&k, &h, &buf[..n]),
+                Ok(n) => self.on_tap_frame(&k, &h, &buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::warn!("TAP {}: {e}", h.tap.name());
@@ -171,7 +171,7 @@ impl Engine {
         }
     }
 
-    fn from_tap(&self, k: &Key, h: &TapHandle, frame: &[u8]) {
+    fn on_tap_frame(&self, k: &Key, h: &TapHandle, frame: &[u8]) {
         let topo = self.topo();
         let Some(a) = topo.appliance(&k.0, &k.1) else {
             return;
@@ -346,7 +346,7 @@ impl Engine {
     }
 
     /// Handles one tunnel datagram from `from`.
-    pub fn from_tunnel(&self, d: &[u8], from: SocketAddrV4) {
+    pub fn on_tunnel_datagram(&self, d: &[u8], from: SocketAddrV4) {
         let topo = self.topo();
         let outer = (*from.ip(), from.port());
         let me = (self.local_addr, model::TUNNEL_PORT);
@@ -524,7 +524,7 @@ impl Engine {
                     u16::from_be(a.sin_port),
                 );
                 let len = msgs[i].msg_len as usize;
-                self.from_tunnel(&bufs[i][..len], from);
+                self.on_tunnel_datagram(&bufs[i][..len], from);
             }
         }
     }

@@ -526,8 +526,8 @@ impl AppSpec {
                     }
                     let ip = r.host(next);
                     next += 1;
-                    if !used.contains_key(&ip) {
-                        used.insert(ip, n.clone());
+                    if let std::collections::btree_map::Entry::Vacant(e) = used.entry(ip) {
+                        e.insert(n.clone());
                         break ip;
                     }
                 },
