@@ -107,6 +107,18 @@ enum Cmd {
         /// Value.
         value: String,
     },
+    /// Set KEY to NEW only if it holds EXPECTED (or, without --expect, only
+    /// if it is absent). Exit status 0: swapped; 2: not swapped (the value
+    /// differs); 1: an error (the outcome may be unknown).
+    Cas {
+        /// Key.
+        key: String,
+        /// New value.
+        new: String,
+        /// The value KEY must hold now.
+        #[arg(long)]
+        expect: Option<String>,
+    },
     /// Delete a key.
     Del {
         /// Key.
@@ -139,6 +151,12 @@ enum MemberCmd {
     },
 }
 
+/// A compare-and-swap whose comparison failed: a result, not an error, so
+/// it gets its own exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("cas on {0} not applied: the value differs")]
+struct NotSwapped(String);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -154,6 +172,10 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<NotSwapped>() => {
+            eprintln!("metad: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("metad: {e:#}");
             ExitCode::FAILURE
@@ -277,6 +299,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Put { key, value } => {
             let rev = client(&cli)?.put(key.as_bytes(), value.as_bytes()).await?;
             println!("revision {rev}");
+        }
+        Cmd::Cas { key, new, expect } => {
+            let expected = expect.as_deref().map(str::as_bytes);
+            if !client(&cli)?.cas(key.as_bytes(), expected, new.as_bytes()).await? {
+                return Err(NotSwapped(key.clone()).into());
+            }
+            println!("swapped");
         }
         Cmd::Del { key } => {
             let rev = client(&cli)?.delete(key.as_bytes()).await?;
