@@ -41,10 +41,11 @@ fn concurrent_cas_through_a_leader_kill_and_a_partition_is_linearizable() {
                             // Swap from a value this client last read, or
                             // from "absent": both succeed and fail often.
                             let seen = sh(grid, 4, &format!("metad --timeout-ms 2000 get {key}"));
-                            let expect = seen
-                                .ok()
-                                .then(|| format!("--expect {}", seen.stdout.trim()))
-                                .unwrap_or_default();
+                            let expect = if seen.ok() {
+                                format!("--expect {}", seen.stdout.trim())
+                            } else {
+                                String::new()
+                            };
                             (
                                 format!("metad --timeout-ms 2000 cas {key} {mine} {expect}"),
                                 2,
