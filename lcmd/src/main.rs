@@ -12,7 +12,12 @@ use std::process::ExitCode;
 
 /// lcmd: the grid's connection daemon: appliance TAPs, tunnels and enforcement
 #[derive(Parser)]
-#[command(name = "lcmd", version, about, long_about = None)]
+#[command(
+    name = "lcmd",
+    version,
+    about = "lcmd: the grid's connection daemon: appliance TAPs, tunnels and enforcement",
+    long_about = None
+)]
 struct Cli {
     /// metad members, host:port, comma-separated.
     #[arg(
