@@ -14,7 +14,45 @@ use crate::model::{self, Desired, NodeRecord, VmRecord, VmState, VmStatus};
 use crate::store::{Store, StoreError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The heartbeat task's view of the lease, shared with the main loop: the
+/// heartbeat runs on its own task so that a slow VM start (a KVM probe, a
+/// QEMU that takes seconds to answer) never lets the lease lapse.
+#[derive(Default)]
+struct Beat {
+    /// The lease being kept alive.
+    lease: AtomicU64,
+    /// When it was last renewed, ms since the epoch.
+    renewed_ms: AtomicU64,
+    /// metad says the lease is gone.
+    lost: AtomicBool,
+}
+
+async fn heartbeat_task(store: Arc<Store>, beat: Arc<Beat>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let lease = beat.lease.load(Ordering::SeqCst);
+        if lease == 0 || beat.lost.load(Ordering::SeqCst) {
+            continue;
+        }
+        match store.client.lease_keepalive(lease).await {
+            Ok(_) => beat.renewed_ms.store(model::now_ms(), Ordering::SeqCst),
+            Err(e) => {
+                tracing::warn!("heartbeat: {e}");
+                if matches!(
+                    e.state_error(),
+                    Some(metad::state::StateError::NoSuchLease(_))
+                ) && beat.lease.load(Ordering::SeqCst) == lease
+                {
+                    beat.lost.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
 
 /// The heartbeat lease's time to live: a node silent this long is dead to
 /// the scheduler (failover target: VMs running again within 15 s).
@@ -51,9 +89,9 @@ struct Local {
 /// The agent's state.
 pub struct Agent {
     cfg: AgentConfig,
-    store: Store,
+    store: Arc<Store>,
     lease: u64,
-    last_renew: Instant,
+    beat: Arc<Beat>,
     qemu: Option<QemuBackend>,
     accel: Option<Accel>,
     limits: String,
@@ -71,6 +109,7 @@ fn block<T>(f: impl FnOnce() -> T) -> T {
 impl Agent {
     /// An agent; nothing happens until [`Agent::run`].
     pub fn new(cfg: AgentConfig, store: Store) -> Agent {
+        let store = Arc::new(store);
         let limits = match Cgroups::detect(Path::new("/sys/fs/cgroup"), &cfg.node) {
             Ok(_) => "cgroup v2 (memory.max, cpu.max, cpuset)".to_string(),
             Err(e) => e,
@@ -79,7 +118,7 @@ impl Agent {
             cfg,
             store,
             lease: 0,
-            last_renew: Instant::now(),
+            beat: Arc::default(),
             qemu: None,
             accel: None,
             limits,
@@ -109,41 +148,33 @@ impl Agent {
             .client
             .put_with_lease(model::node_key(&self.cfg.node), rec, self.lease)
             .await?;
-        self.last_renew = Instant::now();
+        self.beat
+            .renewed_ms
+            .store(model::now_ms(), Ordering::SeqCst);
+        self.beat.lease.store(self.lease, Ordering::SeqCst);
+        self.beat.lost.store(false, Ordering::SeqCst);
         tracing::info!("registered {} (lease {})", self.cfg.node, self.lease);
         Ok(())
     }
 
-    /// Renews the lease; on losing it, stops every local VM (fencing) and
-    /// registers again.
-    async fn heartbeat(&mut self) {
-        match self.store.client.lease_keepalive(self.lease).await {
-            Ok(_) => {
-                self.last_renew = Instant::now();
-                return;
-            }
-            Err(e) => tracing::warn!("heartbeat: {e}"),
+    /// Checks the heartbeat: when the lease is gone (or could not be
+    /// renewed for its whole TTL), stops every local VM (fencing: the
+    /// scheduler is placing them elsewhere) and registers again.
+    async fn check_heartbeat(&mut self) {
+        let silent = model::now_ms().saturating_sub(self.beat.renewed_ms.load(Ordering::SeqCst));
+        let lost = self.beat.lost.load(Ordering::SeqCst);
+        if !lost && silent < LEASE_TTL.as_millis() as u64 {
+            return;
         }
-        if self.last_renew.elapsed() >= LEASE_TTL || self.lease == 0 {
-            self.fence("lost its heartbeat lease").await;
-            if let Err(e) = self.register().await {
-                tracing::warn!("registering again: {e}");
-            }
-        } else if let Ok(false) = self.lease_alive().await {
-            self.fence("its heartbeat lease expired").await;
-            if let Err(e) = self.register().await {
-                tracing::warn!("registering again: {e}");
-            }
+        let why = if lost {
+            "lost its heartbeat lease"
+        } else {
+            "could not renew its heartbeat lease"
+        };
+        self.fence(why).await;
+        if let Err(e) = self.register().await {
+            tracing::warn!("registering again: {e}");
         }
-    }
-
-    async fn lease_alive(&self) -> Result<bool, StoreError> {
-        Ok(self
-            .store
-            .client
-            .get(model::node_key(&self.cfg.node))
-            .await?
-            .is_some_and(|kv| kv.lease == self.lease))
     }
 
     async fn fence(&mut self, why: &str) {
@@ -415,8 +446,8 @@ impl Agent {
                 }
             }
         }
+        tokio::spawn(heartbeat_task(self.store.clone(), self.beat.clone()));
         let mut watch = None;
-        let mut last_beat = Instant::now();
         loop {
             if watch.is_none() {
                 watch = self.store.client.watch(model::PREFIX, 0).await.ok();
@@ -443,10 +474,7 @@ impl Agent {
                 }
                 Err(_) => {}
             }
-            if last_beat.elapsed() >= Duration::from_millis(1000) {
-                self.heartbeat().await;
-                last_beat = Instant::now();
-            }
+            self.check_heartbeat().await;
             if let Err(e) = self.reconcile_local().await {
                 tracing::warn!("reconcile: {e}");
             }

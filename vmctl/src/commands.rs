@@ -590,7 +590,7 @@ pub async fn vm_console(store: &Store, name: &str, follow: bool) -> Result<(), C
             st.node, st.console
         )));
     }
-    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::io::{Read, Write};
     let mut f =
         std::fs::File::open(&path).map_err(|e| CmdError::Io(format!("{}: {e}", path.display())))?;
     let mut out = std::io::stdout();
@@ -605,7 +605,6 @@ pub async fn vm_console(store: &Store, name: &str, follow: bool) -> Result<(), C
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let _ = f.seek(SeekFrom::Current(0));
     }
 }
 

@@ -76,6 +76,15 @@ pub fn default_daemons() -> Vec<DaemonSpec> {
             ]),
             ready: None,
         },
+        // vmctl agent: the node's capacity and heartbeat, its VMs, and the
+        // elected scheduler, on every node.
+        DaemonSpec {
+            name: "vmctl".into(),
+            on_first: None,
+            prepare: None,
+            argv: strings(&["{bin}/vmctl", "agent", "--node", "{node}"]),
+            ready: None,
+        },
     ]
 }
 
