@@ -47,6 +47,9 @@ pub struct Volume {
     pending_size: Option<u64>,
     /// Whether the map changed beyond `dirty` (truncate, punch).
     map_changed: bool,
+    /// Map chunks of a commit whose push failed: the in-memory map refers
+    /// to them, so the next commit pushes them too.
+    unpushed: NewChunks,
     /// The lease epoch (the lease key's mod revision) while held here.
     epoch: Option<u64>,
     /// Bumped whenever the lease is lost or handed over: file handles that
@@ -122,6 +125,7 @@ impl Volume {
             dirty: BTreeMap::new(),
             pending_size: None,
             map_changed: false,
+            unpushed: Vec::new(),
             epoch: None,
             gen: 0,
             last_read_end: 0,
@@ -284,6 +288,7 @@ impl Volume {
                             let f = fetcher(gvs, &fresh.replicas);
                             self.map = Some((fresh.root, BlockMap::load(fresh.root, &f)?));
                             self.dirty.clear();
+                            self.unpushed.clear();
                             self.pending_size = None;
                             self.map_changed = false;
                             tracing::info!(
@@ -493,6 +498,7 @@ impl Volume {
     /// Drops the local state after losing the lease.
     fn fence(&mut self) {
         self.dirty.clear();
+        self.unpushed.clear();
         self.pending_size = None;
         self.map_changed = false;
         self.map = None;
@@ -524,26 +530,60 @@ impl Volume {
         let mut chunks: NewChunks = Vec::new();
         let f = fetcher(gvs, &rec.replicas);
         let dirty = std::mem::take(&mut self.dirty);
-        let restore = dirty.clone();
-        {
-            let map = self.map(gvs, &rec)?;
-            for (b, data) in dirty {
-                if data.iter().all(|x| *x == 0) {
-                    map.set(b, None, &f)?;
-                } else {
-                    let id = ChunkId::of(&data);
-                    map.set(b, Some(id), &f)?;
-                    chunks.push((id, Arc::new(data)));
-                }
+        // Which block became which chunk (None: zeros, a hole), so that the
+        // buffer can be rebuilt if no replica takes the chunks.
+        let mut blocks: Vec<(u64, Option<ChunkId>)> = Vec::with_capacity(dirty.len());
+        for (b, data) in dirty {
+            if data.iter().all(|x| *x == 0) {
+                blocks.push((b, None));
+            } else {
+                let id = ChunkId::of(&data);
+                blocks.push((b, Some(id)));
+                chunks.push((id, Arc::new(data)));
             }
         }
-        let (root, map_chunks) = self.map.as_mut().expect("loaded").1.commit()?;
+        let bs = rec.block_size as usize;
+        let rebuild = |chunks: &NewChunks| -> BTreeMap<u64, Vec<u8>> {
+            let data: HashMap<ChunkId, &Arc<Vec<u8>>> =
+                chunks.iter().map(|(id, d)| (*id, d)).collect();
+            blocks
+                .iter()
+                .map(|(b, id)| {
+                    let d = id
+                        .and_then(|id| data.get(&id).map(|d| d.to_vec()))
+                        .unwrap_or_else(|| vec![0; bs]);
+                    (*b, d)
+                })
+                .collect()
+        };
+        let mapped = (|| {
+            let map = self.map(gvs, &rec)?;
+            for (b, id) in &blocks {
+                map.set(*b, *id, &f)?;
+            }
+            map.commit()
+        })();
+        let (root, map_chunks) = match mapped {
+            Ok(r) => r,
+            Err(e) => {
+                self.dirty = rebuild(&chunks);
+                return Err(e);
+            }
+        };
         chunks.extend(map_chunks);
+        chunks.append(&mut self.unpushed);
         let written = self.map.as_ref().expect("loaded").1.written();
         let missing = match push(gvs, &rec.replicas, &chunks) {
             Ok(m) => m,
             Err(e) => {
-                self.dirty = restore;
+                self.dirty = rebuild(&chunks);
+                let data: std::collections::HashSet<ChunkId> =
+                    blocks.iter().filter_map(|(_, id)| *id).collect();
+                self.unpushed = chunks
+                    .into_iter()
+                    .filter(|(id, _)| !data.contains(id))
+                    .collect();
+                self.map_changed = true;
                 return Err(e);
             }
         };
