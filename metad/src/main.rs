@@ -302,7 +302,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Cas { key, new, expect } => {
             let expected = expect.as_deref().map(str::as_bytes);
-            if !client(&cli)?.cas(key.as_bytes(), expected, new.as_bytes()).await? {
+            if !client(&cli)?
+                .cas(key.as_bytes(), expected, new.as_bytes())
+                .await?
+            {
                 return Err(NotSwapped(key.clone()).into());
             }
             println!("swapped");
