@@ -13,11 +13,12 @@ use crate::packet::{self, Arp, Eth, Ipv4, Transport, ETH_ARP, ETH_IPV4, PROTO_UD
 use crate::policy::{self, Verdict};
 use crate::responder;
 use crate::stats::{ConnStats, NodeStats};
-use crate::tap::Tap;
+use crate::tap::{Tap, VNET_HDR};
 use crate::topology::Topology;
 use crate::tunnel::{self, Header, TunnelError, Windows};
+use crate::udp;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -62,20 +63,6 @@ impl Engine {
         udp: UdpSocket,
         events: tokio::sync::mpsc::UnboundedSender<SecurityEvent>,
     ) -> Arc<Engine> {
-        // Let the kernel fragment datagrams larger than the underlay MTU
-        // rather than refuse them (a full-size frame plus our header does
-        // not fit in 1500 bytes).
-        let v: libc::c_int = libc::IP_PMTUDISC_DONT;
-        // SAFETY: a valid socket and an int option of the right size.
-        unsafe {
-            libc::setsockopt(
-                udp.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                &v as *const _ as *const libc::c_void,
-                4,
-            );
-        }
         let boot = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
@@ -155,13 +142,16 @@ impl Engine {
     }
 
     fn tap_reader(self: Arc<Self>, k: Key, h: Arc<TapHandle>) {
-        let mut buf = vec![0u8; 65536];
+        let mut buf = vec![0u8; VNET_HDR + 65536];
         while !h.stop.load(Ordering::SeqCst) {
-            if !h.tap.readable(Duration::from_millis(100)) {
-                continue;
-            }
             match h.tap.recv(&mut buf) {
-                Ok(n) => self.on_tap_frame(&k, &h, &buf[..n]),
+                Ok(n) if n >= VNET_HDR => {
+                    self.on_tap_frame(&k, &h, &buf[..VNET_HDR], &buf[VNET_HDR..n])
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    h.tap.readable(Duration::from_millis(100));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::warn!("TAP {}: {e}", h.tap.name());
@@ -171,7 +161,7 @@ impl Engine {
         }
     }
 
-    fn on_tap_frame(&self, k: &Key, h: &TapHandle, frame: &[u8]) {
+    fn on_tap_frame(&self, k: &Key, h: &TapHandle, vnet: &[u8], frame: &[u8]) {
         let topo = self.topo();
         let Some(a) = topo.appliance(&k.0, &k.1) else {
             return;
@@ -188,14 +178,21 @@ impl Engine {
                     }
                 }
             }
-            ETH_IPV4 => self.ipv4_from_tap(&topo, a, h, frame),
+            ETH_IPV4 => self.ipv4_from_tap(&topo, a, h, vnet, frame),
             // IPv6 (neighbour discovery, router solicitations) and other
             // link protocols are not routed; dropped without a report.
             _ => {}
         }
     }
 
-    fn ipv4_from_tap(&self, topo: &Topology, a: &Appliance, h: &TapHandle, frame: &[u8]) {
+    fn ipv4_from_tap(
+        &self,
+        topo: &Topology,
+        a: &Appliance,
+        h: &TapHandle,
+        vnet: &[u8],
+        frame: &[u8],
+    ) {
         let eth = Eth::parse(frame).expect("parsed before");
         let Ok(ip) = Ipv4::parse(eth.payload()) else {
             return self.report(
@@ -293,7 +290,7 @@ impl Engine {
                     e.packets += 1;
                     e.bytes += frame.len() as u64;
                 }
-                self.deliver(topo, peer, &c, frame);
+                self.deliver(topo, peer, &c, vnet, frame);
             }
             Verdict::Drop(r, c) => {
                 if let Some(c) = &c {
@@ -304,7 +301,7 @@ impl Engine {
         }
     }
 
-    fn deliver(&self, topo: &Topology, dst: &Appliance, c: &Connection, frame: &[u8]) {
+    fn deliver(&self, topo: &Topology, dst: &Appliance, c: &Connection, vnet: &[u8], frame: &[u8]) {
         if dst.node == self.node {
             let tap = self
                 .taps
@@ -313,9 +310,9 @@ impl Engine {
                 .get(&(dst.app.clone(), dst.name.clone()))
                 .cloned();
             if let Some(h) = tap {
-                let mut f = frame.to_vec();
-                packet::set_macs(&mut f, GATEWAY_MAC.0, dst.mac.0);
-                if h.tap.send(&f).is_err() {
+                let mut macs = [0u8; 12];
+                packet::set_macs(&mut macs, GATEWAY_MAC.0, dst.mac.0);
+                if h.tap.send_parts(vnet, &[&macs, &frame[12..]]).is_err() {
                     lock(&self.stats).entry(c.id()).or_default().drops += 1;
                 }
             }
@@ -333,12 +330,10 @@ impl Engine {
             sender: self.node_id,
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
         };
-        let d = tunnel::seal(&key, h, frame);
-        if self
-            .udp
-            .send_to(&d, SocketAddrV4::new(node.addr, node.port))
-            .is_ok()
-        {
+        let hb = tunnel::header_bytes(h);
+        let tag = tunnel::tag(&key, &[&hb, vnet, frame]);
+        let to = SocketAddrV4::new(node.addr, node.port);
+        if udp::send_parts(&self.udp, to, &[&hb, vnet, frame, &tag]).is_ok() {
             self.tunnel_tx.fetch_add(1, Ordering::Relaxed);
         } else {
             lock(&self.stats).entry(c.id()).or_default().drops += 1;
@@ -375,8 +370,8 @@ impl Engine {
         let Some(sender) = sender else {
             return forged(Some(app), TunnelError::UnknownSender(h.sender));
         };
-        let frame = match tunnel::open(&key, d) {
-            Ok(f) => f,
+        let (vnet, frame) = match tunnel::open(&key, d) {
+            Ok(body) => body.split_at(tunnel::VNET),
             Err(e) => return forged(Some(app), e),
         };
         if !lock(&self.windows).accept(&h) {
@@ -416,7 +411,7 @@ impl Engine {
             &t,
             Instant::now(),
         ) {
-            Verdict::Forward(c) => self.deliver(&topo, da, &c, frame),
+            Verdict::Forward(c) => self.deliver(&topo, da, &c, vnet, frame),
             Verdict::Drop(r, c) => {
                 if let Some(c) = &c {
                     lock(&self.stats).entry(c.id()).or_default().drops += 1;
@@ -472,59 +467,22 @@ impl Engine {
 
     /// Receives tunnel datagrams until the process ends, in batches.
     pub fn tunnel_receiver(self: Arc<Self>) {
-        const BATCH: usize = 32;
-        const SIZE: usize = 65536;
-        let fd = self.udp.as_raw_fd();
-        let mut bufs = vec![vec![0u8; SIZE]; BATCH];
+        let mut batch = udp::RecvBatch::default();
         loop {
-            let mut p = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut p, 1, 1000) } <= 0 {
+            let n = batch.recv(&self.udp);
+            if n == 0 {
+                let mut p = libc::pollfd {
+                    fd: self.udp.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, 1000) };
                 continue;
             }
-            // SAFETY: zeroed C structs are valid initial values.
-            let mut addrs: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
-            let mut iovs: Vec<libc::iovec> = bufs
-                .iter_mut()
-                .map(|b| libc::iovec {
-                    iov_base: b.as_mut_ptr() as *mut libc::c_void,
-                    iov_len: SIZE,
-                })
-                .collect();
-            // SAFETY: as above.
-            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-            for i in 0..BATCH {
-                msgs[i].msg_hdr.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
-                msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                msgs[i].msg_hdr.msg_iov = &mut iovs[i];
-                msgs[i].msg_hdr.msg_iovlen = 1;
-            }
-            // SAFETY: every header points at a live buffer and address of
-            // the sizes given, for the duration of the call.
-            let n = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    msgs.as_mut_ptr(),
-                    BATCH as u32,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n <= 0 {
-                continue;
-            }
-            for i in 0..n as usize {
-                let a = addrs[i];
-                let from = SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                    u16::from_be(a.sin_port),
-                );
-                let len = msgs[i].msg_len as usize;
-                self.on_tunnel_datagram(&bufs[i][..len], from);
+            for i in 0..n {
+                let (d, from) = batch.get(i);
+                self.on_tunnel_datagram(d, from);
             }
         }
     }
@@ -553,7 +511,7 @@ impl Engine {
     }
 }
 
-/// Binds the tunnel socket.
+/// Binds the tunnel socket (see [`udp::bind`]).
 pub fn bind_tunnel(port: u16) -> std::io::Result<UdpSocket> {
-    UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+    udp::bind(port)
 }

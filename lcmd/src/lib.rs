@@ -13,7 +13,8 @@
 //! - [`conntrack`]: tracked flows;
 //! - [`policy`]: the forwarding decision and its reasons;
 //! - [`tunnel`]: encapsulation, MAC and replay window;
-//! - [`tap`]: TAP devices;
+//! - [`tap`]: TAP devices (with vnet headers: checksum and TSO offload);
+//! - [`udp`]: the tunnel socket, sendmsg from pieces, recvmmsg batches;
 //! - [`events`]: security events and their rate limit;
 //! - [`stats`]: per-connection counters;
 //! - [`engine`]: the datapath threads;
@@ -32,3 +33,4 @@ pub mod store;
 pub mod tap;
 pub mod topology;
 pub mod tunnel;
+pub mod udp;

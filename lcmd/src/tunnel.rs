@@ -2,9 +2,14 @@
 //! datagram (port 2395), authenticated with its application's key.
 //!
 //! Wire format (all integers little-endian):
-//! `magic "LCM1" | app id u64 | sender node id u64 | seq u64 | frame | tag[16]`
-//! where `tag` is the first 16 bytes of BLAKE3 keyed with the
-//! application's 32-byte key over everything before it.
+//! `magic "LCM2" | app id u64 | sender node id u64 | seq u64 | vnet[10] |
+//! frame | tag[16]` where `vnet` is the frame's `virtio_net_hdr` as the
+//! sender's TAP gave it (checksum and GSO offload: the frame may be a TCP
+//! segment of up to 62000 bytes that the receiving kernel segments or
+//! delivers whole, see [`crate::tap`]), and `tag` is the first 16 bytes of
+//! BLAKE3 keyed with the application's 32-byte key over everything before
+//! it. The datagram is fragmented by the underlay's IP when it exceeds
+//! its MTU (one MAC over the whole segment, not one per fragment).
 //!
 //! Why a BLAKE3 keyed MAC and not an AEAD: what enforcement needs is
 //! integrity and authenticity (only a node holding the application's key
@@ -22,11 +27,13 @@
 use std::collections::HashMap;
 
 /// Magic at the start of every tunnel datagram.
-pub const MAGIC: &[u8; 4] = b"LCM1";
+pub const MAGIC: &[u8; 4] = b"LCM2";
 /// Header length.
 pub const HEADER: usize = 4 + 8 + 8 + 8;
 /// Tag length.
 pub const TAG: usize = 16;
+/// Length of the vnet header in the body.
+pub const VNET: usize = crate::tap::VNET_HDR;
 /// Replay window, in sequence numbers.
 pub const WINDOW: u64 = 128;
 
@@ -61,28 +68,42 @@ pub struct Header {
     pub seq: u64,
 }
 
-fn tag(key: &[u8; 32], data: &[u8]) -> [u8; TAG] {
-    blake3::keyed_hash(key, data).as_bytes()[..TAG]
-        .try_into()
-        .expect("16 bytes")
+/// The tag over `parts`, concatenated.
+pub fn tag(key: &[u8; 32], parts: &[&[u8]]) -> [u8; TAG] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().as_bytes()[..TAG].try_into().expect("16 bytes")
 }
 
-/// Encapsulates `frame`.
-pub fn seal(key: &[u8; 32], h: Header, frame: &[u8]) -> Vec<u8> {
-    let mut d = Vec::with_capacity(HEADER + frame.len() + TAG);
-    d.extend_from_slice(MAGIC);
-    d.extend_from_slice(&h.app.to_le_bytes());
-    d.extend_from_slice(&h.sender.to_le_bytes());
-    d.extend_from_slice(&h.seq.to_le_bytes());
-    d.extend_from_slice(frame);
-    let t = tag(key, &d);
+/// The header's bytes on the wire.
+pub fn header_bytes(h: Header) -> [u8; HEADER] {
+    let mut b = [0u8; HEADER];
+    b[..4].copy_from_slice(MAGIC);
+    b[4..12].copy_from_slice(&h.app.to_le_bytes());
+    b[12..20].copy_from_slice(&h.sender.to_le_bytes());
+    b[20..28].copy_from_slice(&h.seq.to_le_bytes());
+    b
+}
+
+/// Encapsulates a body (vnet header and frame) given in pieces, as one
+/// buffer; the datapath sends the same pieces with `sendmsg` instead,
+/// without copying them.
+pub fn seal(key: &[u8; 32], h: Header, body: &[&[u8]]) -> Vec<u8> {
+    let hb = header_bytes(h);
+    let mut d = hb.to_vec();
+    for p in body {
+        d.extend_from_slice(p);
+    }
+    let t = tag(key, &[&d]);
     d.extend_from_slice(&t);
     d
 }
 
 /// Reads the header without verifying anything (to find the key).
 pub fn peek(d: &[u8]) -> Result<Header, TunnelError> {
-    if d.len() < HEADER + TAG + 14 || &d[..4] != MAGIC {
+    if d.len() < HEADER + TAG + VNET + 14 || &d[..4] != MAGIC {
         return Err(TunnelError::NotTunnel);
     }
     let u = |i: usize| u64::from_le_bytes(d[i..i + 8].try_into().expect("8 bytes"));
@@ -93,11 +114,12 @@ pub fn peek(d: &[u8]) -> Result<Header, TunnelError> {
     })
 }
 
-/// Verifies the tag (in constant time) and returns the frame.
+/// Verifies the tag (in constant time) and returns the body: the vnet
+/// header (its first [`VNET`] bytes) and the frame.
 pub fn open<'a>(key: &[u8; 32], d: &'a [u8]) -> Result<&'a [u8], TunnelError> {
     peek(d)?;
     let (body, t) = d.split_at(d.len() - TAG);
-    let want = tag(key, body);
+    let want = tag(key, &[body]);
     let diff = want.iter().zip(t).fold(0u8, |acc, (a, b)| acc | (a ^ b));
     if diff != 0 {
         return Err(TunnelError::BadMac);
@@ -169,9 +191,14 @@ mod tests {
             seq: 3,
         };
         let frame = [9u8; 60];
-        let d = seal(&key, h, &frame);
+        let vnet = [1u8; VNET];
+        let d = seal(&key, h, &[&vnet, &frame]);
         assert_eq!(peek(&d).unwrap(), h);
-        assert_eq!(open(&key, &d).unwrap(), &frame[..]);
+        let body = open(&key, &d).unwrap();
+        assert_eq!(&body[..VNET], &vnet[..]);
+        assert_eq!(&body[VNET..], &frame[..]);
+        let split = [header_bytes(h).as_slice(), &vnet, &frame].concat();
+        assert_eq!(tag(&key, &[&split]), tag(&key, &[&split[..7], &split[7..]]));
         let mut bad = d.clone();
         bad[HEADER + 5] ^= 1;
         assert_eq!(open(&key, &bad), Err(TunnelError::BadMac));

@@ -106,13 +106,15 @@ impl Appliance {
     /// Moves TAP `tap` of node `node` in as `eth0` (replacing nothing: the
     /// old `eth0` must be gone) and configures it.
     pub fn plug(&self, grid: &GridGuard, node: usize, tap: &str, ip: Ipv4Addr, gw: Ipv4Addr) {
-        wait_for(15, &format!("TAP {tap} on node{node}"), || {
-            grid.command(node, "ip")
-                .args(["link", "show", "dev", tap])
+        // Wait until lcmd has configured it (it is up last): moving it
+        // earlier makes lcmd's configuration fail and the TAP go away.
+        wait_for(15, &format!("TAP {tap} up on node{node}"), || {
+            let out = grid
+                .command(node, "ip")
+                .args(["-o", "link", "show", "dev", tap])
                 .output()
-                .unwrap()
-                .status
-                .success()
+                .unwrap();
+            (out.status.success() && String::from_utf8_lossy(&out.stdout).contains(",UP"))
                 .then_some(())
         });
         // `ip link set netns PID` needs a task in the namespace: a thread
