@@ -27,20 +27,50 @@ struct Beat {
     lease: AtomicU64,
     /// When it was last renewed, ms since the epoch.
     renewed_ms: AtomicU64,
-    /// metad says the lease is gone.
+    /// metad says the lease is gone, or it could not be renewed in time.
     lost: AtomicBool,
+    /// Hypervisor pids of the local VMs, killed by the heartbeat task
+    /// itself when the lease is about to lapse.
+    pids: std::sync::Mutex<BTreeMap<String, u32>>,
+}
+
+/// Fencing margin: local VMs are killed this long before the lease could
+/// expire on metad's side, so a VM never runs on two nodes at once.
+const FENCE_MARGIN: Duration = Duration::from_millis(1500);
+
+impl Beat {
+    fn kill_all(&self) {
+        let pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        for (vm, pid) in pids.iter() {
+            tracing::warn!("fencing: killing {vm} (pid {pid})");
+            // SAFETY: kill(2) with a pid this agent started and has not reaped.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+    }
 }
 
 async fn heartbeat_task(store: Arc<Store>, beat: Arc<Beat>) {
     loop {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let lease = beat.lease.load(Ordering::SeqCst);
         if lease == 0 || beat.lost.load(Ordering::SeqCst) {
             continue;
         }
-        match store.client.lease_keepalive(lease).await {
-            Ok(_) => beat.renewed_ms.store(model::now_ms(), Ordering::SeqCst),
-            Err(e) => {
+        let silent = model::now_ms().saturating_sub(beat.renewed_ms.load(Ordering::SeqCst));
+        if silent + FENCE_MARGIN.as_millis() as u64 >= LEASE_TTL.as_millis() as u64 {
+            tracing::warn!("heartbeat: no renewal for {silent} ms; fencing");
+            beat.lost.store(true, Ordering::SeqCst);
+            beat.kill_all();
+            continue;
+        }
+        match tokio::time::timeout(
+            Duration::from_millis(800),
+            store.client.lease_keepalive(lease),
+        )
+        .await
+        {
+            Ok(Ok(_)) => beat.renewed_ms.store(model::now_ms(), Ordering::SeqCst),
+            Ok(Err(e)) => {
                 tracing::warn!("heartbeat: {e}");
                 if matches!(
                     e.state_error(),
@@ -48,8 +78,10 @@ async fn heartbeat_task(store: Arc<Store>, beat: Arc<Beat>) {
                 ) && beat.lease.load(Ordering::SeqCst) == lease
                 {
                     beat.lost.store(true, Ordering::SeqCst);
+                    beat.kill_all();
                 }
             }
+            Err(_) => tracing::warn!("heartbeat: no answer in 800 ms"),
         }
     }
 }
@@ -128,6 +160,16 @@ impl Agent {
         }
     }
 
+    /// Forgets a local VM (and its pid, before anyone reaps it).
+    fn take_local(&mut self, name: &str) -> Option<Local> {
+        self.beat
+            .pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        self.locals.remove(name)
+    }
+
     fn node_record(&self) -> NodeRecord {
         NodeRecord {
             name: self.cfg.node.clone(),
@@ -187,8 +229,8 @@ impl Agent {
         );
         let names: Vec<String> = self.locals.keys().cloned().collect();
         for n in names {
-            if let Some(mut l) = self.locals.remove(&n) {
-                let _ = block(|| l.inst.stop(Duration::from_secs(3)));
+            if let Some(mut l) = self.take_local(&n) {
+                block(|| l.inst.kill());
             }
         }
         self.reported.clear();
@@ -358,7 +400,7 @@ impl Agent {
             .cloned()
             .collect();
         for name in unwanted {
-            let mut l = self.locals.remove(&name).expect("listed");
+            let mut l = self.take_local(&name).expect("listed");
             let r = block(|| l.inst.stop(Duration::from_secs(10)));
             if let Err(e) = r {
                 tracing::warn!("stopping {name}: {e}");
@@ -370,6 +412,7 @@ impl Agent {
             self.report(&name, st).await;
         }
         // Check what runs.
+        let mut flapped = Vec::new();
         let names: Vec<String> = self.locals.keys().cloned().collect();
         for name in names {
             let state = {
@@ -388,16 +431,18 @@ impl Agent {
                     self.report(&name, st).await;
                 }
                 RunState::Exited(why) => {
-                    let l = self.locals.remove(&name).expect("listed");
+                    let l = self.take_local(&name).expect("listed");
                     if self.crashed(&l.rec, &why).await {
-                        continue;
+                        flapped.push(name);
                     }
                 }
             }
         }
         // Start what should run here and does not.
         for (name, rec) in wanted {
-            if self.locals.contains_key(&name) {
+            // A VM that just failed for good is not started again (its
+            // record, read before, still says running).
+            if self.locals.contains_key(&name) || flapped.contains(&name) {
                 continue;
             }
             let cfg = self.vm_config(&rec);
@@ -421,6 +466,13 @@ impl Agent {
                         )
                         .await;
                     let pinned = cfg.pinned_cpus.clone();
+                    if let Some(p) = pid {
+                        self.beat
+                            .pids
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(name.clone(), p);
+                    }
                     self.locals
                         .insert(name.clone(), Local { inst, rec, pinned });
                     let st = self.status(&name, VmState::Running, pid, None);

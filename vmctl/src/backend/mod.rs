@@ -99,6 +99,9 @@ pub trait Instance: Send {
     fn state(&mut self) -> RunState;
     /// Stops it: an orderly quit (flushing its disks), forced after `grace`.
     fn stop(&mut self, grace: Duration) -> Result<(), BackendError>;
+    /// Kills it at once, without flushing: fencing, when it already runs
+    /// elsewhere and must not write another byte.
+    fn kill(&mut self);
     /// Its hypervisor process, when there is one on this node.
     fn pid(&self) -> Option<u32>;
     /// Live-migrates it to `dest_host:port`, returning when done.

@@ -317,7 +317,10 @@ impl Instance for QemuInstance {
     fn stop(&mut self, grace: Duration) -> Result<(), BackendError> {
         // quit: QEMU flushes its disks and closes them (gvsfs then commits).
         if let Some(q) = self.qmp.as_mut() {
+            // A QEMU stuck in I/O does not answer: wait no longer than grace.
+            q.set_timeout(grace);
             let _ = q.execute("quit", None);
+            q.set_timeout(Duration::from_secs(30));
         }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
@@ -335,6 +338,14 @@ impl Instance for QemuInstance {
             cg.remove(&self.name);
         }
         Ok(())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(cg) = &self.cgroup {
+            cg.remove(&self.name);
+        }
     }
 
     fn pid(&self) -> Option<u32> {

@@ -49,6 +49,13 @@ impl Qmp {
         Ok(q)
     }
 
+    /// Bounds every later wait for an answer.
+    pub fn set_timeout(&mut self, d: Duration) {
+        let _ = self
+            .writer
+            .set_read_timeout(Some(d.max(Duration::from_millis(10))));
+    }
+
     fn read(&mut self) -> Result<Value, BackendError> {
         let mut line = String::new();
         let n = self

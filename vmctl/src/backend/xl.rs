@@ -168,6 +168,9 @@ impl Instance for XlInstance {
         }
         Ok(())
     }
+    fn kill(&mut self) {
+        let _ = XlCommand::Destroy(self.name.clone()).run();
+    }
     fn pid(&self) -> Option<u32> {
         None
     }

@@ -1,0 +1,191 @@
+//! Failover and crash handling on a grid in a box with real QEMU guests:
+//! a node cut off the network loses its VMs to the others (and stops its
+//! own copies: fencing); a VM whose hypervisor dies is restarted, and one
+//! that dies three times within an hour stays stopped with the reason.
+
+use devgrid::GridGuard;
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn import_appliance(grid: &GridGuard) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/build.sh");
+    let out = std::process::Command::new("sh")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = grid
+        .command(1, "sh")
+        .arg(&script)
+        .args(["import", "/gvs/catalog/tiny"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn vmctl(grid: &GridGuard, node: usize, args: &[&str]) -> (bool, String, String) {
+    let out = grid.command(node, "vmctl").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(grid: &GridGuard, node: usize, args: &[&str]) -> String {
+    let (good, out, err) = vmctl(grid, node, args);
+    assert!(good, "vmctl {}: {out}{err}", args.join(" "));
+    out
+}
+
+fn vm(grid: &GridGuard, cli: usize, name: &str) -> Value {
+    serde_json::from_str(&ok(grid, cli, &["vm", "show", name, "--json"])).unwrap()
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn setup(grid: &GridGuard, app: &str) {
+    import_appliance(grid);
+    wait_for("3 agents", Duration::from_secs(60), || {
+        let (_, out, _) = vmctl(grid, 1, &["node", "list", "--json"]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        (v.as_array()?.len() == 3).then_some(())
+    });
+    let d = std::env::temp_dir().join(format!("vmctl-test-{app}.toml"));
+    std::fs::write(
+        &d,
+        format!(
+            "name = \"{app}\"\n[components.x]\nimage = \"/gvs/catalog/tiny\"\nmem = \"128M\"\n"
+        ),
+    )
+    .unwrap();
+    ok(grid, 1, &["app", "create", d.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&d);
+    ok(grid, 1, &["app", "start", app]);
+}
+
+fn node_num(v: &Value) -> Option<usize> {
+    v["node"].as_str()?.trim_start_matches("node").parse().ok()
+}
+
+fn console(grid: &GridGuard, node: usize, name: &str) -> String {
+    vmctl(grid, node, &["vm", "console", name])
+        .1
+        .replace('\r', "")
+}
+
+#[test]
+fn a_cut_off_node_s_vms_run_again_on_the_others() {
+    let grid = GridGuard::up("vmfail", 3).unwrap();
+    setup(&grid, "fo");
+    let name = "fo.x";
+    let first = wait_for("placement", Duration::from_secs(30), || {
+        node_num(&vm(&grid, 1, name))
+    });
+    wait_for("the first boot", Duration::from_secs(120), || {
+        console(&grid, first, name)
+            .contains("VMCTL-READY")
+            .then_some(())
+    });
+    let old_pid = vm(&grid, 1, name)["status"]["pid"].as_u64().unwrap();
+    let cli = if first == 1 { 2 } else { 1 };
+    grid.cut(first, false).unwrap();
+    let cut_at = Instant::now();
+    let second = wait_for("failover", Duration::from_secs(30), || {
+        node_num(&vm(&grid, cli, name)).filter(|&n| n != first)
+    });
+    let placed = cut_at.elapsed();
+    wait_for("the guest on its new node", Duration::from_secs(60), || {
+        let v = vm(&grid, cli, name);
+        (v["state"] == "running"
+            && console(&grid, second, name).contains("VMCTL-BOOT fo.x on node"))
+        .then_some(())
+    });
+    let booted = cut_at.elapsed();
+    eprintln!("failover: node{first} cut; placed on node{second} after {placed:?}, guest booting after {booted:?}");
+    assert!(
+        booted < Duration::from_secs(15),
+        "VM ran again only after {booted:?}"
+    );
+    let events = ok(&grid, cli, &["events"]);
+    assert!(
+        events.contains(&format!("node{first} stopped heartbeating")),
+        "{events}"
+    );
+    // The cut node stops its own copy once its lease is gone (fencing).
+    // (Nodes share the host's pid namespace: the old QEMU is found by pid.)
+    let proc_dir = format!("/proc/{old_pid}");
+    wait_for(
+        "the cut node to stop its copy",
+        Duration::from_secs(30),
+        || {
+            let stat = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
+            // Gone, or a zombie its agent has not reaped yet.
+            (stat.is_empty() || stat.contains(") Z ")).then_some(())
+        },
+    );
+    eprintln!(
+        "fencing: node{first} stopped its copy {:?} after the cut",
+        cut_at.elapsed()
+    );
+    grid.heal(first).unwrap();
+}
+
+#[test]
+fn a_crashing_vm_is_restarted_until_it_flaps() {
+    let grid = GridGuard::up("vmflap", 3).unwrap();
+    setup(&grid, "fl");
+    let name = "fl.x";
+    let mut last_pid = 0;
+    for crash in 1..=3 {
+        let (node, pid) = wait_for("a running QEMU", Duration::from_secs(30), || {
+            let v = vm(&grid, 1, name);
+            let pid = v["status"]["pid"].as_u64()?;
+            (v["state"] == "running" && pid != last_pid).then_some((node_num(&v)?, pid))
+        });
+        last_pid = pid;
+        let st = grid
+            .command(node, "kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "crash {crash}: kill {pid}");
+    }
+    let v = wait_for("the flapping guard", Duration::from_secs(30), || {
+        let v = vm(&grid, 1, name);
+        (v["state"] == "failed" && v["node"].is_null()).then_some(v)
+    });
+    assert_eq!(v["desired"], "stopped", "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("failed 3 times within an hour"), "{reason}");
+    // It stays stopped.
+    std::thread::sleep(Duration::from_secs(3));
+    let v = vm(&grid, 1, name);
+    assert_eq!(v["state"], "failed", "{v}");
+    let events = ok(&grid, 1, &["events"]);
+    assert!(
+        events.contains("crash") && events.contains("flapping"),
+        "{events}"
+    );
+}
