@@ -208,6 +208,9 @@ fn applied(a: Applied) -> ResponseBody {
 /// kept history first, then live events, with no gap and no repeat: the
 /// subscription is taken before the history is read, and live events older
 /// than the history's end are skipped.
+/// How often a watch stream sends its progress heartbeat.
+const WATCH_PROGRESS: Duration = Duration::from_secs(1);
+
 async fn watch(
     id: u64,
     prefix: Vec<u8>,
@@ -244,10 +247,27 @@ async fn watch(
         }
         Ok(_) => {}
     }
+    // Once a second: an empty batch tells the client the stream is alive;
+    // a member that has known no leader for a while ends the watch, so the
+    // client resumes on a member that hears the cluster.
+    let mut progress = tokio::time::interval(WATCH_PROGRESS);
+    let mut leaderless = 0;
     loop {
         let batch = tokio::select! {
             b = live.recv() => b,
             _ = tx.closed() => return,
+            _ = progress.tick() => {
+                leaderless = if node.status().leader == 0 { leaderless + 1 } else { 0 };
+                if leaderless > 2 {
+                    let msg = format!("member has no leader; resume elsewhere from revision {next}");
+                    send(ResponseBody::Error(ErrorReply::Other(msg))).await;
+                    return;
+                }
+                if !send(ResponseBody::Events(Vec::new())).await {
+                    return;
+                }
+                continue;
+            }
         };
         match batch {
             Ok(batch) if batch.is_empty() => {
