@@ -19,7 +19,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 packages=(
     build-essential pkg-config curl ca-certificates git
     protobuf-compiler libclang-dev
-    fuse3 iproute2 nftables util-linux bash procps attr
+    fuse3 iproute2 nftables util-linux bash procps attr fio
 )
 missing=()
 for p in "${packages[@]}"; do
