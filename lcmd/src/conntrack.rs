@@ -62,6 +62,8 @@ pub struct Entry {
     pub http: HttpState,
     /// Last packet seen.
     pub last: Instant,
+    /// When its SYN left the client's TAP, until the SYN/ACK is seen.
+    pub syn_at: Option<Instant>,
 }
 
 /// How long an idle flow is remembered.
@@ -98,6 +100,22 @@ impl Conntrack {
         self.flows.retain(|_, e| now.duration_since(e.last) < IDLE);
     }
 
+    /// Records that flow `k` (given in its opening direction) sent its SYN
+    /// from a local TAP at `now`.
+    pub fn syn_sent(&mut self, k: &FlowKey, now: Instant) {
+        if let Some(e) = self.flows.get_mut(k) {
+            e.syn_at = Some(now);
+        }
+    }
+
+    /// A SYN/ACK seen as `k` (the reply direction) at `now`: the round trip
+    /// since its flow's SYN, once per SYN.
+    pub fn syn_ack_seen(&mut self, k: &FlowKey, now: Instant) -> Option<(Connection, Duration)> {
+        let e = self.flows.get_mut(&k.reversed())?;
+        let t = e.syn_at.take()?;
+        Some((e.conn.clone(), now.saturating_duration_since(t)))
+    }
+
     /// Number of tracked flows.
     pub fn len(&self) -> usize {
         self.flows.len()
@@ -106,5 +124,52 @@ impl Conntrack {
     /// Whether no flow is tracked.
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Protocol, TerminalRef};
+
+    #[test]
+    fn a_syn_ack_gives_one_round_trip_per_syn() {
+        let conn = Connection {
+            app: "a".into(),
+            from: TerminalRef {
+                appliance: "c".into(),
+                terminal: "s".into(),
+            },
+            to: TerminalRef {
+                appliance: "s".into(),
+                terminal: "in".into(),
+            },
+            protocol: Protocol::Tcp(80),
+        };
+        let k = FlowKey {
+            app: 1,
+            proto: 6,
+            src: (Ipv4Addr::new(10, 0, 0, 10), 40000),
+            dst: (Ipv4Addr::new(10, 0, 0, 20), 80),
+        };
+        let t0 = Instant::now();
+        let mut ct = Conntrack::default();
+        ct.insert(
+            k.clone(),
+            Entry {
+                conn: conn.clone(),
+                http: HttpState::NotChecked,
+                last: t0,
+                syn_at: None,
+            },
+        );
+        assert!(ct.syn_ack_seen(&k.reversed(), t0).is_none(), "no SYN yet");
+        ct.syn_sent(&k, t0);
+        assert!(ct.syn_ack_seen(&k, t0).is_none(), "wrong direction");
+        let (c, rtt) = ct
+            .syn_ack_seen(&k.reversed(), t0 + Duration::from_micros(750))
+            .unwrap();
+        assert_eq!((c, rtt), (conn, Duration::from_micros(750)));
+        assert!(ct.syn_ack_seen(&k.reversed(), t0).is_none(), "once");
     }
 }

@@ -6,10 +6,13 @@
 //! appliance leaves), one tunnel receiver (batched with `recvmmsg`). The
 //! topology is an `Arc` swapped whole on every change of the model.
 
-use crate::conntrack::Conntrack;
+use crate::bandwidth::TokenBucket;
+use crate::conntrack::{Conntrack, FlowKey};
 use crate::events::{RateLimiter, Reason, SecurityEvent};
 use crate::model::{self, Appliance, Connection, GATEWAY_MAC};
-use crate::packet::{self, Arp, Eth, Ipv4, Transport, ETH_ARP, ETH_IPV4, PROTO_UDP};
+use crate::packet::{
+    self, Arp, Eth, Ipv4, Transport, ETH_ARP, ETH_IPV4, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN,
+};
 use crate::policy::{self, Verdict};
 use crate::responder;
 use crate::stats::{ConnStats, NodeStats};
@@ -42,6 +45,7 @@ pub struct Engine {
     windows: Mutex<Windows>,
     stats: Mutex<BTreeMap<String, ConnStats>>,
     limiter: Mutex<RateLimiter>,
+    buckets: Mutex<HashMap<(String, String, bool), TokenBucket>>,
     events: tokio::sync::mpsc::UnboundedSender<SecurityEvent>,
     udp: UdpSocket,
     local_addr: Ipv4Addr,
@@ -75,6 +79,7 @@ impl Engine {
             windows: Mutex::default(),
             stats: Mutex::default(),
             limiter: Mutex::default(),
+            buckets: Mutex::default(),
             events,
             udp,
             local_addr,
@@ -273,17 +278,14 @@ impl Engine {
                 dst,
             );
         };
-        let verdict = policy::decide(
-            topo,
-            &mut lock(&self.ct),
-            a,
-            peer,
-            ip.proto(),
-            &t,
-            Instant::now(),
-        );
+        let now = Instant::now();
+        let verdict = policy::decide(topo, &mut lock(&self.ct), a, peer, ip.proto(), &t, now);
         match verdict {
             Verdict::Forward(c) => {
+                if !self.admit_bw(a, false, frame.len(), now) {
+                    return self.count_shaped(&c);
+                }
+                self.track_rtt(&a.app, ip.proto(), &t, src, dst, true, now);
                 {
                     let mut s = lock(&self.stats);
                     let e = s.entry(c.id()).or_default();
@@ -310,6 +312,9 @@ impl Engine {
                 .get(&(dst.app.clone(), dst.name.clone()))
                 .cloned();
             if let Some(h) = tap {
+                if !self.admit_bw(dst, true, frame.len(), Instant::now()) {
+                    return self.count_shaped(c);
+                }
                 let mut macs = [0u8; 12];
                 packet::set_macs(&mut macs, GATEWAY_MAC.0, dst.mac.0);
                 if h.tap.send_parts(vnet, &[&macs, &frame[12..]]).is_err() {
@@ -402,21 +407,75 @@ impl Engine {
         let Some(da) = topo.at(app, ip.dst()).filter(|a| a.node == self.node) else {
             return;
         };
-        match policy::decide(
-            &topo,
-            &mut lock(&self.ct),
-            sa,
-            da,
-            ip.proto(),
-            &t,
-            Instant::now(),
-        ) {
-            Verdict::Forward(c) => self.deliver(&topo, da, &c, vnet, frame),
+        let now = Instant::now();
+        // The conntrack lock is released before the verdict is acted on.
+        let verdict = policy::decide(&topo, &mut lock(&self.ct), sa, da, ip.proto(), &t, now);
+        match verdict {
+            Verdict::Forward(c) => {
+                self.track_rtt(app, ip.proto(), &t, src, dst, false, now);
+                self.deliver(&topo, da, &c, vnet, frame)
+            }
             Verdict::Drop(r, c) => {
                 if let Some(c) = &c {
                     lock(&self.stats).entry(c.id()).or_default().drops += 1;
                 }
                 self.report(r, Some(sa), Some(da), c.as_ref(), ip.proto(), src, dst);
+            }
+        }
+    }
+
+    /// Whether appliance `a` may send (`ingress` false) or receive
+    /// `bytes` more now under its `bw.max` (see [`crate::bandwidth`]).
+    fn admit_bw(&self, a: &Appliance, ingress: bool, bytes: usize, now: Instant) -> bool {
+        let Some(max) = a.bw.max else { return true };
+        let mut b = lock(&self.buckets);
+        let k = (a.app.clone(), a.name.clone(), ingress);
+        let bucket = b.entry(k).or_insert_with(|| TokenBucket::new(max, now));
+        if bucket.rate() != max {
+            *bucket = TokenBucket::new(max, now);
+        }
+        bucket.admit(bytes, now)
+    }
+
+    fn count_shaped(&self, c: &Connection) {
+        let mut s = lock(&self.stats);
+        let e = s.entry(c.id()).or_default();
+        e.drops += 1;
+        e.shaped += 1;
+    }
+
+    /// Round trips of new TCP flows: a SYN leaving a local TAP starts the
+    /// clock, its SYN/ACK coming back (from the tunnel, or from a local
+    /// TAP when both ends are here) stops it.
+    #[allow(clippy::too_many_arguments)]
+    fn track_rtt(
+        &self,
+        app: &str,
+        proto: u8,
+        t: &Transport,
+        src: (Ipv4Addr, u16),
+        dst: (Ipv4Addr, u16),
+        from_tap: bool,
+        now: Instant,
+    ) {
+        if proto != PROTO_TCP || t.flags & TCP_SYN == 0 {
+            return;
+        }
+        let key = FlowKey {
+            app: model::app_id(app),
+            proto,
+            src,
+            dst,
+        };
+        if t.flags & TCP_ACK == 0 {
+            if from_tap {
+                lock(&self.ct).syn_sent(&key, now);
+            }
+        } else {
+            // One lock at a time: `stats()` takes them in the other order.
+            let sample = lock(&self.ct).syn_ack_seen(&key, now);
+            if let Some((c, rtt)) = sample {
+                lock(&self.stats).entry(c.id()).or_default().add_rtt(rtt);
             }
         }
     }
@@ -494,10 +553,12 @@ impl Engine {
 
     /// This node's statistics now.
     pub fn stats(&self) -> NodeStats {
+        let flows = lock(&self.ct).len() as u64;
+        let conns = lock(&self.stats).clone();
         let l = lock(&self.limiter);
         NodeStats {
             node: self.node.clone(),
-            conns: lock(&self.stats).clone(),
+            conns,
             drops: l
                 .counts()
                 .iter()
@@ -506,7 +567,7 @@ impl Engine {
             suppressed: l.suppressed_total(),
             tunnel_tx: self.tunnel_tx.load(Ordering::Relaxed),
             tunnel_rx: self.tunnel_rx.load(Ordering::Relaxed),
-            flows: lock(&self.ct).len() as u64,
+            flows,
         }
     }
 }

@@ -10,7 +10,8 @@
 //! - [`topology`]: the model as the datapath looks it up;
 //! - [`packet`]: frame parsing and building;
 //! - [`responder`]: ARP and DNS answers;
-//! - [`conntrack`]: tracked flows;
+//! - [`bandwidth`]: rates, `bw` declarations and the token bucket;
+//! - [`conntrack`]: tracked flows (and their SYN -> SYN/ACK round trip);
 //! - [`policy`]: the forwarding decision and its reasons;
 //! - [`tunnel`]: encapsulation, MAC and replay window;
 //! - [`tap`]: TAP devices (with vnet headers: checksum and TSO offload);
@@ -20,6 +21,7 @@
 //! - [`engine`]: the datapath threads;
 //! - [`daemon`]: `lcmd run`.
 
+pub mod bandwidth;
 pub mod conntrack;
 pub mod daemon;
 pub mod engine;

@@ -109,7 +109,8 @@ enum ApplianceCmd {
 
 #[derive(Subcommand)]
 enum ConnCmd {
-    /// List connections with their bytes, packets and drops.
+    /// List connections with their bytes, packets, drops (and those by a
+    /// bandwidth limit) and round-trip time.
     List {
         /// JSON output.
         #[arg(long)]
@@ -194,11 +195,17 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("CONNECTION\tPROTOCOL\tPACKETS\tBYTES\tDROPS");
+                println!("CONNECTION\tPROTOCOL\tPACKETS\tBYTES\tDROPS\tSHAPED\tRTT_US");
                 for r in rows {
                     println!(
-                        "{}\t{}\t{}\t{}\t{}",
-                        r.id, r.conn.protocol, r.stats.packets, r.stats.bytes, r.stats.drops
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        r.id,
+                        r.conn.protocol,
+                        r.stats.packets,
+                        r.stats.bytes,
+                        r.stats.drops,
+                        r.stats.shaped,
+                        r.stats.rtt_us
                     );
                 }
             }

@@ -3,6 +3,7 @@
 //! per-application tunnel keys and the nodes' underlay addresses; and the
 //! key layout under `lcm/` (plus `events/` for security events).
 
+use crate::bandwidth::Bandwidth;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -83,6 +84,9 @@ pub enum ModelError {
     /// An address outside the range, or taken twice.
     #[error("appliance {0}: {1}")]
     BadAddress(String, String),
+    /// A bandwidth whose `min` is above its `max`.
+    #[error("appliance {0}: bw min is above bw max")]
+    BadBandwidth(String),
     /// The spec file does not parse.
     #[error("spec: {0}")]
     Parse(String),
@@ -344,6 +348,13 @@ pub struct Appliance {
     /// Output terminals.
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// Bandwidth: `max` enforced, `min` recorded (see [`crate::bandwidth`]).
+    #[serde(default, skip_serializing_if = "is_default_bw")]
+    pub bw: Bandwidth,
+}
+
+fn is_default_bw(b: &Bandwidth) -> bool {
+    *b == Bandwidth::default()
 }
 
 impl Appliance {
@@ -455,6 +466,9 @@ pub struct ApplianceSpec {
     /// Output terminals.
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// Bandwidth, e.g. `bw = { min = "50M", max = "200M" }`.
+    #[serde(default)]
+    pub bw: Bandwidth,
 }
 
 /// One connection of an [`AppSpec`].
@@ -535,6 +549,9 @@ impl AppSpec {
             for t in a.inputs.keys().chain(a.outputs.iter()) {
                 check_name(t)?;
             }
+            if !a.bw.is_consistent() {
+                return Err(ModelError::BadBandwidth(n.clone()));
+            }
             appliances.push(Appliance {
                 app: self.name.clone(),
                 name: n.clone(),
@@ -543,6 +560,7 @@ impl AppSpec {
                 ip,
                 inputs: a.inputs.clone(),
                 outputs: a.outputs.clone(),
+                bw: a.bw,
             });
         }
         let mut connections = Vec::new();

@@ -120,6 +120,7 @@ pub fn decide(
             conn: conn.clone(),
             http,
             last: now,
+            syn_at: None,
         },
     );
     Verdict::Forward(conn)
