@@ -95,6 +95,7 @@ pub fn qemu_argv(vm: &VmConfig, accel: Accel) -> Vec<String> {
         "-qmp",
         &format!("unix:{},server=on,wait=off", qmp.to_string_lossy()),
     ]);
+    push(&["-pidfile", &vm.run_dir.join("qemu.pid").to_string_lossy()]);
     if let Some(p) = vm.incoming_port {
         push(&["-incoming", &format!("tcp:0.0.0.0:{p}")]);
     }
@@ -180,6 +181,28 @@ pub fn choose_accel(kernel: Option<&Path>, cache: &Path) -> Accel {
     accel
 }
 
+/// Kills a QEMU of this VM left by an earlier agent (one that crashed or
+/// was restarted): two QEMUs must never write one volume.
+fn kill_leftover(vm: &VmConfig) {
+    let Ok(pid) = fs::read_to_string(vm.run_dir.join("qemu.pid")) else {
+        return;
+    };
+    let Ok(pid) = pid.trim().parse::<i32>() else {
+        return;
+    };
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mark = format!("process=vm-{}", vm.name);
+    if String::from_utf8_lossy(&cmdline).contains(&mark) {
+        tracing::warn!(
+            "{}: killing the QEMU an earlier agent left (pid {pid})",
+            vm.name
+        );
+        // SAFETY: kill(2) on a pid whose command line names this VM.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Runs VMs with QEMU.
 pub struct QemuBackend {
     accel: Accel,
@@ -210,6 +233,7 @@ impl Hypervisor for QemuBackend {
     fn start(&self, vm: &VmConfig) -> Result<Box<dyn Instance>, BackendError> {
         fs::create_dir_all(&vm.run_dir)
             .map_err(io(format!("creating {}", vm.run_dir.display())))?;
+        kill_leftover(vm);
         let qmp_path = vm.run_dir.join("qmp.sock");
         let _ = fs::remove_file(&qmp_path);
         let log_path = vm.run_dir.join("qemu.log");
