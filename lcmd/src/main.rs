@@ -19,23 +19,8 @@ use std::process::ExitCode;
     long_about = None
 )]
 struct Cli {
-    /// metad members, host:port, comma-separated.
-    #[arg(
-        long,
-        env = "METAD_ENDPOINTS",
-        value_delimiter = ',',
-        global = true,
-        default_value = "127.0.0.1:2380"
-    )]
-    endpoints: Vec<String>,
-    /// The metad cluster secret.
-    #[arg(
-        long,
-        env = "METAD_SECRET_FILE",
-        global = true,
-        default_value = "/etc/grid/secret"
-    )]
-    secret_file: PathBuf,
+    #[command(flatten)]
+    metad: metad::MetadArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -119,7 +104,7 @@ enum ConnCmd {
 }
 
 async fn main_async(cli: Cli) -> anyhow::Result<()> {
-    let store = Store::connect(cli.endpoints, &cli.secret_file)?;
+    let store = Store::connect(cli.metad.endpoints, &cli.metad.secret_file)?;
     match cli.cmd {
         Cmd::Run {
             node,

@@ -11,6 +11,7 @@
 //! - [`node`]: the Raft loop thread (batching, ReadIndex, conf changes,
 //!   lease expiry);
 //! - [`protocol`]: frames and the client request/response types;
+//! - [`args`]: the command-line flags every grid binary finds metad with;
 //! - [`auth`]: the cluster secret and the mutual challenge-response;
 //! - [`transport`]: outbound Raft messages to peers;
 //! - [`server`]: the listening port for peers and clients;
@@ -18,6 +19,7 @@
 //! - [`member`]: a member's data directory (identity, secret, database);
 //! - [`linearizability`]: a checker for histories of register operations.
 
+pub mod args;
 pub mod auth;
 pub mod client;
 pub mod linearizability;
@@ -29,6 +31,7 @@ pub mod state;
 pub mod storage;
 pub mod transport;
 
+pub use args::MetadArgs;
 pub use auth::Secret;
 pub use client::{
     BlockingClient, Client, ClientConfig, ClientError, ClusterStatus, MemberHealth, Watch,

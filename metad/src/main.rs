@@ -3,35 +3,16 @@
 
 use clap::{Parser, Subcommand};
 use metad::member::{DataDir, MemberFile};
-use metad::{Client, ClientConfig, Secret};
+use metad::{Client, MetadArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// metad: the grid's replicated metadata service (Raft on RocksDB)
 #[derive(Parser)]
 #[command(name = "metad", version)]
 struct Cli {
-    /// Members to talk to, host:port, comma-separated.
-    #[arg(
-        long,
-        env = "METAD_ENDPOINTS",
-        value_delimiter = ',',
-        global = true,
-        default_value = "127.0.0.1:2380"
-    )]
-    endpoints: Vec<String>,
-    /// The cluster secret (hex).
-    #[arg(
-        long,
-        env = "METAD_SECRET_FILE",
-        global = true,
-        default_value = "/etc/grid/secret"
-    )]
-    secret_file: PathBuf,
-    /// Give up on a client call after this many milliseconds.
-    #[arg(long, global = true, default_value_t = 5000)]
-    timeout_ms: u64,
+    #[command(flatten)]
+    metad: MetadArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -184,10 +165,7 @@ fn main() -> ExitCode {
 }
 
 fn client(cli: &Cli) -> anyhow::Result<Client> {
-    let secret = Secret::load(&cli.secret_file)?;
-    let mut cfg = ClientConfig::new(cli.endpoints.clone(), secret);
-    cfg.timeout = Duration::from_millis(cli.timeout_ms);
-    Ok(Client::new(cfg))
+    Ok(Client::new(cli.metad.client_config()?))
 }
 
 fn text(b: &[u8]) -> String {
