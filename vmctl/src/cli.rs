@@ -8,23 +8,9 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "vmctl", version, long_about = None)]
 pub struct Cli {
-    /// metad members, host:port, comma-separated.
-    #[arg(
-        long,
-        env = "METAD_ENDPOINTS",
-        value_delimiter = ',',
-        global = true,
-        default_value = "127.0.0.1:2380"
-    )]
-    pub endpoints: Vec<String>,
-    /// The metad cluster secret.
-    #[arg(
-        long,
-        env = "METAD_SECRET_FILE",
-        global = true,
-        default_value = "/etc/grid/secret"
-    )]
-    pub secret_file: PathBuf,
+    /// Where metad is and the cluster secret.
+    #[command(flatten)]
+    pub metad: metad::MetadArgs,
     /// What to do.
     #[command(subcommand)]
     pub cmd: Cmd,

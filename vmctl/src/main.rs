@@ -20,7 +20,7 @@ fn node_mem_mib() -> u64 {
 }
 
 async fn run(cli: Cli) -> Result<(), CmdError> {
-    let store = Store::connect(cli.endpoints.clone(), &cli.secret_file)?;
+    let store = Store::connect(cli.metad.endpoints.clone(), &cli.metad.secret_file)?;
     match cli.cmd {
         Cmd::App(AppCmd::Create { file, json }) => c::app_create(&store, &file, json).await,
         Cmd::App(AppCmd::Start { name, timeout }) => {
