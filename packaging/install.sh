@@ -3,7 +3,7 @@
 # Idempotent: what is already there is neither downloaded nor rebuilt.
 #   - Debian packages: the build's (compilers, protoc for raft-proto,
 #     libclang for rocksdb's bindgen) and the runtime's (fuse3, iproute2,
-#     nftables, util-linux).
+#     nftables, util-linux; qemu and what builds the tiny appliance).
 #   - Rust stable through rustup, when no cargo is on the PATH.
 #   - A release build of the workspace in $CARGO_TARGET_DIR
 #     (default /var/tmp/grid-target, outside the clone so later builds reuse it).
@@ -20,6 +20,7 @@ packages=(
     build-essential pkg-config curl ca-certificates git
     protobuf-compiler libclang-dev
     fuse3 iproute2 nftables util-linux bash procps attr fio
+    qemu-system-x86 busybox-static e2fsprogs cpio gzip
 )
 missing=()
 for p in "${packages[@]}"; do
