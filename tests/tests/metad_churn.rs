@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use devgrid::GridGuard;
-use grid_tests::{metad_leader, sh};
+use grid_tests::metad_leader;
 
 /// How long each disruption lasts: long enough for an election (< 1 s)
 /// and some writes after it.
@@ -30,7 +30,7 @@ fn acknowledged_writes_survive_leader_kills_and_a_cut_follower_on_every_member()
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let value = format!("v{i}-{}", "x".repeat(200));
-                if sh(&grid, 4, &format!("metad put churn/{i:06} {value}")).ok() {
+                if grid.sh(4, &format!("metad put churn/{i:06} {value}")).ok() {
                     acked.lock().unwrap().insert(i, value);
                 }
             }
@@ -71,7 +71,7 @@ fn acknowledged_writes_survive_leader_kills_and_a_cut_follower_on_every_member()
         grid.kill(i, Some("metad")).unwrap();
     }
     for i in 1..=3 {
-        let r = sh(&grid, i, "metad dump --data-dir /var/lib/grid/metad churn/");
+        let r = grid.sh(i, "metad dump --data-dir /var/lib/grid/metad churn/");
         assert!(r.ok(), "node{i}: {r:?}");
         let keys: BTreeMap<String, String> = r
             .stdout

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use devgrid::GridGuard;
-use grid_tests::{metad_leader, sh};
+use grid_tests::metad_leader;
 use metad::linearizability::{check, HistOp, RegOp};
 use rand::Rng;
 
@@ -40,7 +40,7 @@ fn concurrent_cas_through_a_leader_kill_and_a_partition_is_linearizable() {
                         _ => {
                             // Swap from a value this client last read, or
                             // from "absent": both succeed and fail often.
-                            let seen = sh(grid, 4, &format!("metad --timeout-ms 2000 get {key}"));
+                            let seen = grid.sh(4, &format!("metad --timeout-ms 2000 get {key}"));
                             let expect = if seen.ok() {
                                 format!("--expect {}", seen.stdout.trim())
                             } else {
@@ -53,7 +53,7 @@ fn concurrent_cas_through_a_leader_kill_and_a_partition_is_linearizable() {
                         }
                     };
                     let call = micros();
-                    let r = sh(grid, 4, &script);
+                    let r = grid.sh(4, &script);
                     let done = Some(micros());
                     let (op, ret) = match kind {
                         0 if r.ok() => (RegOp::Read(Some(r.stdout.trim().into())), done),

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use devgrid::wait_for;
 use devgrid::GridGuard;
-use grid_tests::{leader_node, metad_leader, metad_status, sh, wait_for};
+use grid_tests::{leader_node, metad_leader, metad_status};
 
 #[test]
 fn the_minority_side_accepts_no_write_and_catches_up_after_heal() {
@@ -15,7 +16,7 @@ fn the_minority_side_accepts_no_write_and_catches_up_after_heal() {
 
     // The leader is cut off: it is the minority now.
     grid.cut(old, false).unwrap();
-    let w = sh(&grid, old, &format!("{only_old} put part minority"));
+    let w = grid.sh(old, &format!("{only_old} put part minority"));
     assert!(!w.ok(), "the minority accepted a write: {w:?}");
     assert!(w.stderr.starts_with("metad: "), "{w:?}");
     assert_eq!(w.stderr.lines().count(), 1, "{w:?}");
@@ -24,13 +25,13 @@ fn the_minority_side_accepts_no_write_and_catches_up_after_heal() {
     wait_for(
         Duration::from_secs(15),
         "a write on the majority side",
-        || sh(&grid, 4, "metad put part majority").ok().then_some(()),
+        || grid.sh(4, "metad put part majority").ok().then_some(()),
     );
     let new = metad_leader_excluding(&grid, old);
     assert_ne!(new, old);
 
     // The minority serves no stale read either: reads are linearizable.
-    let r = sh(&grid, old, &format!("{only_old} get part"));
+    let r = grid.sh(old, &format!("{only_old} get part"));
     assert!(!r.ok(), "the minority served a read: {r:?}");
 
     grid.heal(old).unwrap();
@@ -38,11 +39,11 @@ fn the_minority_side_accepts_no_write_and_catches_up_after_heal() {
         Duration::from_secs(30),
         "the healed member to catch up",
         || {
-            let r = sh(&grid, old, &format!("{only_old} get part"));
+            let r = grid.sh(old, &format!("{only_old} get part"));
             (r.ok() && r.stdout.trim() == "majority").then_some(())
         },
     );
-    let r = sh(&grid, 4, "metad get part");
+    let r = grid.sh(4, "metad get part");
     assert_eq!(r.stdout.trim(), "majority");
 }
 
@@ -87,7 +88,7 @@ fn a_watch_on_a_member_that_is_cut_off_resumes_elsewhere_and_misses_nothing() {
         }
     });
     let put = |n: usize| {
-        let r = sh(&grid, 4, &format!("metad put wcut/{n:03} v{n}"));
+        let r = grid.sh(4, &format!("metad put wcut/{n:03} v{n}"));
         assert!(r.ok(), "{r:?}");
     };
     for n in 0..5 {

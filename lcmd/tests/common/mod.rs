@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A grid of `nodes` nodes running only metad and lcmd.
 pub fn grid(name: &str, nodes: usize) -> GridGuard {
@@ -49,15 +49,8 @@ pub fn lcmd(grid: &GridGuard, i: usize, args: &[&str], stdin: &str) -> String {
 }
 
 /// Polls `f` until it returns `Some`, for up to `secs` seconds.
-pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+pub fn wait_for<T>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    devgrid::wait_for(Duration::from_secs(secs), what, f)
 }
 
 /// The security events in the grid, as JSON values.

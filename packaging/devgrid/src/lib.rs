@@ -13,7 +13,9 @@ pub mod layout;
 mod mountns;
 mod network;
 pub mod process;
+pub mod script;
 
 pub use error::{Error, Result};
 pub use grid::{teardown, DaemonSpec, Grid, GridConfig, NodeStatus};
 pub use guard::GridGuard;
+pub use script::{wait_for, Run};
