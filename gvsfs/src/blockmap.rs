@@ -7,7 +7,7 @@
 //! Never-written blocks have no id and read as zeros. Pages are loaded
 //! lazily, so a huge sparse volume costs only what it holds.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,32 @@ struct Page {
 
 /// New chunks produced by a commit, to be stored on every mirror.
 pub type NewChunks = Vec<(ChunkId, Arc<Vec<u8>>)>;
+
+/// Every chunk a root names: the index, its pages and their data chunks,
+/// added to `marked` (the collector's mark phase, and what a repair
+/// copies). Maps already walked (listed in `walked`) are skipped: clones
+/// and snapshots share them, so each distinct map is read once.
+pub fn mark(
+    root: ChunkId,
+    fetch: Fetch,
+    walked: &mut HashSet<ChunkId>,
+    marked: &mut HashSet<ChunkId>,
+) -> Result<()> {
+    marked.insert(root);
+    if !walked.insert(root) {
+        return Ok(());
+    }
+    let idx: Index = decode_chunk(&root, &fetch(&root)?)?;
+    for (_, page, _) in idx.pages {
+        marked.insert(page);
+        if !walked.insert(page) {
+            continue;
+        }
+        let p: Page = decode_chunk(&page, &fetch(&page)?)?;
+        marked.extend(p.slots.into_iter().map(|(_, id)| id));
+    }
+    Ok(())
+}
 
 /// A volume's block map in memory.
 #[derive(Default)]
@@ -290,6 +316,10 @@ mod tests {
         // The old root still names the old content (what clones rely on).
         let mut old = BlockMap::load(root, &f).unwrap();
         assert_eq!(old.get(5000, &f).unwrap(), Some(cid(5000)));
+        // The mark walk names the index, every page and every data chunk.
+        let (mut walked, mut marked) = (HashSet::new(), HashSet::new());
+        mark(root.unwrap(), &f, &mut walked, &mut marked).unwrap();
+        assert_eq!(marked.len(), 1 + 4 + 7, "index, 4 pages, 7 blocks");
         // Emptying the map gives back no root.
         m3.truncate(0, &f).unwrap();
         assert_eq!(m3.commit().unwrap().0, None);

@@ -37,10 +37,36 @@ impl std::fmt::Debug for ChunkId {
     }
 }
 
+/// Column family holding each chunk's store time (8 bytes, nanoseconds
+/// since the epoch, little endian), keyed by the chunk id: what the
+/// garbage collector's grace period is measured against, without reading
+/// chunk values.
+const TIMES_CF: &str = "times";
+
+/// What the local store holds for a chunk id.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// An intact copy.
+    Good(Vec<u8>),
+    /// No copy.
+    Absent,
+    /// A copy whose bytes do not match the id (or that RocksDB reports as
+    /// corrupt): bit rot, to be replaced by a good copy from a mirror.
+    Corrupt,
+}
+
 /// The node's local chunk store: chunk id → bytes, in RocksDB.
 #[derive(Clone)]
 pub struct ChunkStore {
     db: Arc<rocksdb::DB>,
+    /// Bytes stored since start (puts, including rewrites), for `gvs.stats`.
+    pub put_bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl ChunkStore {
@@ -49,6 +75,7 @@ impl ChunkStore {
         std::fs::create_dir_all(dir)?;
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
         opts.set_enable_blob_files(true);
         opts.set_min_blob_size(4096);
         opts.set_blob_file_size(256 << 20);
@@ -56,38 +83,68 @@ impl ChunkStore {
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         opts.set_blob_compression_type(rocksdb::DBCompressionType::None);
         opts.increase_parallelism(2);
-        let db = rocksdb::DB::open(&opts, dir)?;
-        Ok(ChunkStore { db: Arc::new(db) })
+        let mut times = rocksdb::Options::default();
+        times.set_compression_type(rocksdb::DBCompressionType::None);
+        let cfs = vec![
+            rocksdb::ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, opts.clone()),
+            rocksdb::ColumnFamilyDescriptor::new(TIMES_CF, times),
+        ];
+        let db = rocksdb::DB::open_cf_descriptors(&opts, dir, cfs)?;
+        Ok(ChunkStore {
+            db: Arc::new(db),
+            put_bytes: Arc::default(),
+        })
     }
 
-    /// Stores chunks (already verified by the caller) in one atomic batch;
+    fn times(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(TIMES_CF)
+            .expect("opened with the times column family")
+    }
+
+    /// Stores chunks (already verified by the caller) in one atomic batch,
+    /// with their store time (a chunk stored again is young again);
     /// `sync` makes the batch durable before returning.
     pub fn put_many(&self, chunks: &[(ChunkId, Arc<Vec<u8>>)], sync: bool) -> Result<()> {
         let mut batch = rocksdb::WriteBatch::default();
+        let t = now_nanos().to_le_bytes();
+        let mut bytes = 0;
         for (id, data) in chunks {
             batch.put(id.0, data.as_slice());
+            batch.put_cf(self.times(), id.0, t);
+            bytes += data.len() as u64;
         }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(batch, &wo)?;
+        self.put_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
+    /// What the store holds for `id`, verified; nothing is changed.
+    pub fn lookup(&self, id: &ChunkId) -> Result<Lookup> {
+        match self.db.get(id.0) {
+            Ok(Some(v)) if id.verifies(&v) => Ok(Lookup::Good(v)),
+            Ok(Some(_)) => Ok(Lookup::Corrupt),
+            Ok(None) => Ok(Lookup::Absent),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => Ok(Lookup::Corrupt),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The chunk, if held here and intact. A chunk whose bytes no longer
-    /// match its id (bit rot) is deleted and reported as absent, so that
-    /// the caller fetches a good copy from a mirror.
+    /// match its id (bit rot) is reported as absent, so that the caller
+    /// fetches a good copy from a mirror (see [`ChunkStore::lookup`] to
+    /// tell the two apart).
     pub fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        match self.db.get(id.0)? {
-            Some(v) if id.verifies(&v) => Ok(Some(v)),
-            Some(_) => {
-                tracing::warn!(
-                    "chunk {} is corrupt in the local store; dropping it",
-                    id.hex()
-                );
-                self.db.delete(id.0)?;
+        match self.lookup(id)? {
+            Lookup::Good(v) => Ok(Some(v)),
+            Lookup::Corrupt => {
+                tracing::warn!("chunk {} is corrupt in the local store", id.hex());
                 Ok(None)
             }
-            None => Ok(None),
+            Lookup::Absent => Ok(None),
         }
     }
 
@@ -102,6 +159,106 @@ impl ChunkStore {
         p("rocksdb.total-sst-files-size")
             + p("rocksdb.total-blob-file-size")
             + p("rocksdb.cur-size-all-mem-tables")
+    }
+
+    /// Every chunk id with a store time, and that time (ns since the
+    /// epoch). Reads only the small time records, never chunk values.
+    /// Chunks stored before times were kept have none and are not listed
+    /// (the collector never deletes them).
+    pub fn times_list(&self) -> Result<Vec<(ChunkId, u64)>> {
+        let mut out = Vec::new();
+        for kv in self
+            .db
+            .iterator_cf(self.times(), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = kv?;
+            let (Ok(id), Ok(t)) = (<[u8; 32]>::try_from(&k[..]), <[u8; 8]>::try_from(&v[..]))
+            else {
+                continue;
+            };
+            out.push((ChunkId(id), u64::from_le_bytes(t)));
+        }
+        Ok(out)
+    }
+
+    /// Deletes chunks (and their times) in one batch.
+    pub fn delete_many(&self, ids: &[ChunkId]) -> Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for id in ids {
+            batch.delete(id.0);
+            batch.delete_cf(self.times(), id.0);
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Gives the space of deleted chunks back to the file system: a full
+    /// compaction that also rewrites live blobs out of old blob files, so
+    /// that files holding only garbage are dropped. Blob garbage
+    /// collection is switched on only for this compaction.
+    pub fn reclaim(&self) -> Result<()> {
+        self.db.set_options(&[
+            ("enable_blob_garbage_collection", "true"),
+            ("blob_garbage_collection_age_cutoff", "1.0"),
+        ])?;
+        let mut co = rocksdb::CompactOptions::default();
+        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        self.db.compact_range_opt::<&[u8], &[u8]>(None, None, &co);
+        self.db
+            .compact_range_cf_opt::<&[u8], &[u8]>(self.times(), None, None, &co);
+        self.db
+            .set_options(&[("enable_blob_garbage_collection", "false")])?;
+        Ok(())
+    }
+
+    /// Up to `n` chunk ids after `after` (from the start when `None`), in
+    /// key order: the scrub's walk. Keys only (from the times records).
+    pub fn ids_after(&self, after: Option<&ChunkId>, n: usize) -> Result<Vec<ChunkId>> {
+        let mode = match after {
+            Some(a) => rocksdb::IteratorMode::From(&a.0, rocksdb::Direction::Forward),
+            None => rocksdb::IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for kv in self.db.iterator_cf(self.times(), mode) {
+            let (k, _) = kv?;
+            let Ok(id) = <[u8; 32]>::try_from(&k[..]) else {
+                continue;
+            };
+            if Some(&ChunkId(id)) == after {
+                continue;
+            }
+            out.push(ChunkId(id));
+            if out.len() >= n {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of chunks with a store time.
+    pub fn count(&self) -> u64 {
+        self.db
+            .property_int_value_cf(self.times(), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// Debugging aid (root only, through `gvs.debug.corrupt`): replaces
+    /// the local copy of `id` by the same bytes with one bit flipped, as
+    /// bit rot would. Returns whether a copy was there.
+    pub fn corrupt(&self, id: &ChunkId) -> Result<bool> {
+        let Some(mut v) = self.db.get(id.0)? else {
+            return Ok(false);
+        };
+        if v.is_empty() {
+            v.push(0);
+        } else {
+            let mid = v.len() / 2;
+            v[mid] ^= 0x10;
+        }
+        self.db.put(id.0, v)?;
+        Ok(true)
     }
 }
 
@@ -130,10 +287,15 @@ mod tests {
         s.put_many(&[(id, data.clone())], true).unwrap();
         assert!(s.has(&id).unwrap());
         assert_eq!(s.get(&id).unwrap().as_deref(), Some(data.as_slice()));
-        // Bit rot: the same key with other bytes is refused and dropped.
-        s.db.put(id.0, b"rotten").unwrap();
+        // Bit rot: the same key with other bytes is refused.
+        assert!(s.corrupt(&id).unwrap());
         assert_eq!(s.get(&id).unwrap(), None);
+        assert_eq!(s.lookup(&id).unwrap(), Lookup::Corrupt);
+        assert_eq!(s.times_list().unwrap().len(), 1);
+        s.delete_many(&[id]).unwrap();
         assert!(!s.has(&id).unwrap());
+        assert!(s.times_list().unwrap().is_empty());
+        s.reclaim().unwrap();
         drop(s);
         // Reopens with its data.
         let s = ChunkStore::open(&dir).unwrap();

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,7 +12,7 @@ use fuser::{Config, MountOption, SessionACL};
 use metad::{Client, ClientConfig, Secret};
 
 use crate::chunk::ChunkStore;
-use crate::fs::{on_event, run_invalidations, GvsFs, Inval};
+use crate::fs::{on_event, run_invalidations, GvsFs};
 use crate::gvs::Gvs;
 use crate::meta::{self, NodeInfo};
 
@@ -99,9 +99,10 @@ async fn keep_registered(gvs: Arc<Gvs>, data_dir: PathBuf, addr: String) {
         let lease = gvs.lease();
         match gvs.client().lease_keepalive(lease).await {
             Ok(_) => {
-                // Refresh the free space when it moved by a GiB (each
-                // write is an event on every node).
-                let changed = last_free.is_none_or(|l: u64| l.abs_diff(free) > 1 << 30);
+                // Refresh the free space when it moved by 64 MiB (each
+                // write is an event on every node), so df follows writes
+                // and collections.
+                let changed = last_free.is_none_or(|l: u64| l.abs_diff(free) > 64 << 20);
                 if changed
                     && gvs
                         .client()
@@ -242,17 +243,16 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
         &config,
     )
     .with_context(|| format!("mounting {}", args.mountpoint.display()))?;
-    let inval: Arc<Mutex<Option<mpsc::Sender<Inval>>>> = Arc::default();
     let (tx, rx) = mpsc::channel();
     let notifier = session.notifier();
     std::thread::spawn(move || run_invalidations(notifier, rx));
-    *inval.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    *gvs.inval.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     {
         let gvs2 = gvs.clone();
         let mirror = gvs.mirror.clone();
         rt.spawn(async move {
             let gvs3 = gvs2.clone();
-            let cb = move |e: &metad::Event| on_event(&gvs3, &inval, e);
+            let cb = move |e: &metad::Event| on_event(&gvs3, e);
             loop {
                 // Follow with the current client, until it is replaced.
                 let (client, gen) = (gvs2.client(), gvs2.client_gen());
@@ -268,6 +268,12 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
         let gvs = gvs.clone();
         let every = Duration::from_millis(args.commit_ms);
         std::thread::spawn(move || background_commits(&gvs, every));
+    }
+    {
+        let (g1, g2, g3) = (gvs.clone(), gvs.clone(), gvs.clone());
+        std::thread::spawn(move || crate::gc::run(g1));
+        std::thread::spawn(move || crate::scrub::run(g2));
+        std::thread::spawn(move || crate::repair::run(g3));
     }
     let bg = session.spawn()?;
     tracing::info!("mounted {}", args.mountpoint.display());

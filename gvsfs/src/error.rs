@@ -30,6 +30,12 @@ pub enum GvsError {
     /// The write lease was taken by another node: this writer is fenced.
     #[error("fenced: the write lease of volume {0:#x} moved to another node")]
     Fenced(u64),
+    /// A snapshot is read-only.
+    #[error("read-only: snapshots cannot be changed")]
+    ReadOnly,
+    /// No permission.
+    #[error("permission denied")]
+    Denied,
     /// Past the maximum volume size.
     #[error("file too large")]
     TooLarge,
@@ -79,6 +85,8 @@ impl GvsError {
             GvsError::Invalid(_) => Errno::EINVAL,
             GvsError::Unsupported(_) => Errno::EPERM,
             GvsError::TooLarge => Errno::EFBIG,
+            GvsError::ReadOnly => Errno::EROFS,
+            GvsError::Denied => Errno::EACCES,
             GvsError::NoAttr => Errno::NO_XATTR,
             GvsError::Conflict(_) => Errno::EAGAIN,
             _ => Errno::EIO,

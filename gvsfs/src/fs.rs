@@ -8,19 +8,24 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+
+use crate::stats::Stats;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use metad::{Event, EventKind};
 
+use crate::chunk::Lookup;
+use crate::clone::{CloneArg, Source, Target, GVS_CLONE_REPLACE, GVS_IOC_CLONE};
 use crate::error::{GvsError, Result};
-use crate::gvs::Gvs;
+use crate::gvs::{conf, Gvs};
 use crate::meta::{self, Inode, Kind};
+use crate::snapshot::{self, classify, entry_ino, snapdir_ino, Virt, SNAPSHOTS};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -37,12 +42,33 @@ struct Fh {
     gen: Option<u64>,
 }
 
+/// What a destination holds after a range clone: its whole content up to
+/// `size` is the source's at `src_root`, so the next range of the same
+/// copy can be cloned too.
+#[derive(Clone, Copy, PartialEq)]
+struct CloneTag {
+    src: u64,
+    src_root: Option<crate::chunk::ChunkId>,
+    dst_root: Option<crate::chunk::ChunkId>,
+    size: u64,
+}
+
 /// The file system served at the mount point.
 pub struct GvsFs {
     gvs: Arc<Gvs>,
     fhs: Mutex<HashMap<u64, Fh>>,
     next_fh: AtomicU64,
     writeback: bool,
+    snaps: snapshot::Cache,
+    tags: Mutex<HashMap<u64, CloneTag>>,
+}
+
+/// Refuses changes to anything virtual (snapshots).
+fn writable(ino: u64) -> Result<u64> {
+    match classify(ino) {
+        Virt::Real(i) => Ok(i),
+        _ => Err(GvsError::ReadOnly),
+    }
 }
 
 fn time(ns: i64) -> SystemTime {
@@ -75,7 +101,35 @@ impl GvsFs {
             fhs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             writeback,
+            snaps: snapshot::Cache::default(),
+            tags: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A snapshot entry's record.
+    fn entry_rec(&self, id: u64, idx: u32) -> Result<Inode> {
+        let view = self.snaps.view(&self.gvs, id)?;
+        Ok(view.entry(idx)?.inode.clone())
+    }
+
+    /// The record reads of `ino` follow: the volume's, or a snapshot's.
+    fn read_rec(&self, ino: u64) -> Result<Inode> {
+        match classify(ino) {
+            Virt::Real(i) => Ok(self.gvs.inode(i)?.0),
+            Virt::Entry { id, idx } => self.entry_rec(id, idx),
+            Virt::SnapDir(_) => Err(GvsError::IsDir),
+        }
+    }
+
+    fn snapdir_attr(&self, dir: u64) -> Result<FileAttr> {
+        let (rec, _) = self.gvs.inode(dir)?;
+        if rec.kind != Kind::Dir {
+            return Err(GvsError::NotFound);
+        }
+        let mut a = self.attr(dir, &rec);
+        a.ino = INodeNo(snapdir_ino(dir));
+        a.perm = 0o555;
+        Ok(a)
     }
 
     fn attr(&self, ino: u64, rec: &Inode) -> FileAttr {
@@ -112,8 +166,213 @@ impl GvsFs {
     }
 
     fn getattr_of(&self, ino: u64) -> Result<FileAttr> {
-        let (rec, _) = self.gvs.inode(ino)?;
-        Ok(self.attr(ino, &rec))
+        match classify(ino) {
+            Virt::Real(i) => {
+                let (rec, _) = self.gvs.inode(i)?;
+                Ok(self.attr(i, &rec))
+            }
+            Virt::SnapDir(d) => self.snapdir_attr(d),
+            Virt::Entry { id, idx } => Ok(self.attr(ino, &self.entry_rec(id, idx)?)),
+        }
+    }
+
+    /// A copy_file_range that can be a clone: the destination holds
+    /// nothing past `off_out` that differs from the source (it is empty,
+    /// or the previous range of the same copy), the offsets are equal and
+    /// the source has no data between the destination's end and `off_in`.
+    /// The destination then becomes a clone of the source, cut at the
+    /// range's end. `None`: not a clone; the kernel copies the data.
+    fn clone_range(
+        &self,
+        src: u64,
+        off_in: u64,
+        dst: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<Option<u64>> {
+        let dst = writable(dst)?;
+        if src == dst || off_in != off_out {
+            return Ok(None);
+        }
+        let (source, srec) = match classify(src) {
+            Virt::Real(s) => {
+                self.gvs.flush_writers(&[s])?;
+                (Source::Volume(s), self.gvs.inode(s)?.0)
+            }
+            Virt::Entry { .. } => {
+                let rec = self.read_rec(src)?;
+                (Source::Frozen(Box::new(rec.clone())), rec)
+            }
+            Virt::SnapDir(_) => return Err(GvsError::IsDir),
+        };
+        if srec.kind != Kind::File {
+            return Ok(None);
+        }
+        if off_in >= srec.size {
+            return Ok(Some(0));
+        }
+        // FUSE answers with 32 bits: at most 4 GiB - 4 KiB per call.
+        let n = (srec.size - off_in)
+            .min(len)
+            .min(u64::from(u32::MAX - 0xfff));
+        let end = off_in + n;
+        let (drec, _) = self.gvs.inode(dst)?;
+        if drec.kind != Kind::File {
+            return Err(GvsError::IsDir);
+        }
+        let size = {
+            let v = self.gvs.volume(dst);
+            let v = v.lock().unwrap_or_else(|e| e.into_inner());
+            if v.is_dirty() {
+                return Ok(None);
+            }
+            v.size(&drec)
+        };
+        if size > off_out {
+            return Ok(None);
+        }
+        if size > 0 {
+            let tag = self
+                .tags
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&dst)
+                .copied();
+            let want = CloneTag {
+                src,
+                src_root: srec.root,
+                dst_root: drec.root,
+                size,
+            };
+            if tag != Some(want) {
+                return Ok(None);
+            }
+        }
+        if size < off_in {
+            let v = self.gvs.volume(src);
+            let mut v = v.lock().unwrap_or_else(|e| e.into_inner());
+            if v.seek(&self.gvs, &srec, size, true)?
+                .is_some_and(|p| p < off_in)
+            {
+                return Ok(None);
+            }
+        }
+        crate::clone::clone(&self.gvs, &source, Target::Existing(dst))?;
+        if end < srec.size {
+            let v = self.gvs.volume(dst);
+            let mut v = v.lock().unwrap_or_else(|e| e.into_inner());
+            let (rec, _) = self.gvs.inode(dst)?;
+            v.truncate(&self.gvs, &rec, end)?;
+            v.commit(&self.gvs)?;
+        }
+        let (after, _) = self.gvs.inode(dst)?;
+        self.tags.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            dst,
+            CloneTag {
+                src,
+                src_root: srec.root,
+                dst_root: after.root,
+                size: after.size,
+            },
+        );
+        tracing::info!("copy_file_range {src:#x} -> {dst:#x} [{off_in}, {end}): cloned");
+        Ok(Some(n))
+    }
+
+    /// The clone ioctl (see [`crate::clone`]).
+    fn clone_ioctl(&self, req: &Request, ino: u64, arg: &CloneArg) -> Result<()> {
+        let source = match classify(ino) {
+            Virt::Real(i) => Source::Volume(i),
+            Virt::Entry { .. } => Source::Frozen(Box::new(self.read_rec(ino)?)),
+            Virt::SnapDir(_) => return Err(GvsError::IsDir),
+        };
+        let parent = writable(arg.dst_parent)?;
+        let (p, _) = self.gvs.inode(parent)?;
+        let uid = req.uid();
+        let may_write = uid == 0
+            || (p.uid == uid && p.perm & 0o200 != 0)
+            || (p.gid == req.gid() && p.perm & 0o020 != 0)
+            || p.perm & 0o002 != 0;
+        if !may_write {
+            return Err(GvsError::Denied);
+        }
+        let target = match self.gvs.dirent(parent, &arg.name) {
+            Ok((de, _)) if arg.flags & GVS_CLONE_REPLACE != 0 => {
+                if de.kind != Kind::File {
+                    return Err(GvsError::IsDir);
+                }
+                Target::Existing(de.ino)
+            }
+            Ok(_) => return Err(GvsError::Exists),
+            Err(GvsError::NotFound) => Target::New {
+                parent,
+                name: arg.name.clone(),
+                uid,
+                gid: req.gid(),
+            },
+            Err(e) => return Err(e),
+        };
+        crate::clone::clone(&self.gvs, &source, target)?;
+        Ok(())
+    }
+
+    /// `gvs.*` attributes of the root: settings, triggers and counters.
+    fn root_xattr(&self, name: &str) -> Result<Vec<u8>> {
+        let g = &self.gvs;
+        let v = match name {
+            "gvs.gc.grace_secs" => {
+                conf(g, "gc_grace_secs", crate::gc::DEFAULT_GRACE_SECS).to_string()
+            }
+            "gvs.gc.interval_secs" => {
+                conf(g, "gc_interval_secs", crate::gc::DEFAULT_INTERVAL_SECS).to_string()
+            }
+            "gvs.scrub.rate" => conf(g, "scrub_rate", crate::scrub::DEFAULT_RATE).to_string(),
+            "gvs.stats" => {
+                let mut out = format!(
+                    "{}: {} store_bytes={} store_put_bytes={} chunks={}\n",
+                    g.me,
+                    g.stats.render(),
+                    g.store.used_bytes(),
+                    g.store.put_bytes.load(Ordering::Relaxed),
+                    g.store.count()
+                );
+                for (k, v) in g.mirror.range(meta::STATS_PREFIX) {
+                    let node = &k[meta::STATS_PREFIX.len()..];
+                    if node != g.me {
+                        out.push_str(&format!("{node}: {}\n", String::from_utf8_lossy(&v.value)));
+                    }
+                }
+                out
+            }
+            _ => return Err(GvsError::NoAttr),
+        };
+        Ok(v.into_bytes())
+    }
+
+    fn set_root_xattr(&self, name: &str, text: &str) -> Result<()> {
+        let key = match name {
+            "gvs.gc.grace_secs" => "gc_grace_secs",
+            "gvs.gc.interval_secs" => "gc_interval_secs",
+            "gvs.scrub.rate" => "scrub_rate",
+            "gvs.gc.now" => "gc_now",
+            "gvs.scrub.now" => "scrub_now",
+            _ => return Err(GvsError::Invalid(format!("unknown attribute {name}"))),
+        };
+        let value = if key.ends_with("_now") {
+            meta::now().to_string()
+        } else {
+            let n: u64 = text
+                .parse()
+                .map_err(|_| GvsError::Invalid(format!("{name} {text:?} is not a number")))?;
+            n.to_string()
+        };
+        self.gvs.rt.block_on(
+            self.gvs
+                .client()
+                .put(meta::conf_key(key), value.into_bytes()),
+        )?;
+        Stats::add(&self.gvs.stats.metad_ops, 1);
+        Ok(())
     }
 
     fn new_fh(&self, _ino: u64) -> u64 {
@@ -202,6 +461,7 @@ impl GvsFs {
         target: Option<&Path>,
     ) -> Result<FileAttr> {
         let name = name_str(name)?;
+        let parent = INodeNo(writable(parent.0)?);
         let mut rec = Inode::new(kind, (mode & !umask & 0o7777) as u16, req.uid(), req.gid());
         if let Some(t) = target {
             rec.target = t.to_string_lossy().into_owned();
@@ -220,25 +480,89 @@ impl GvsFs {
         Ok(self.attr(ino, &rec))
     }
 
-    fn gvs_xattr(&self, rec: &Inode, name: &str) -> Result<Vec<u8>> {
+    fn gvs_xattr(&self, ino: u64, rec: &Inode, name: &str) -> Result<Vec<u8>> {
+        if ino == meta::ROOT_INO {
+            match self.root_xattr(name) {
+                Err(GvsError::NoAttr) => {}
+                r => return r,
+            }
+        }
+        if let Some(off) = name.strip_prefix("gvs.debug.chunk.") {
+            // This node's copy of the chunk holding byte OFF.
+            let off: u64 = off
+                .parse()
+                .map_err(|_| GvsError::Invalid(format!("{name}: not an offset")))?;
+            let v = self.gvs.volume(ino);
+            let mut v = v.lock().unwrap_or_else(|e| e.into_inner());
+            let text = match v.chunk_at(&self.gvs, rec, off)? {
+                None => "hole".to_string(),
+                Some(id) => {
+                    let state = match self.gvs.store.lookup(&id)? {
+                        Lookup::Good(_) => "intact",
+                        Lookup::Corrupt => "corrupt",
+                        Lookup::Absent => "absent",
+                    };
+                    format!("{} {state}", id.hex())
+                }
+            };
+            return Ok(text.into_bytes());
+        }
         let v = match name {
             "gvs.mirrors" => rec.mirrors.to_string(),
             "gvs.replicas" => rec.replicas.join(","),
-            "gvs.state" if rec.kind == Kind::File => {
-                (if rec.degraded { "degraded" } else { "in-sync" }).to_string()
-            }
+            "gvs.state" if rec.kind == Kind::File => (if !rec.degraded {
+                "in-sync"
+            } else if crate::repair::missing_of(&self.gvs, ino, true) {
+                "repairing"
+            } else {
+                "degraded"
+            })
+            .to_string(),
             "gvs.block_size" => rec.block_size.to_string(),
             _ => return Err(GvsError::NoAttr),
         };
         Ok(v.into_bytes())
     }
 
-    fn set_gvs_xattr(&self, ino: u64, name: &str, value: &[u8]) -> Result<()> {
+    fn set_gvs_xattr(&self, req: &Request, ino: u64, name: &str, value: &[u8]) -> Result<()> {
         let text = std::str::from_utf8(value)
             .unwrap_or("")
             .trim()
             .trim_end_matches('\0');
+        if ino == meta::ROOT_INO && (name.starts_with("gvs.gc.") || name.starts_with("gvs.scrub."))
+        {
+            return self.set_root_xattr(name, text);
+        }
         match name {
+            "gvs.debug.corrupt" => {
+                // Flips a bit in this node's copy of the chunk holding byte
+                // TEXT: a test hook for the scrub and read repair (root only).
+                if req.uid() != 0 {
+                    return Err(GvsError::Denied);
+                }
+                let off: u64 = text
+                    .parse()
+                    .map_err(|_| GvsError::Invalid(format!("{name} {text:?}: not an offset")))?;
+                let (rec, _) = self.gvs.inode(ino)?;
+                let v = self.gvs.volume(ino);
+                let id = v
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .chunk_at(&self.gvs, &rec, off)?
+                    .ok_or_else(|| GvsError::Invalid("a hole has no chunk".into()))?;
+                if !self.gvs.store.corrupt(&id)? {
+                    return Err(GvsError::Invalid("this node holds no copy".into()));
+                }
+                self.gvs
+                    .cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop(&id);
+                tracing::warn!(
+                    "chunk {} corrupted on request (gvs.debug.corrupt)",
+                    id.hex()
+                );
+            }
             "gvs.block_size" => {
                 let bs: u32 = text.parse().map_err(|_| {
                     GvsError::Invalid(format!("gvs.block_size {text:?} is not a number"))
@@ -361,8 +685,20 @@ impl Filesystem for GvsFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = tri!(reply, name_str(name));
-        let (de, _) = tri!(reply, self.gvs.dirent(parent.0, name));
-        let attr = tri!(reply, self.getattr_of(de.ino));
+        let ino = match classify(parent.0) {
+            Virt::Real(p) if name == SNAPSHOTS => {
+                let attr = tri!(reply, self.snapdir_attr(p));
+                reply.entry(&TTL, &attr, Generation(0));
+                return;
+            }
+            Virt::Real(p) => tri!(reply, self.gvs.dirent(p, name)).0.ino,
+            Virt::SnapDir(d) => entry_ino(tri!(reply, snapshot::id_of(&self.gvs, d, name)), 0),
+            Virt::Entry { id, idx } => {
+                let view = tri!(reply, self.snaps.view(&self.gvs, id));
+                entry_ino(id, tri!(reply, view.child(idx, name)))
+            }
+        };
+        let attr = tri!(reply, self.getattr_of(ino));
         reply.entry(&TTL, &attr, Generation(0));
     }
 
@@ -389,7 +725,7 @@ impl Filesystem for GvsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let ino = ino.0;
+        let ino = tri!(reply, writable(ino.0));
         if let Some(size) = size {
             tri!(
                 reply,
@@ -427,7 +763,10 @@ impl Filesystem for GvsFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        let rec = match classify(ino.0) {
+            Virt::Entry { id, idx } => tri!(reply, self.entry_rec(id, idx)),
+            _ => tri!(reply, self.gvs.inode(ino.0)).0,
+        };
         if rec.kind != Kind::Symlink {
             reply.error(Errno::EINVAL);
             return;
@@ -468,6 +807,14 @@ impl Filesystem for GvsFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        if let Virt::SnapDir(d) = classify(parent.0) {
+            // mkdir DIR/.snapshots/NAME: a snapshot of DIR.
+            let name = tri!(reply, name_str(name));
+            let id = tri!(reply, snapshot::take(&self.gvs, d, name));
+            let attr = tri!(reply, self.getattr_of(entry_ino(id, 0)));
+            reply.entry(&TTL, &attr, Generation(0));
+            return;
+        }
         let attr = tri!(
             reply,
             self.new_node(req, parent, name, Kind::Dir, mode, umask, None)
@@ -512,13 +859,28 @@ impl Filesystem for GvsFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = tri!(reply, name_str(name));
-        tri!(reply, self.gvs.remove(parent.0, name, false));
+        let parent = tri!(reply, writable(parent.0));
+        if name == SNAPSHOTS {
+            reply.error(Errno::EISDIR);
+            return;
+        }
+        tri!(reply, self.gvs.remove(parent, name, false));
         reply.ok();
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = tri!(reply, name_str(name));
-        tri!(reply, self.gvs.remove(parent.0, name, true));
+        if let Virt::SnapDir(d) = classify(parent.0) {
+            tri!(reply, snapshot::remove(&self.gvs, d, name));
+            reply.ok();
+            return;
+        }
+        let parent = tri!(reply, writable(parent.0));
+        if name == SNAPSHOTS {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        tri!(reply, self.gvs.remove(parent, name, true));
         reply.ok();
     }
 
@@ -539,6 +901,10 @@ impl Filesystem for GvsFs {
             return;
         }
         let (name, newname) = (tri!(reply, name_str(name)), tri!(reply, name_str(newname)));
+        let (parent, newparent) = (
+            INodeNo(tri!(reply, writable(parent.0))),
+            INodeNo(tri!(reply, writable(newparent.0))),
+        );
         // Data buffered here under the old name is committed first.
         if let Ok((de, _)) = self.gvs.dirent(parent.0, name) {
             tri!(reply, self.commit(de.ino, None));
@@ -556,8 +922,15 @@ impl Filesystem for GvsFs {
         reply.ok();
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if !matches!(classify(ino.0), Virt::Real(_)) {
+            let f = flags.0;
+            if f & libc::O_ACCMODE != libc::O_RDONLY || f & libc::O_TRUNC != 0 {
+                reply.error(Errno::EROFS);
+                return;
+            }
+        }
+        let rec = tri!(reply, self.read_rec(ino.0));
         if rec.kind == Kind::Dir {
             reply.error(Errno::EISDIR);
             return;
@@ -578,7 +951,7 @@ impl Filesystem for GvsFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        let rec = tri!(reply, self.read_rec(ino.0));
         let vol = self.gvs.volume(ino.0);
         // Only the plan is made under the volume's lock; the chunks are
         // fetched without it, so readers of one volume run in parallel.
@@ -613,6 +986,7 @@ impl Filesystem for GvsFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        tri!(reply, writable(ino.0));
         tri!(
             reply,
             self.with_lease(ino.0, Some(fh.0), |v, rec| v
@@ -665,8 +1039,8 @@ impl Filesystem for GvsFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
-        if rec.kind != Kind::Dir {
+        let attr = tri!(reply, self.getattr_of(ino.0));
+        if attr.kind != FileType::Directory {
             reply.error(Errno::ENOTDIR);
             return;
         }
@@ -681,17 +1055,36 @@ impl Filesystem for GvsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let ft = |k: Kind| match k {
+            Kind::Dir => FileType::Directory,
+            Kind::File => FileType::RegularFile,
+            Kind::Symlink => FileType::Symlink,
+        };
         let mut entries: Vec<(u64, FileType, String)> = vec![
             (ino.0, FileType::Directory, ".".into()),
             (ino.0, FileType::Directory, "..".into()),
         ];
-        for (name, de) in self.gvs.list(ino.0) {
-            let kind = match de.kind {
-                Kind::Dir => FileType::Directory,
-                Kind::File => FileType::RegularFile,
-                Kind::Symlink => FileType::Symlink,
-            };
-            entries.push((de.ino, kind, name));
+        match classify(ino.0) {
+            Virt::Real(d) => {
+                // Listed (ls -a shows it; plain ls hides dot names anyway).
+                entries.push((snapdir_ino(d), FileType::Directory, SNAPSHOTS.into()));
+                for (name, de) in self.gvs.list(d) {
+                    entries.push((de.ino, ft(de.kind), name));
+                }
+            }
+            Virt::SnapDir(d) => {
+                entries[1].0 = d;
+                for (name, id) in snapshot::list(&self.gvs, d) {
+                    entries.push((entry_ino(id, 0), FileType::Directory, name));
+                }
+            }
+            Virt::Entry { id, idx } => {
+                let view = tri!(reply, self.snaps.view(&self.gvs, id));
+                for (name, c) in view.children(idx) {
+                    let kind = tri!(reply, view.entry(*c)).inode.kind;
+                    entries.push((entry_ino(id, *c), ft(kind), name.clone()));
+                }
+            }
         }
         for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
@@ -720,7 +1113,7 @@ impl Filesystem for GvsFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -729,8 +1122,9 @@ impl Filesystem for GvsFs {
         reply: ReplyEmpty,
     ) {
         let name = tri!(reply, name_str(name));
+        let ino = INodeNo(tri!(reply, writable(ino.0)));
         if name.starts_with("gvs.") {
-            tri!(reply, self.set_gvs_xattr(ino.0, name, value));
+            tri!(reply, self.set_gvs_xattr(req, ino.0, name, value));
         } else if name.starts_with("system.") {
             reply.error(Errno::EOPNOTSUPP);
             return;
@@ -756,9 +1150,17 @@ impl Filesystem for GvsFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = tri!(reply, name_str(name));
-        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        if let Virt::SnapDir(_) = classify(ino.0) {
+            reply.error(Errno::NO_XATTR);
+            return;
+        }
+        let rec = tri!(
+            reply,
+            self.read_rec(ino.0)
+                .or_else(|_| Ok(self.gvs.inode(ino.0)?.0))
+        );
         let value = if name.starts_with("gvs.") {
-            tri!(reply, self.gvs_xattr(&rec, name))
+            tri!(reply, self.gvs_xattr(ino.0, &rec, name))
         } else {
             tri!(reply, rec.xattrs.get(name).cloned().ok_or(GvsError::NoAttr))
         };
@@ -766,7 +1168,15 @@ impl Filesystem for GvsFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        if let Virt::SnapDir(_) = classify(ino.0) {
+            reply_xattr(reply, size, &[]);
+            return;
+        }
+        let rec = tri!(
+            reply,
+            self.read_rec(ino.0)
+                .or_else(|_| Ok(self.gvs.inode(ino.0)?.0))
+        );
         let mut out = Vec::new();
         let gvs_names: &[&str] = match rec.kind {
             Kind::File => &["gvs.mirrors", "gvs.replicas", "gvs.state", "gvs.block_size"],
@@ -786,6 +1196,7 @@ impl Filesystem for GvsFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = tri!(reply, name_str(name));
+        let ino = INodeNo(tri!(reply, writable(ino.0)));
         if name.starts_with("gvs.") {
             reply.error(Errno::EPERM);
             return;
@@ -802,7 +1213,7 @@ impl Filesystem for GvsFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        tri!(reply, self.gvs.inode(ino.0));
+        tri!(reply, self.getattr_of(ino.0));
         reply.ok();
     }
 
@@ -844,6 +1255,7 @@ impl Filesystem for GvsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        tri!(reply, writable(ino.0));
         let end = offset.saturating_add(length);
         let r =
             match mode {
@@ -895,7 +1307,7 @@ impl Filesystem for GvsFs {
             reply.error(Errno::ENXIO);
             return;
         }
-        let (rec, _) = tri!(reply, self.gvs.inode(ino.0));
+        let rec = tri!(reply, self.read_rec(ino.0));
         let vol = self.gvs.volume(ino.0);
         let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
         match tri!(
@@ -906,11 +1318,59 @@ impl Filesystem for GvsFs {
             None => reply.error(Errno::ENXIO),
         }
     }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        if !flags.is_empty() {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        match tri!(
+            reply,
+            self.clone_range(ino_in.0, offset_in, ino_out.0, offset_out, len)
+        ) {
+            Some(n) => reply.written(n as u32),
+            // Not a clone: the kernel falls back to copying the data.
+            None => reply.error(Errno::EOPNOTSUPP),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        if cmd != GVS_IOC_CLONE {
+            reply.error(Errno::ENOTTY);
+            return;
+        }
+        let arg = tri!(reply, CloneArg::decode(in_data));
+        tri!(reply, self.clone_ioctl(req, ino.0, &arg));
+        reply.ioctl(0, &[]);
+    }
 }
 
 /// What to do about one change seen by the watch: forget kernel caches
 /// and hand write leases over. Runs on the watch task: never blocks.
-pub fn on_event(gvs: &Arc<Gvs>, inval: &Mutex<Option<mpsc::Sender<Inval>>>, e: &Event) {
+pub fn on_event(gvs: &Arc<Gvs>, e: &Event) {
+    let inval = &gvs.inval;
     let key = String::from_utf8_lossy(&e.kv.key);
     let send = |i: Inval| {
         if let Some(tx) = inval.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
@@ -945,6 +1405,36 @@ pub fn on_event(gvs: &Arc<Gvs>, inval: &Mutex<Option<mpsc::Sender<Inval>>>, e: &
                     if let (true, Some(tx)) = (fenced, tx) {
                         let _ = tx.send(Inval::Inode(ino));
                     }
+                });
+            }
+        }
+    } else if let Some(rest) = key.strip_prefix("gvs/snapdir/") {
+        if let Some((d, name)) = rest.split_once('/') {
+            if let Ok(d) = u64::from_str_radix(d, 16) {
+                send(Inval::Entry(snapdir_ino(d), name.to_string()));
+            }
+        }
+    } else if let Some(ino) = meta::ino_of_key(&key, meta::FLUSH_PREFIX) {
+        // A snapshot or clone asks this node's writer to commit now.
+        if e.kind == EventKind::Put && e.kv.value != gvs.me.as_bytes() {
+            if let Some(vol) = gvs.volume_if_any(ino) {
+                let gvs = gvs.clone();
+                let rev = e.kv.mod_rev;
+                std::thread::spawn(move || {
+                    let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
+                    if !v.leased() {
+                        return;
+                    }
+                    if let Err(e) = v.commit(&gvs) {
+                        tracing::warn!("volume {ino:#x}: flush on request: {e}");
+                    }
+                    drop(v);
+                    let k = meta::flush_key(ino);
+                    let _ = gvs.txn(metad::Txn {
+                        compare: vec![crate::gvs::unchanged(&k, rev)],
+                        success: vec![crate::gvs::del(&k)],
+                        failure: vec![],
+                    });
                 });
             }
         }

@@ -4,28 +4,30 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use metad::{Client, Compare, CompareTarget, Op, Txn};
 
-use crate::chunk::{ChunkId, ChunkStore};
+use crate::chunk::{ChunkId, ChunkStore, Lookup};
 use crate::error::{GvsError, Result};
+use crate::fs::Inval;
 use crate::meta::{self, Dirent, Inode, Kind, NodeInfo};
 use crate::mirror::{settle, Mirror};
 use crate::net::Peers;
 use crate::placement::{place, Candidate};
+use crate::stats::Stats;
 use crate::volume::Volume;
 
 /// Inode numbers taken from `gvs/next_ino` at a time.
 const INO_BATCH: u64 = 1024;
 
 /// A node to read chunks from: (name, chunk server address).
-type Source = (String, String);
+pub(crate) type Source = (String, String);
 
 /// How often at most the metad client is replaced.
 const CLIENT_RESET_EVERY: Duration = Duration::from_secs(3);
@@ -36,7 +38,7 @@ const LOCAL_READERS: usize = 4;
 /// Runs futures concurrently on the current task; their outputs in order.
 /// (What `futures::future::join_all` does, without the dependency.)
 pub async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
         let mut pending = false;
@@ -80,18 +82,47 @@ pub struct Gvs {
     /// Volumes with local state (open, written or leased here).
     pub volumes: Mutex<HashMap<u64, Arc<Mutex<Volume>>>>,
     inos: Mutex<(u64, u64)>,
+    /// The node's counters.
+    pub stats: Stats,
+    /// Where kernel cache invalidations go (set once mounted).
+    pub inval: Mutex<Option<mpsc::Sender<Inval>>>,
+}
+
+/// How long a snapshot or clone waits for other nodes' writers to flush.
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
+
+/// A pin: a clone or snapshot in flight, which the collector waits for.
+/// Taken with [`Gvs::pin`]; the operation's final transaction must
+/// compare [`Pin::compare`] and include [`Pin::release`].
+pub struct Pin {
+    /// The pin's key.
+    pub key: String,
+    /// Its mod revision.
+    pub rev: u64,
+}
+
+impl Pin {
+    /// The condition that the pin still holds (a node whose lease
+    /// lapsed lost its pins: the collector may have run since).
+    pub fn compare(&self) -> Compare {
+        unchanged(&self.key, self.rev)
+    }
+    /// The op that drops the pin.
+    pub fn release(&self) -> Op {
+        del(&self.key)
+    }
 }
 
 /// A key and the value it must still have (by mod revision) for a
 /// transaction to apply.
-fn unchanged(key: &str, mod_rev: u64) -> Compare {
+pub(crate) fn unchanged(key: &str, mod_rev: u64) -> Compare {
     Compare {
         key: key.as_bytes().to_vec(),
         target: CompareTarget::ModRev(mod_rev),
     }
 }
 
-fn put(key: &str, value: Vec<u8>) -> Op {
+pub(crate) fn put(key: &str, value: Vec<u8>) -> Op {
     Op::Put {
         key: key.as_bytes().to_vec(),
         value,
@@ -99,7 +130,7 @@ fn put(key: &str, value: Vec<u8>) -> Op {
     }
 }
 
-fn del(key: &str) -> Op {
+pub(crate) fn del(key: &str) -> Op {
     Op::Delete {
         key: key.as_bytes().to_vec(),
     }
@@ -127,6 +158,8 @@ impl Gvs {
             node_lease: AtomicU64::new(0),
             volumes: Mutex::new(HashMap::new()),
             inos: Mutex::new((0, 0)),
+            stats: Stats::default(),
+            inval: Mutex::new(None),
         }
     }
 
@@ -168,14 +201,136 @@ impl Gvs {
     /// Runs a metad transaction from a FUSE thread; on success waits until
     /// the local copy has seen it. Returns whether the compares held.
     pub fn txn(&self, t: Txn) -> Result<bool> {
+        Ok(self.txn_rev(t)?.is_some())
+    }
+
+    /// Like [`Gvs::txn`]; returns the revision when the compares held.
+    /// Counts the keys written in `gvs.stats` (`metad_ops`).
+    pub fn txn_rev(&self, t: Txn) -> Result<Option<u64>> {
+        let ops = t.success.len() as u64;
         let r = self
             .rt
             .block_on(self.client().txn(t))
             .inspect_err(|e| self.metad_trouble(e))?;
         if r.succeeded {
+            Stats::add(&self.stats.metad_ops, ops);
             settle(&self.mirror, r.revision);
+            return Ok(Some(r.revision));
         }
-        Ok(r.succeeded)
+        Ok(None)
+    }
+
+    /// Asks the kernel to forget what it cached of `ino`.
+    pub fn invalidate(&self, ino: u64) {
+        if let Some(tx) = self
+            .inval
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(Inval::Inode(ino));
+        }
+    }
+
+    /// Pins the chunks of the roots this node is about to read and commit
+    /// elsewhere (a clone or a snapshot): while a pin exists, or if one
+    /// came and went while the collector read the roots, no node sweeps.
+    /// The pin hangs on the node's metad lease, so a dead node's pins go.
+    pub fn pin(&self) -> Result<Pin> {
+        let id = self.alloc_ino()?;
+        let key = meta::pin_key(&self.me, id);
+        let t = Txn {
+            compare: vec![],
+            success: vec![
+                Op::Put {
+                    key: key.clone().into_bytes(),
+                    value: Vec::new(),
+                    lease: self.lease(),
+                },
+                put(meta::PINSEQ_KEY, id.to_string().into_bytes()),
+            ],
+            failure: vec![],
+        };
+        let rev = self
+            .txn_rev(t)?
+            .ok_or_else(|| GvsError::Conflict("pin".into()))?;
+        let rev = self.mirror.get(&key).map_or(rev, |v| v.mod_rev);
+        Ok(Pin { key, rev })
+    }
+
+    /// Drops a pin when the operation fails (best effort: it goes with
+    /// the node's lease anyway).
+    pub fn unpin(&self, pin: &Pin) {
+        let _ = self.rt.block_on(self.client().delete(pin.key.as_bytes()));
+    }
+
+    /// Makes the writers of `inos` commit what they buffered, and waits
+    /// (at most 10 s) until they did: volumes leased here are committed
+    /// directly; other holders are asked through `gvs/flush/<ino>`, which
+    /// they delete once committed (see `fs::on_event`). A holder that does
+    /// not answer (dead, cut off) is not waited for past the deadline: its
+    /// buffered writes were never acknowledged by an fsync. Returns the
+    /// flush keys that may be left, for the caller's final transaction
+    /// to delete.
+    pub fn flush_writers(&self, inos: &[u64]) -> Result<Vec<String>> {
+        let mut remote = Vec::new();
+        for &ino in inos {
+            let Some(l) = self.mirror.get(&meta::lease_key(ino)) else {
+                continue;
+            };
+            if l.value == self.me.as_bytes() {
+                if let Some(vol) = self.volume_if_any(ino) {
+                    let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
+                    if v.leased() {
+                        if let Err(e) = v.commit(self) {
+                            tracing::warn!(
+                                "volume {ino:#x}: commit before a snapshot or clone: {e}"
+                            );
+                        }
+                    }
+                }
+            } else {
+                remote.push((ino, l.mod_rev));
+            }
+        }
+        if remote.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = remote.iter().map(|(i, _)| meta::flush_key(*i)).collect();
+        self.txn(Txn {
+            compare: vec![],
+            success: keys
+                .iter()
+                .map(|k| put(k, self.me.clone().into_bytes()))
+                .collect(),
+            failure: vec![],
+        })?;
+        let deadline = Instant::now() + FLUSH_WAIT;
+        loop {
+            let rev = self.mirror.rev();
+            let pending: Vec<u64> = remote
+                .iter()
+                .filter(|(ino, lease_rev)| {
+                    self.mirror.get(&meta::flush_key(*ino)).is_some()
+                        && self
+                            .mirror
+                            .get(&meta::lease_key(*ino))
+                            .is_some_and(|l| l.mod_rev == *lease_rev)
+                })
+                .map(|(i, _)| *i)
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    "writers of {pending:x?} did not flush within {FLUSH_WAIT:?}; going on"
+                );
+                break;
+            }
+            self.mirror.wait_change(rev, Duration::from_millis(100));
+        }
+        Ok(keys)
     }
 
     /// Creates the root directory if the grid has none yet.
@@ -314,6 +469,9 @@ impl Gvs {
     /// and the parent must still exist).
     pub fn create(&self, parent: u64, name: &str, mut ino_rec: Inode) -> Result<(u64, Inode)> {
         check_name(name)?;
+        if name == crate::snapshot::SNAPSHOTS {
+            return Err(GvsError::Exists);
+        }
         let (p, p_rev) = self.inode(parent)?;
         if p.kind != Kind::Dir {
             return Err(GvsError::NotDir);
@@ -373,7 +531,11 @@ impl Gvs {
                 (true, _) => return Err(GvsError::NotDir),
                 (false, _) => return Err(GvsError::IsDir),
             }
-            if dir && self.mirror.any_under(&meta::dir_prefix(de.ino)) {
+            // A directory with snapshots is not empty: delete them first.
+            if dir
+                && (self.mirror.any_under(&meta::dir_prefix(de.ino))
+                    || self.mirror.any_under(&meta::snapdir_prefix(de.ino)))
+            {
                 return Err(GvsError::NotEmpty);
             }
             let dk = meta::dir_key(parent, name);
@@ -384,6 +546,7 @@ impl Gvs {
                     del(&meta::ino_key(de.ino)),
                     del(&meta::lease_key(de.ino)),
                     del(&meta::lease_req_key(de.ino)),
+                    del(&meta::flush_key(de.ino)),
                 ],
                 failure: vec![],
             };
@@ -421,6 +584,9 @@ impl Gvs {
         noreplace: bool,
     ) -> Result<()> {
         check_name(newname)?;
+        if newname == crate::snapshot::SNAPSHOTS {
+            return Err(GvsError::Exists);
+        }
         for _ in 0..10 {
             let (de, de_rev) = self.dirent(parent, name)?;
             let (np, _) = self.inode(newparent)?;
@@ -450,7 +616,10 @@ impl Gvs {
                     match (de.kind == Kind::Dir, old.kind == Kind::Dir) {
                         (true, false) => return Err(GvsError::NotDir),
                         (false, true) => return Err(GvsError::IsDir),
-                        (true, true) if self.mirror.any_under(&meta::dir_prefix(old.ino)) => {
+                        (true, true)
+                            if self.mirror.any_under(&meta::dir_prefix(old.ino))
+                                || self.mirror.any_under(&meta::snapdir_prefix(old.ino)) =>
+                        {
                             return Err(GvsError::NotEmpty)
                         }
                         _ => {}
@@ -558,9 +727,9 @@ impl Gvs {
             return Ok(out.into_iter().map(|o| o.expect("filled")).collect());
         }
         // The local store: several reads at once when there are several.
-        let local: Vec<(usize, Option<Vec<u8>>)> = if need.len() < 4 {
+        let local: Vec<(usize, Lookup)> = if need.len() < 4 {
             need.iter()
-                .map(|&i| Ok((i, self.store.get(&ids[i])?)))
+                .map(|&i| Ok((i, self.store.lookup(&ids[i])?)))
                 .collect::<Result<_>>()?
         } else {
             let per = need.len().div_ceil(LOCAL_READERS);
@@ -570,7 +739,7 @@ impl Gvs {
                     .map(|part| {
                         scope.spawn(move || {
                             part.iter()
-                                .map(|&i| Ok((i, self.store.get(&ids[i])?)))
+                                .map(|&i| Ok((i, self.store.lookup(&ids[i])?)))
                                 .collect::<Result<Vec<_>>>()
                         })
                     })
@@ -584,10 +753,19 @@ impl Gvs {
         };
         let mut fetched = Vec::new();
         let mut remote = Vec::new();
+        let mut corrupt = std::collections::HashSet::new();
         for (i, d) in local {
             match d {
-                Some(d) => fetched.push((i, Arc::new(d))),
-                None => remote.push(i),
+                Lookup::Good(d) => fetched.push((i, Arc::new(d))),
+                Lookup::Absent => remote.push(i),
+                Lookup::Corrupt => {
+                    tracing::warn!(
+                        "chunk {} is corrupt in the local store; reading a mirror's copy",
+                        ids[i].hex()
+                    );
+                    corrupt.insert(i);
+                    remote.push(i);
+                }
             }
         }
         if !remote.is_empty() {
@@ -599,8 +777,22 @@ impl Gvs {
                     .map(|(k, &i)| self.fetch_remote(ids[i], k, &primary, &fallback))
                     .collect(),
             ));
+            let mut repairs = Vec::new();
             for (&i, r) in remote.iter().zip(results) {
-                fetched.push((i, Arc::new(r?)));
+                let d = Arc::new(r?);
+                Stats::add(&self.stats.fetched_bytes, d.len() as u64);
+                if corrupt.contains(&i) {
+                    repairs.push((ids[i], d.clone()));
+                }
+                fetched.push((i, d));
+            }
+            // A corrupt local copy is replaced by the good one (verified).
+            if !repairs.is_empty() {
+                self.store.put_many(&repairs, true)?;
+                Stats::add(&self.stats.read_repaired, repairs.len() as u64);
+                for (id, _) in &repairs {
+                    tracing::info!("chunk {} repaired from a mirror", id.hex());
+                }
             }
         }
         {
@@ -616,7 +808,7 @@ impl Gvs {
     /// Where to read a volume's chunks from: its live replicas other than
     /// this node, then any other live node (a chunk shared by a clone may
     /// live on the origin's replicas). Each as (name, address).
-    fn sources(&self, replicas: &[String]) -> (Vec<Source>, Vec<Source>) {
+    pub(crate) fn sources(&self, replicas: &[String]) -> (Vec<Source>, Vec<Source>) {
         let nodes: HashMap<String, NodeInfo> = self.nodes().into_iter().collect();
         let primary = replicas
             .iter()
@@ -633,7 +825,7 @@ impl Gvs {
 
     /// One chunk from the other nodes: replica `k mod R` first, then the
     /// other replicas, then every other node.
-    async fn fetch_remote(
+    pub(crate) async fn fetch_remote(
         &self,
         id: ChunkId,
         k: usize,
@@ -683,4 +875,19 @@ pub fn check_name(name: &str) -> Result<()> {
         return Err(GvsError::Invalid(format!("bad name {name:?}")));
     }
     Ok(())
+}
+
+/// A grid-wide setting (`gvs/conf/<name>`, decimal), or `default`.
+pub fn conf(gvs: &Gvs, name: &str, default: u64) -> u64 {
+    gvs.mirror
+        .get(&meta::conf_key(name))
+        .and_then(|v| std::str::from_utf8(&v.value).ok()?.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// The mod revision of a setting (0: never set): triggers compare it.
+pub fn conf_rev(gvs: &Gvs, name: &str) -> u64 {
+    gvs.mirror
+        .get(&meta::conf_key(name))
+        .map_or(0, |v| v.mod_rev)
 }

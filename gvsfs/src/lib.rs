@@ -14,18 +14,30 @@
 //! - [`gvs`]: the node context and the namespace transactions;
 //! - [`volume`]: buffered writes, commits, the write lease and fencing;
 //! - [`fs`]: the FUSE file system;
+//! - [`clone`]: copy-on-write clones (copy_file_range and the clone ioctl);
+//! - [`snapshot`]: snapshot directories (`.snapshots/`);
+//! - [`gc`]: mark-and-sweep garbage collection of each node's store;
+//! - [`scrub`]: background verification and rewriting of bad chunks;
+//! - [`repair`]: bringing a replica that missed commits up to date;
+//! - [`stats`]: the node's counters;
 //! - [`daemon`]: startup, registration, mount and shutdown.
 
 pub mod blockmap;
 pub mod chunk;
+pub mod clone;
 pub mod daemon;
 pub mod error;
 pub mod fs;
+pub mod gc;
 pub mod gvs;
 pub mod meta;
 pub mod mirror;
 pub mod net;
 pub mod placement;
+pub mod repair;
+pub mod scrub;
+pub mod snapshot;
+pub mod stats;
 pub mod volume;
 
 pub use error::{GvsError, Result};

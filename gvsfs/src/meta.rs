@@ -9,6 +9,18 @@
 //!                               lease; the key's mod_rev is the lease epoch
 //! gvs/leasereq/<ino:016x>       node name asking the writer to hand the lease over
 //! gvs/missing/<node>/<ino:016x> empty: a volume commit that replica `node` missed
+//! gvs/flush/<ino:016x>          node name asking the volume's writer to commit now
+//!                               (snapshots and clones); the writer deletes it when done
+//! gvs/snapdir/<dir:016x>/<name> decimal id of the snapshot NAME of directory DIR
+//! gvs/snap/<id:016x>            Snapshot (postcard): the tree and every volume's root
+//! gvs/pin/<node>/<id:016x>      empty, on the node's metad lease: a clone or snapshot
+//!                               in flight (it read roots it has not committed yet)
+//! gvs/pinseq                    rewritten with every pin: the collector checks that
+//!                               no pin came and went while it read the roots
+//! gvs/conf/<name>               decimal grid-wide setting: gc_grace_secs,
+//!                               gc_interval_secs, scrub_rate (chunks/s per node);
+//!                               gc_now and scrub_now are triggers (any new value)
+//! gvs/stats/<node>              text `key=value ...`: the node's gc and scrub counters
 //! ```
 
 use std::collections::BTreeMap;
@@ -35,6 +47,50 @@ pub const LEASE_REQ_PREFIX: &str = "gvs/leasereq/";
 pub const INO_PREFIX: &str = "gvs/ino/";
 /// Prefix of the directory entries.
 pub const DIR_PREFIX: &str = "gvs/dir/";
+
+/// Prefix of the flush requests.
+pub const FLUSH_PREFIX: &str = "gvs/flush/";
+/// Prefix of the snapshot records.
+pub const SNAP_PREFIX: &str = "gvs/snap/";
+/// Prefix of the pins (and the pin sequence key).
+pub const PIN_PREFIX: &str = "gvs/pin";
+/// The key every pin rewrites.
+pub const PINSEQ_KEY: &str = "gvs/pinseq";
+/// Prefix of the grid-wide settings.
+pub const CONF_PREFIX: &str = "gvs/conf/";
+/// Prefix of the nodes' counters.
+pub const STATS_PREFIX: &str = "gvs/stats/";
+/// Prefix of the missed-commit records.
+pub const MISSING_PREFIX: &str = "gvs/missing/";
+
+/// Key of a flush request for a volume.
+pub fn flush_key(ino: u64) -> String {
+    format!("gvs/flush/{ino:016x}")
+}
+/// Prefix of a directory's snapshot names.
+pub fn snapdir_prefix(dir: u64) -> String {
+    format!("gvs/snapdir/{dir:016x}/")
+}
+/// Key naming snapshot `name` of directory `dir`.
+pub fn snapdir_key(dir: u64, name: &str) -> String {
+    format!("gvs/snapdir/{dir:016x}/{name}")
+}
+/// Key of a snapshot record.
+pub fn snap_key(id: u64) -> String {
+    format!("gvs/snap/{id:016x}")
+}
+/// Key of a pin.
+pub fn pin_key(node: &str, id: u64) -> String {
+    format!("gvs/pin/{node}/{id:016x}")
+}
+/// Key of a grid-wide setting.
+pub fn conf_key(name: &str) -> String {
+    format!("gvs/conf/{name}")
+}
+/// Key of a node's counters.
+pub fn stats_key(node: &str) -> String {
+    format!("gvs/stats/{node}")
+}
 
 /// Key of an inode record.
 pub fn ino_key(ino: u64) -> String {
@@ -208,5 +264,47 @@ impl NodeInfo {
     /// Decodes from metad.
     pub fn decode(b: &[u8]) -> Result<NodeInfo> {
         postcard::from_bytes(b).map_err(|e| GvsError::Corrupt(format!("node record: {e}")))
+    }
+}
+
+/// One file or directory of a snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapEntry {
+    /// Index of its directory in [`Snapshot::entries`] (the top: itself).
+    pub parent: u32,
+    /// Its name there (empty for the top).
+    pub name: String,
+    /// The inode it was taken from.
+    pub ino: u64,
+    /// Its record at the snapshot's instant: root, size, mode, times.
+    pub inode: Inode,
+}
+
+/// A snapshot of a directory tree: every volume's root as of one metad
+/// revision, so the snapshot is one consistent cut of all of them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Its id (from the inode number space).
+    pub id: u64,
+    /// The directory it was taken of.
+    pub dir: u64,
+    /// Its name under the directory's `.snapshots/`.
+    pub name: String,
+    /// When it was taken.
+    pub taken: Nanos,
+    /// The metad revision of the cut.
+    pub revision: u64,
+    /// The tree, the top directory first; parents before children.
+    pub entries: Vec<SnapEntry>,
+}
+
+impl Snapshot {
+    /// Encodes for metad.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("snapshot encodes")
+    }
+    /// Decodes from metad.
+    pub fn decode(b: &[u8]) -> Result<Snapshot> {
+        postcard::from_bytes(b).map_err(|e| GvsError::Corrupt(format!("snapshot record: {e}")))
     }
 }

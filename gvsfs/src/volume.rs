@@ -137,6 +137,29 @@ impl Volume {
         self.epoch.is_some()
     }
 
+    /// The lease epoch while the lease is held here.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
+    /// Replaces the whole content by the map of `root` (a clone into this
+    /// volume, committed by the caller): buffered changes are dropped;
+    /// the lease stays.
+    pub fn adopt(&mut self, root: Option<ChunkId>, map: BlockMap) {
+        self.map = Some((root, map));
+        self.dirty.clear();
+        self.unpushed.clear();
+        self.pending_size = None;
+        self.map_changed = false;
+    }
+
+    /// The committed chunk holding byte `off`, if any (debugging aids).
+    pub fn chunk_at(&mut self, gvs: &Gvs, rec: &Inode, off: u64) -> Result<Option<ChunkId>> {
+        let f = fetcher(gvs, &rec.replicas);
+        let b = off / rec.block_size as u64;
+        self.map(gvs, rec)?.get(b, &f)
+    }
+
     /// The size as this node sees it (with uncommitted changes).
     pub fn size(&self, rec: &Inode) -> u64 {
         self.pending_size.unwrap_or(rec.size)
@@ -633,6 +656,7 @@ impl Volume {
             let r = gvs.rt.block_on(gvs.client().txn(t));
             match r {
                 Ok(r) if r.succeeded => {
+                    crate::stats::Stats::add(&gvs.stats.metad_ops, 1 + missing.len() as u64);
                     settle(&gvs.mirror, r.revision);
                     self.map.as_mut().expect("loaded").0 = root;
                     self.pending_size = None;
@@ -709,7 +733,7 @@ impl Volume {
 /// Stores `chunks` on every live replica in parallel (locally when this
 /// node is one). Returns the replicas that missed them; fails only when
 /// no replica took them.
-fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result<Vec<String>> {
+pub(crate) fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result<Vec<String>> {
     if chunks.is_empty() {
         return Ok(Vec::new());
     }
@@ -741,9 +765,15 @@ fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result<Vec<String
         }
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
     });
+    let bytes: u64 = chunks.iter().map(|(_, d)| d.len() as u64).sum();
     for (name, r) in results {
         match r {
-            Ok(()) => ok += 1,
+            Ok(()) => {
+                ok += 1;
+                if name != gvs.me {
+                    crate::stats::Stats::add(&gvs.stats.pushed_bytes, bytes);
+                }
+            }
             Err(e) => {
                 tracing::warn!("replica {name} missed a commit: {e}");
                 missing.push(name);

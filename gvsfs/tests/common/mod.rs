@@ -62,3 +62,38 @@ pub fn md5(grid: &GridGuard, i: usize, path: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// Node `i`'s own counters (the first line of `gvs.stats` on /gvs).
+pub fn stats(grid: &GridGuard, i: usize) -> std::collections::HashMap<String, u64> {
+    let text = sh(grid, i, "getfattr --only-values -n gvs.stats /gvs");
+    let line = text.lines().next().unwrap_or_default();
+    line.split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Counter `key` of node `i`.
+pub fn stat(grid: &GridGuard, i: usize, key: &str) -> u64 {
+    stats(grid, i).get(key).copied().unwrap_or(0)
+}
+
+/// Bytes on disk of node `i`'s chunk store.
+pub fn store_bytes(grid: &GridGuard, i: usize) -> u64 {
+    sh(grid, i, "du -sb /var/lib/grid/gvsfs/chunks")
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The value of a `gvs.*` attribute of `path` on node `i`.
+pub fn xattr(grid: &GridGuard, i: usize, path: &str, name: &str) -> String {
+    sh(
+        grid,
+        i,
+        &format!("getfattr --absolute-names --only-values -n {name} {path}"),
+    )
+}
