@@ -10,8 +10,10 @@ use crate::backend::qemu::{choose_accel, Accel, QemuBackend};
 use crate::backend::xl::XlBackend;
 use crate::backend::{Hypervisor, Instance, RunState, VmConfig};
 use crate::controller;
-use crate::model::{self, Desired, NodeRecord, VmRecord, VmState, VmStatus};
-use crate::store::{Store, StoreError};
+use crate::model::{
+    self, Desired, MigrationPhase, MigrationReport, NodeRecord, VmRecord, VmState, VmStatus,
+};
+use crate::store::{Store, StoreError, Versioned};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,6 +122,17 @@ struct Local {
     rec: VmRecord,
     /// Physical CPUs dedicated to it.
     pinned: Vec<u32>,
+    /// Set while it is the target of a live migration: its QEMU waits on
+    /// this `-incoming` port (the VM's record still names the source).
+    incoming_port: Option<u16>,
+}
+
+/// A free TCP port for an incoming migration (the kernel picks it; QEMU
+/// binds it a moment later).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("0.0.0.0:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The agent's state.
@@ -136,6 +149,8 @@ pub struct Agent {
     crashes: BTreeMap<String, Vec<u64>>,
     /// The last status written, by VM.
     reported: BTreeMap<String, VmStatus>,
+    /// The last live migration of each VM, as its record says.
+    migrations: BTreeMap<String, MigrationReport>,
 }
 
 fn block<T>(f: impl FnOnce() -> T) -> T {
@@ -161,6 +176,7 @@ impl Agent {
             locals: BTreeMap::new(),
             crashes: BTreeMap::new(),
             reported: BTreeMap::new(),
+            migrations: BTreeMap::new(),
         }
     }
 
@@ -326,6 +342,7 @@ impl Agent {
             reason,
             limits: self.limits.clone(),
             since_ms: model::now_ms(),
+            last_migration: self.migrations.get(vm).cloned(),
         }
     }
 
@@ -335,6 +352,7 @@ impl Agent {
                 && old.pid == st.pid
                 && old.reason == st.reason
                 && old.crashes == st.crashes
+                && old.last_migration == st.last_migration
             {
                 return;
             }
@@ -385,22 +403,209 @@ impl Agent {
         }
     }
 
-    /// Makes this node run exactly the VMs reserved on it that should run.
+    /// Changes a VM's record with compare-and-swap, re-reading on a race.
+    async fn update_record(&self, name: &str, f: impl Fn(&mut VmRecord)) {
+        let key = model::vm_key(name);
+        for _ in 0..10 {
+            let Ok(Some(v)) = self.store.get::<VmRecord>(&key).await else {
+                return;
+            };
+            let mut nv = v.value.clone();
+            f(&mut nv);
+            match self.store.cas(&key, v.rev, &nv).await {
+                Ok(true) => return,
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!("updating {name}: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        tracing::warn!("updating {name}: gave up after 10 races");
+    }
+
+    /// Ends live migration `id` of `name` (if it is still the one in
+    /// flight): on success the record's node becomes `to`.
+    async fn end_migration(&self, name: &str, id: u64, to: &str, report: MigrationReport) {
+        let me = self.cfg.node.clone();
+        self.update_record(name, |nv| {
+            if nv.migration.as_ref().is_some_and(|m| m.id == id) {
+                nv.migration = None;
+            }
+            if report.error.is_none() && nv.node.as_deref() == Some(me.as_str()) {
+                nv.node = Some(to.to_string());
+                nv.target = None;
+                nv.reason = None;
+            }
+            nv.last_migration = Some(report.clone());
+        })
+        .await;
+    }
+
+    /// Source side of a live migration: QMP `migrate` to the target's
+    /// `-incoming` port, then the paused source is stopped (its disks were
+    /// flushed and inactivated when the migration completed) and the
+    /// record moves to the target.
+    /// True when the VM has left this node.
+    async fn migrate_out(&mut self, name: &str, id: u64, to: &str, port: u16) -> bool {
+        let me = self.cfg.node.clone();
+        tracing::info!("{name}: live-migrating to {to}:{port}");
+        let res = {
+            let l = self.locals.get_mut(name).expect("local");
+            block(|| l.inst.migrate(to, port))
+        };
+        let mut report = MigrationReport {
+            id,
+            from: me.clone(),
+            to: to.to_string(),
+            at_ms: model::now_ms(),
+            error: None,
+            downtime_ms: None,
+            total_ms: None,
+        };
+        match res {
+            Ok(stats) => {
+                if let Some(mut l) = self.take_local(name) {
+                    if let Err(e) = block(|| l.inst.stop(Duration::from_secs(5))) {
+                        tracing::warn!("stopping the migrated-out {name}: {e}");
+                    }
+                }
+                self.reported.remove(name);
+                report.downtime_ms = stats.downtime_ms;
+                report.total_ms = stats.total_ms;
+                let msg = format!(
+                    "live-migrated from {me} to {to}: downtime {} ms, total {} ms",
+                    stats.downtime_ms.map_or("?".into(), |d| d.to_string()),
+                    stats.total_ms.map_or("?".into(), |d| d.to_string()),
+                );
+                self.end_migration(name, id, to, report).await;
+                self.store.event(&me, "migrated", name, msg).await;
+                true
+            }
+            Err(e) => {
+                let error = format!("migration of {name} to {to} failed: {e}");
+                tracing::warn!("{error}");
+                report.error = Some(error.clone());
+                self.end_migration(name, id, to, report).await;
+                self.store.event(&me, "migrate-failed", name, error).await;
+                false
+            }
+        }
+    }
+
+    /// Target side of a live migration: QEMU started with `-incoming` on a
+    /// free port (same disks: the volumes are files in /gvs; the same
+    /// kernel command line as on the source, so the machines match).
+    async fn migrate_in(&mut self, v: &Versioned<VmRecord>) {
+        let me = self.cfg.node.clone();
+        let rec = &v.value;
+        let Some(m) = rec.migration.clone() else {
+            return;
+        };
+        let from = rec.node.clone().unwrap_or_default();
+        let started = match free_port() {
+            Err(e) => Err(format!("no free port: {e}")),
+            Ok(port) => {
+                let mut cfg = self.vm_config(rec);
+                cfg.incoming_port = Some(port);
+                cfg.cmdline = format!(
+                    "{} vmctl.name={} vmctl.node={from}",
+                    rec.boot.cmdline, rec.name
+                )
+                .trim()
+                .to_string();
+                let r = if rec.hypervisor == "xen" {
+                    Err("live migration is implemented for QEMU only".to_string())
+                } else {
+                    let backend = self.backend(rec);
+                    block(|| backend.start(&cfg)).map_err(|e| e.to_string())
+                };
+                r.map(|inst| (inst, cfg, port))
+            }
+        };
+        match started {
+            Ok((inst, cfg, port)) => {
+                if let Some(p) = inst.pid() {
+                    self.beat
+                        .pids
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(rec.name.clone(), p);
+                }
+                self.locals.insert(
+                    rec.name.clone(),
+                    Local {
+                        inst,
+                        rec: rec.clone(),
+                        pinned: cfg.pinned_cpus,
+                        incoming_port: Some(port),
+                    },
+                );
+                tracing::info!("{}: waiting for the migration on port {port}", rec.name);
+            }
+            Err(e) => {
+                let error = format!("migration of {} to {me} failed: {e}", rec.name);
+                tracing::warn!("{error}");
+                let report = MigrationReport {
+                    id: m.id,
+                    from,
+                    to: me.clone(),
+                    at_ms: model::now_ms(),
+                    error: Some(error.clone()),
+                    downtime_ms: None,
+                    total_ms: None,
+                };
+                self.end_migration(&rec.name, m.id, &me, report).await;
+                self.store
+                    .event(&me, "migrate-failed", &rec.name, error)
+                    .await;
+            }
+        }
+    }
+
+    /// Makes this node run exactly the VMs reserved on it that should run,
+    /// plus the incoming halves of live migrations to it.
     async fn reconcile_local(&mut self) -> Result<(), StoreError> {
         let (vms, _) = self.store.list::<VmRecord>(model::VMS).await?;
         let me = self.cfg.node.clone();
-        let wanted: BTreeMap<String, VmRecord> = vms
-            .into_iter()
-            .map(|(k, v)| (k, v.value))
+        let records: BTreeMap<String, Versioned<VmRecord>> = vms.into_iter().collect();
+        self.migrations = records
+            .iter()
+            .filter_map(|(k, v)| v.value.last_migration.clone().map(|m| (k.clone(), m)))
+            .collect();
+        let wanted: BTreeMap<String, VmRecord> = records
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
             .filter(|(_, v)| {
                 v.node.as_deref() == Some(me.as_str()) && v.desired == Desired::Running
             })
             .collect();
+        // Live migrations to this node, accepted by the scheduler.
+        let incoming: BTreeMap<String, Versioned<VmRecord>> = records
+            .iter()
+            .filter(|(_, v)| {
+                let v = &v.value;
+                v.desired == Desired::Running
+                    && v.node.is_some()
+                    && v.node.as_deref() != Some(me.as_str())
+                    && v.migration
+                        .as_ref()
+                        .is_some_and(|m| m.to == me && m.phase != MigrationPhase::Requested)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Whether the record says this node runs the VM (not a migration
+        // target): only then does this node report its status.
+        let owned = |name: &str| {
+            records
+                .get(name)
+                .is_none_or(|v| v.value.node.is_none() || v.value.node.as_deref() == Some(&me))
+        };
         // Stop what should not run here.
         let unwanted: Vec<String> = self
             .locals
             .keys()
-            .filter(|k| !wanted.contains_key(*k))
+            .filter(|k| !wanted.contains_key(*k) && !incoming.contains_key(*k))
             .cloned()
             .collect();
         for name in unwanted {
@@ -409,11 +614,61 @@ impl Agent {
             if let Err(e) = r {
                 tracing::warn!("stopping {name}: {e}");
             }
+            if !owned(&name) {
+                // The incoming half of a migration that did not happen.
+                continue;
+            }
             self.store
                 .event(&me, "stop", &name, format!("stopped on {me}"))
                 .await;
             let st = self.status(&name, VmState::Stopped, None, None);
             self.report(&name, st).await;
+        }
+        // Live migrations: start the incoming QEMUs, tell the source
+        // where they listen; migrate out what the target waits for.
+        for (name, v) in &incoming {
+            match self.locals.get(name).map(|l| l.incoming_port) {
+                None => self.migrate_in(v).await,
+                Some(Some(port)) => {
+                    let m = v.value.migration.as_ref().expect("incoming");
+                    if m.phase == MigrationPhase::Accepted {
+                        let mut nv = v.value.clone();
+                        let nm = nv.migration.as_mut().expect("incoming");
+                        nm.phase = MigrationPhase::Incoming;
+                        nm.port = Some(port);
+                        // A lost race is retried on the next pass.
+                        let _ = self.store.cas(&model::vm_key(name), v.rev, &nv).await;
+                    }
+                }
+                Some(None) => {}
+            }
+        }
+        let mut gone = Vec::new();
+        for (name, rec) in &wanted {
+            let Some(m) = rec.migration.as_ref() else {
+                continue;
+            };
+            if let (MigrationPhase::Incoming, Some(port), true) = (
+                m.phase,
+                m.port,
+                self.locals.contains_key(name) && m.to != me,
+            ) {
+                let (id, to) = (m.id, m.to.clone());
+                if self.migrate_out(name, id, &to, port).await {
+                    gone.push(name.clone());
+                }
+            }
+        }
+        // Migrated out just now: the record has moved on.
+        let wanted: BTreeMap<String, VmRecord> = wanted
+            .into_iter()
+            .filter(|(name, _)| !gone.contains(name))
+            .collect();
+        for (name, rec) in &wanted {
+            if let Some(l) = self.locals.get_mut(name) {
+                l.rec = rec.clone();
+                l.incoming_port = None;
+            }
         }
         // Check what runs.
         let mut flapped = Vec::new();
@@ -423,6 +678,14 @@ impl Agent {
                 let l = self.locals.get_mut(&name).expect("listed");
                 block(|| l.inst.state())
             };
+            if !owned(&name) {
+                // A migration target: the source reports until the switch.
+                if let RunState::Exited(why) = state {
+                    tracing::warn!("{name}: the incoming QEMU exited: {why}");
+                    self.take_local(&name);
+                }
+                continue;
+            }
             match state {
                 RunState::Running => {
                     let pid = self.locals[&name].inst.pid();
@@ -477,8 +740,15 @@ impl Agent {
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(name.clone(), p);
                     }
-                    self.locals
-                        .insert(name.clone(), Local { inst, rec, pinned });
+                    self.locals.insert(
+                        name.clone(),
+                        Local {
+                            inst,
+                            rec,
+                            pinned,
+                            incoming_port: None,
+                        },
+                    );
                     let st = self.status(&name, VmState::Running, pid, None);
                     self.report(&name, st).await;
                 }

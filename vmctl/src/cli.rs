@@ -136,12 +136,17 @@ pub enum VmCmd {
         #[arg(long)]
         follow: bool,
     },
-    /// Move a VM to NODE: a stopped VM starts there next time.
+    /// Move a VM to NODE: a running VM is live-migrated (QEMU migration;
+    /// refused with the reason when NODE lacks room); a stopped VM starts
+    /// there next time.
     Migrate {
         /// VM (APP.COMPONENT).
         name: String,
         /// Destination node.
         node: String,
+        /// Seconds to wait for a live migration to finish.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
     },
 }
 

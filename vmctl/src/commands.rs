@@ -153,6 +153,8 @@ pub async fn app_create(store: &Store, file: &Path, json: bool) -> Result<(), Cm
             desired: Desired::Stopped,
             node: None,
             target: None,
+            migration: None,
+            last_migration: None,
             reason: None,
         });
     }
@@ -570,6 +572,21 @@ pub async fn vm_show(store: &Store, name: &str, json: bool) -> Result<(), CmdErr
             println!("crashes within the hour: {}", s.crashes.len());
         }
     }
+    if let Some(m) = &v.record.migration {
+        println!("migrating to {} ({:?})", m.to, m.phase);
+    }
+    if let Some(r) = &v.record.last_migration {
+        match &r.error {
+            None => println!(
+                "last live migration: {} -> {}, downtime {} ms (total {} ms)",
+                r.from,
+                r.to,
+                r.downtime_ms.map_or("?".into(), |d| d.to_string()),
+                r.total_ms.map_or("?".into(), |d| d.to_string()),
+            ),
+            Some(e) => println!("last live migration: {e}"),
+        }
+    }
     if let Some(r) = &v.reason {
         println!("reason: {r}");
     }
@@ -613,8 +630,15 @@ fn nix_hostname() -> String {
         .map_or_else(|_| "?".into(), |s| s.trim().to_string())
 }
 
-/// `vmctl vm migrate NAME NODE`.
-pub async fn vm_migrate(store: &Store, name: &str, node: &str) -> Result<(), CmdError> {
+/// `vmctl vm migrate NAME NODE`: a running VM is live-migrated (the
+/// scheduler checks NODE's room first; this waits for the outcome); a
+/// stopped one starts on NODE next time (cold move).
+pub async fn vm_migrate(
+    store: &Store,
+    name: &str,
+    node: &str,
+    timeout: Duration,
+) -> Result<(), CmdError> {
     let key = model::vm_key(name);
     let v = store
         .get::<VmRecord>(&key)
@@ -624,10 +648,7 @@ pub async fn vm_migrate(store: &Store, name: &str, node: &str) -> Result<(), Cmd
         return Err(CmdError::Refused(format!("node {node} is not up")));
     }
     if v.value.node.is_some() || v.value.desired == Desired::Running {
-        return Err(CmdError::Refused(format!(
-            "{name} is running on {}; live migration is not implemented yet: stop its application, migrate, start",
-            v.value.node.as_deref().unwrap_or("?")
-        )));
+        return live_migrate(store, v, node, timeout).await;
     }
     let mut nv = v.value.clone();
     nv.target = Some(node.to_string());
@@ -638,6 +659,85 @@ pub async fn vm_migrate(store: &Store, name: &str, node: &str) -> Result<(), Cmd
     }
     println!("{name} will start on {node}");
     Ok(())
+}
+
+async fn live_migrate(
+    store: &Store,
+    v: Versioned<VmRecord>,
+    node: &str,
+    timeout: Duration,
+) -> Result<(), CmdError> {
+    let name = v.value.name.clone();
+    let key = model::vm_key(&name);
+    let from = v.value.node.clone();
+    let st = store.get::<VmStatus>(&model::status_key(&name)).await?;
+    let running = st
+        .is_some_and(|s| Some(&s.value.node) == from.as_ref() && s.value.state == VmState::Running);
+    let Some(from) = from.filter(|_| running && v.value.desired == Desired::Running) else {
+        return Err(CmdError::Refused(format!(
+            "{name} is starting or stopping; live migration needs it running"
+        )));
+    };
+    if from == node {
+        return Err(CmdError::Refused(format!("{name} already runs on {node}")));
+    }
+    if v.value.hypervisor != "qemu" {
+        return Err(CmdError::Refused(format!(
+            "{name} runs on {}; live migration is implemented for QEMU only",
+            v.value.hypervisor
+        )));
+    }
+    if let Some(m) = &v.value.migration {
+        return Err(CmdError::Refused(format!(
+            "{name} is already being migrated to {}",
+            m.to
+        )));
+    }
+    let id = model::now_ms();
+    let mut nv = v.value.clone();
+    nv.migration = Some(model::Migration {
+        id,
+        to: node.to_string(),
+        phase: model::MigrationPhase::Requested,
+        port: None,
+    });
+    if !store.cas(&key, v.rev, &nv).await? {
+        return Err(CmdError::Refused(format!(
+            "{name} changed meanwhile; try again"
+        )));
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let cur = store
+            .get::<VmRecord>(&key)
+            .await?
+            .ok_or_else(|| CmdError::NotFound(format!("VM {name}")))?
+            .value;
+        if let Some(r) = cur.last_migration.filter(|r| r.id == id) {
+            if let Some(e) = r.error {
+                return Err(CmdError::Refused(e));
+            }
+            println!(
+                "{name} live-migrated from {} to {}: downtime {} ms (total {} ms)",
+                r.from,
+                r.to,
+                r.downtime_ms.map_or("?".into(), |d| d.to_string()),
+                r.total_ms.map_or("?".into(), |d| d.to_string()),
+            );
+            return Ok(());
+        }
+        if cur.migration.as_ref().is_none_or(|m| m.id != id) {
+            return Err(CmdError::Refused(format!(
+                "the migration of {name} to {node} was given up (its node or the target went away)"
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(CmdError::Timeout(format!(
+                "{name}: the migration to {node} has not finished in {timeout:?}; it goes on"
+            )));
+        }
+    }
 }
 
 /// One row of `vmctl node list`.

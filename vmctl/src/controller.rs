@@ -10,7 +10,10 @@
 //! fenced by a compare on the election key, so a deposed scheduler's
 //! writes fail instead of double-booking a node.
 
-use crate::model::{self, AppRecord, Desired, NodeRecord, Outcome, VmRecord, VmState, VmStatus};
+use crate::model::{
+    self, AppRecord, Desired, MigrationPhase, MigrationReport, NodeRecord, Outcome, VmRecord,
+    VmState, VmStatus,
+};
 use crate::scheduler::{self, NodeCap, Request};
 use crate::store::{at_rev, put_op, Store, StoreError, Versioned};
 use metad::{Compare, CompareTarget, Op, Txn};
@@ -71,7 +74,9 @@ async fn read_world(store: &Store) -> Result<World, StoreError> {
     })
 }
 
-/// Capacities of the live nodes minus every reservation in `vms`.
+/// Capacities of the live nodes minus every reservation in `vms`. A VM
+/// being live-migrated is reserved on both nodes once the scheduler has
+/// accepted the migration.
 pub fn capacities<'a>(
     nodes: &BTreeMap<String, NodeRecord>,
     vms: impl Iterator<Item = &'a VmRecord>,
@@ -86,6 +91,16 @@ pub fn capacities<'a>(
         .collect();
     for vm in vms {
         if let Some(c) = vm.node.as_deref().and_then(|n| caps.get_mut(n)) {
+            c.used_cpus += u64::from(vm.cpu_min);
+            c.used_mem += vm.mem_mib;
+            c.used_bw += vm.bw_min;
+            c.vms.insert(vm.name.clone());
+        }
+        let incoming = vm
+            .migration
+            .as_ref()
+            .filter(|m| m.phase != MigrationPhase::Requested && vm.node.as_ref() != Some(&m.to));
+        if let Some(c) = incoming.and_then(|m| caps.get_mut(m.to.as_str())) {
             c.used_cpus += u64::from(vm.cpu_min);
             c.used_mem += vm.mem_mib;
             c.used_bw += vm.bw_min;
@@ -142,6 +157,7 @@ pub async fn reconcile(store: &Store, me: &str) -> Result<(), StoreError> {
         }
         let mut nv = vm.clone();
         nv.node = None;
+        nv.migration = None;
         if let Some(why) = &why {
             if vm.desired == Desired::Running {
                 nv.reason = Some(format!("failover: {why}"));
@@ -168,6 +184,12 @@ pub async fn reconcile(store: &Store, me: &str) -> Result<(), StoreError> {
         } else {
             return Ok(()); // something moved: start over on the next pass
         }
+    }
+
+    // 1b. Live migrations: check the target's room, or give up on one whose
+    // target died.
+    if !migrations(store, me, &mut w).await? {
+        return Ok(());
     }
 
     // 2. Applications started and not yet answered: whole or nothing.
@@ -331,4 +353,150 @@ pub async fn reconcile(store: &Store, me: &str) -> Result<(), StoreError> {
         w.vms.get_mut(&k).expect("listed").value = nv;
     }
     Ok(())
+}
+
+/// The scheduler's part in live migrations: a `Requested` one is accepted
+/// when the target has room for the VM (the same capacity and
+/// anti-affinity check as any placement; the VM is then reserved on both
+/// nodes) or refused with the reason; one whose target stopped
+/// heartbeating is given up. False when a write lost a race (start over).
+async fn migrations(store: &Store, me: &str, w: &mut World) -> Result<bool, StoreError> {
+    for (name, v) in w.vms.clone() {
+        let vm = &v.value;
+        let Some(m) = vm.migration.clone() else {
+            continue;
+        };
+        let from = vm.node.clone().unwrap_or_default();
+        let refusal = if !w.nodes.contains_key(&m.to) {
+            Some(format!("{} is not up", m.to))
+        } else if vm.desired != Desired::Running || vm.node.is_none() {
+            Some(format!("{name} is not running"))
+        } else if m.phase == MigrationPhase::Requested {
+            let others = w.vms.values().map(|x| &x.value).filter(|x| x.name != name);
+            let caps = capacities(&w.nodes, others);
+            let mut req = request_of(vm);
+            req.only = Some(m.to.clone());
+            req.mirrors.clear();
+            let policy = w
+                .apps
+                .get(&vm.app)
+                .map(|a| a.value.spec.placement)
+                .unwrap_or_default();
+            scheduler::place(&caps, &[req], policy).err().map(|r| r.0)
+        } else {
+            continue;
+        };
+        let mut nv = vm.clone();
+        let (kind, msg) = match refusal {
+            None => {
+                nv.migration.as_mut().expect("some").phase = MigrationPhase::Accepted;
+                (
+                    "migrate",
+                    format!("live-migrating {name} from {from} to {}", m.to),
+                )
+            }
+            Some(why) => {
+                nv.migration = None;
+                let error = format!("migration of {name} to {} refused: {why}", m.to);
+                nv.last_migration = Some(MigrationReport {
+                    id: m.id,
+                    from: from.clone(),
+                    to: m.to.clone(),
+                    at_ms: model::now_ms(),
+                    error: Some(error.clone()),
+                    downtime_ms: None,
+                    total_ms: None,
+                });
+                ("migrate-refused", error)
+            }
+        };
+        let key = model::vm_key(&name);
+        let txn = Txn {
+            compare: vec![fence(me), at_rev(&key, v.rev)],
+            success: vec![put_op(&key, &nv)],
+            failure: vec![],
+        };
+        if !store.client.txn(txn).await?.succeeded {
+            return Ok(false);
+        }
+        store.event(me, kind, &name, msg).await;
+        w.vms.get_mut(&name).expect("listed").value = nv;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BootSpec, Migration};
+
+    fn node(n: &str) -> NodeRecord {
+        NodeRecord {
+            name: n.into(),
+            cpus: 2,
+            mem_mib: 1024,
+            bw_mbit: 1000,
+            accel: "tcg".into(),
+            hypervisors: vec!["qemu".into()],
+            limits: String::new(),
+            since_ms: 0,
+        }
+    }
+
+    fn vm(phase: Option<MigrationPhase>) -> VmRecord {
+        VmRecord {
+            name: "a.x".into(),
+            app: "a".into(),
+            component: "x".into(),
+            cpu_min: 1,
+            cpu_max: 1,
+            mem_mib: 256,
+            bw_min: 0,
+            pin: false,
+            hypervisor: "qemu".into(),
+            anti_affinity: vec![],
+            boot: BootSpec {
+                kernel: "k".into(),
+                initrd: None,
+                cmdline: String::new(),
+            },
+            disks: vec![],
+            desired: Desired::Running,
+            node: Some("n1".into()),
+            target: None,
+            reason: None,
+            migration: phase.map(|phase| Migration {
+                id: 1,
+                to: "n2".into(),
+                phase,
+                port: None,
+            }),
+            last_migration: None,
+        }
+    }
+
+    #[test]
+    fn an_accepted_migration_reserves_on_both_nodes() {
+        let nodes: BTreeMap<String, NodeRecord> =
+            ["n1", "n2"].map(|n| (n.to_string(), node(n))).into();
+        let used = |v: &VmRecord| -> Vec<(u64, u64)> {
+            capacities(&nodes, std::iter::once(v))
+                .iter()
+                .map(|c| (c.used_cpus, c.used_mem))
+                .collect()
+        };
+        assert_eq!(used(&vm(None)), vec![(1, 256), (0, 0)]);
+        assert_eq!(
+            used(&vm(Some(MigrationPhase::Requested))),
+            vec![(1, 256), (0, 0)]
+        );
+        assert_eq!(
+            used(&vm(Some(MigrationPhase::Accepted))),
+            vec![(1, 256), (1, 256)]
+        );
+        assert_eq!(
+            used(&vm(Some(MigrationPhase::Incoming))),
+            vec![(1, 256), (1, 256)]
+        );
+    }
 }

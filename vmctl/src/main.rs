@@ -35,7 +35,11 @@ async fn run(cli: Cli) -> Result<(), CmdError> {
         Cmd::Vm(VmCmd::List { app, json }) => c::vm_list(&store, app.as_deref(), json).await,
         Cmd::Vm(VmCmd::Show { name, json }) => c::vm_show(&store, &name, json).await,
         Cmd::Vm(VmCmd::Console { name, follow }) => c::vm_console(&store, &name, follow).await,
-        Cmd::Vm(VmCmd::Migrate { name, node }) => c::vm_migrate(&store, &name, &node).await,
+        Cmd::Vm(VmCmd::Migrate {
+            name,
+            node,
+            timeout,
+        }) => c::vm_migrate(&store, &name, &node, Duration::from_secs(timeout)).await,
         Cmd::Node(NodeCmd::List { json }) => c::node_list(&store, json).await,
         Cmd::Events { follow, json } => c::events(&store, follow, json).await,
         Cmd::Agent {

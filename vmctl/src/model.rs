@@ -163,6 +163,60 @@ pub struct VmRecord {
     pub target: Option<String>,
     /// Why it is stopped or not placed, when it is.
     pub reason: Option<String>,
+    /// The live migration in flight, if any (see [`Migration`]).
+    #[serde(default)]
+    pub migration: Option<Migration>,
+    /// How the last live migration went.
+    #[serde(default)]
+    pub last_migration: Option<MigrationReport>,
+}
+
+/// Where a live migration is. The CLI writes `Requested`; the scheduler
+/// checks the target's capacity and writes `Accepted` (the VM is then
+/// reserved on both nodes) or refuses; the target's agent starts QEMU with
+/// `-incoming` and writes `Incoming` with its port; the source's agent
+/// migrates, stops its QEMU and moves the record's `node` to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationPhase {
+    /// Asked for; the scheduler has not checked the target yet.
+    Requested,
+    /// The target has room; its agent is to start the incoming QEMU.
+    Accepted,
+    /// The target's QEMU waits on `port`; the source's agent migrates.
+    Incoming,
+}
+
+/// A live migration in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    /// Identifies the request (ms timestamp of `vmctl vm migrate`).
+    pub id: u64,
+    /// The target node.
+    pub to: String,
+    /// Where it is.
+    pub phase: MigrationPhase,
+    /// The target QEMU's `-incoming` TCP port, once it listens.
+    pub port: Option<u16>,
+}
+
+/// The outcome of a live migration (or of its request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// The request's [`Migration::id`].
+    pub id: u64,
+    /// Source node.
+    pub from: String,
+    /// Target node.
+    pub to: String,
+    /// When it ended, ms.
+    pub at_ms: u64,
+    /// Why it was refused or failed; `None` when it completed.
+    pub error: Option<String>,
+    /// The downtime QEMU reports (query-migrate `downtime`), ms.
+    pub downtime_ms: Option<u64>,
+    /// The whole migration as QEMU reports it (`total-time`), ms.
+    pub total_ms: Option<u64>,
 }
 
 /// What a VM is, on its node.
@@ -204,6 +258,9 @@ pub struct VmStatus {
     pub limits: String,
     /// When the state was entered, ms.
     pub since_ms: u64,
+    /// The last live migration (downtime as QEMU reported it).
+    #[serde(default)]
+    pub last_migration: Option<MigrationReport>,
 }
 
 /// Something that happened, for `vmctl events`.

@@ -104,8 +104,18 @@ pub trait Instance: Send {
     fn kill(&mut self);
     /// Its hypervisor process, when there is one on this node.
     fn pid(&self) -> Option<u32>;
-    /// Live-migrates it to `dest_host:port`, returning when done.
-    fn migrate(&mut self, dest_host: &str, port: u16) -> Result<(), BackendError>;
+    /// Live-migrates it to `dest_host:port`, returning when done (the
+    /// source is then paused, its disks flushed; the caller stops it).
+    fn migrate(&mut self, dest_host: &str, port: u16) -> Result<MigrationStats, BackendError>;
+}
+
+/// What the hypervisor reports of a completed live migration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MigrationStats {
+    /// How long the guest was paused (QEMU's `downtime`), ms.
+    pub downtime_ms: Option<u64>,
+    /// The whole migration (QEMU's `total-time`), ms.
+    pub total_ms: Option<u64>,
 }
 
 /// A way to run VMs.

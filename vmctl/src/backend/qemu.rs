@@ -6,7 +6,7 @@
 
 use super::cgroup::Cgroups;
 use super::qmp::Qmp;
-use super::{io, BackendError, Hypervisor, Instance, Nic, RunState, VmConfig};
+use super::{io, BackendError, Hypervisor, Instance, MigrationStats, Nic, RunState, VmConfig};
 use serde_json::json;
 use std::fs;
 use std::io::Read;
@@ -62,6 +62,11 @@ pub fn qemu_argv(vm: &VmConfig, accel: Accel) -> Vec<String> {
     push(&["-append", &vm.cmdline]);
     for (i, d) in vm.disks.iter().enumerate() {
         // The volume is a file in /gvs; gvsfs has no byte-range locks.
+        // cache=writeback: QEMU flushes (fsync) every disk when the guest
+        // asks, on `quit`, and when a live migration completes (the source
+        // stops the VM, flushes and inactivates its disks before the target
+        // resumes), so gvsfs has every write before the target's first
+        // write takes the volume's write lease over.
         push(&[
             "-drive",
             &format!(
@@ -376,7 +381,7 @@ impl Instance for QemuInstance {
         Some(self.child.id())
     }
 
-    fn migrate(&mut self, dest_host: &str, port: u16) -> Result<(), BackendError> {
+    fn migrate(&mut self, dest_host: &str, port: u16) -> Result<MigrationStats, BackendError> {
         let q = self
             .qmp
             .as_mut()
@@ -389,7 +394,13 @@ impl Instance for QemuInstance {
         loop {
             let r = q.execute("query-migrate", None)?;
             match r.get("status").and_then(|s| s.as_str()).unwrap_or("") {
-                "completed" => return Ok(()),
+                "completed" => {
+                    let ms = |k: &str| r.get(k).and_then(serde_json::Value::as_u64);
+                    return Ok(MigrationStats {
+                        downtime_ms: ms("downtime"),
+                        total_ms: ms("total-time"),
+                    });
+                }
                 "failed" | "cancelled" => {
                     return Err(BackendError::Hypervisor(format!(
                         "migration {}",

@@ -174,10 +174,14 @@ impl Instance for XlInstance {
     fn pid(&self) -> Option<u32> {
         None
     }
-    fn migrate(&mut self, dest_host: &str, _port: u16) -> Result<(), BackendError> {
+    fn migrate(
+        &mut self,
+        dest_host: &str,
+        _port: u16,
+    ) -> Result<super::MigrationStats, BackendError> {
         XlCommand::Migrate(self.name.clone(), dest_host.to_string())
             .run()
-            .map(|_| ())
+            .map(|_| super::MigrationStats::default())
     }
 }
 
