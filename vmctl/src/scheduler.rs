@@ -120,10 +120,10 @@ pub struct Refusal(pub String);
 /// sets; a refusal then says so).
 const SEARCH_BUDGET: usize = 200_000;
 
-fn conflicts(r: &Request, n: &NodeCap, all: &BTreeMap<&str, &Request>) -> bool {
-    n.vms
-        .iter()
-        .any(|v| r.anti.contains(v) || all.get(v.as_str()).is_some_and(|o| o.anti.contains(&r.vm)))
+/// Whether `r` may not go to `n`: `n` holds a VM that `r` names in its
+/// anti-affinity, or one that names `r` (`avoid`: both, precomputed).
+fn conflicts(avoid: &BTreeSet<&str>, n: &NodeCap) -> bool {
+    !avoid.is_empty() && n.vms.iter().any(|v| avoid.contains(v.as_str()))
 }
 
 /// Places every request or none. `nodes` carry what is already reserved
@@ -152,11 +152,38 @@ pub fn place(
             &b.vm,
         ))
     });
-    let all: BTreeMap<&str, &Request> = reqs.iter().map(|r| (r.vm.as_str(), r)).collect();
+    // Anti-affinity either way round, once per request.
+    let avoid: BTreeMap<&str, BTreeSet<&str>> = reqs
+        .iter()
+        .map(|r| {
+            let mut a: BTreeSet<&str> = r.anti.iter().map(String::as_str).collect();
+            a.extend(
+                reqs.iter()
+                    .filter(|o| o.anti.contains(&r.vm))
+                    .map(|o| o.vm.as_str()),
+            );
+            (r.vm.as_str(), a)
+        })
+        .collect();
     let mut work = nodes.to_vec();
     let mut chosen: Vec<usize> = Vec::new();
     let mut budget = SEARCH_BUDGET;
-    if search(&mut work, &order, &all, policy, &mut chosen, &mut budget) {
+    // Each node's position by name (the last tie-break).
+    let mut by_name: Vec<usize> = (0..nodes.len()).collect();
+    by_name.sort_by(|&a, &b| nodes[a].name.cmp(&nodes[b].name));
+    let mut rank = vec![0; nodes.len()];
+    for (pos, &i) in by_name.iter().enumerate() {
+        rank[i] = pos;
+    }
+    if search(
+        &mut work,
+        &rank,
+        &order,
+        &avoid,
+        policy,
+        &mut chosen,
+        &mut budget,
+    ) {
         return Ok(order
             .iter()
             .zip(chosen)
@@ -168,8 +195,9 @@ pub fn place(
 
 fn search(
     work: &mut Vec<NodeCap>,
+    rank: &[usize],
     order: &[&Request],
-    all: &BTreeMap<&str, &Request>,
+    avoid: &BTreeMap<&str, BTreeSet<&str>>,
     policy: Placement,
     chosen: &mut Vec<usize>,
     budget: &mut usize,
@@ -181,41 +209,61 @@ fn search(
         return false;
     }
     *budget -= 1;
-    let mut cands: Vec<usize> = (0..work.len())
+    let no_avoid = BTreeSet::new();
+    let avoid_r = avoid.get(r.vm.as_str()).unwrap_or(&no_avoid);
+    let cands: Vec<usize> = (0..work.len())
         .filter(|&i| {
             let n = &work[i];
-            r.only.as_ref().is_none_or(|o| *o == n.name) && n.fits(r) && !conflicts(r, n, all)
+            r.only.as_ref().is_none_or(|o| *o == n.name) && n.fits(r) && !conflicts(avoid_r, n)
         })
         .collect();
-    cands.sort_by(|&a, &b| {
-        let (na, nb) = (&work[a], &work[b]);
-        let mirror = |n: &NodeCap| r.mirrors.contains(&n.name);
-        // Free memory after placing, in per-mille of the node, then CPUs.
-        let load = |n: &NodeCap| {
-            (
-                (n.free_mem() - r.mem_mib) * 1000 / n.mem_mib.max(1),
-                n.free_cpus() - r.cpus,
-            )
+    // Sort keys, computed once (the node table is back to this state
+    // whenever the next candidate is tried): mirrors first, then by
+    // policy on the free memory after placing, in per-mille of the node,
+    // then free CPUs; then by name (`rank`), so the order is total.
+    let key = |i: usize| {
+        let n = &work[i];
+        let load = (
+            (n.free_mem() - r.mem_mib) * 1000 / n.mem_mib.max(1),
+            n.free_cpus() - r.cpus,
+        );
+        let load = match policy {
+            Placement::Spread => (u64::MAX - load.0, u64::MAX - load.1),
+            Placement::Pack => load,
         };
-        let by_policy = match policy {
-            Placement::Spread => load(nb).cmp(&load(na)),
-            Placement::Pack => load(na).cmp(&load(nb)),
+        (!r.mirrors.contains(&n.name), load, rank[i])
+    };
+    let mut keyed: Vec<_> = cands.iter().map(|&i| (key(i), i)).collect();
+    // Try the best candidate first; sort the rest only when backtracking
+    // needs them.
+    let Some(best) = (0..keyed.len()).min_by_key(|&x| keyed[x].0) else {
+        return false;
+    };
+    let first = keyed.swap_remove(best).1;
+    let mut sorted = false;
+    let mut k = 0;
+    loop {
+        let i = if k == 0 {
+            first
+        } else {
+            if !sorted {
+                keyed.sort_unstable();
+                sorted = true;
+            }
+            match keyed.get(k - 1) {
+                Some(&(_, i)) => i,
+                None => return false,
+            }
         };
-        mirror(nb)
-            .cmp(&mirror(na))
-            .then(by_policy)
-            .then(na.name.cmp(&nb.name))
-    });
-    for i in cands {
+        k += 1;
         work[i].reserve(r);
         chosen.push(i);
-        if search(work, order, all, policy, chosen, budget) {
+        if search(work, rank, order, avoid, policy, chosen, budget) {
             return true;
         }
         chosen.pop();
         work[i].release(r);
     }
-    false
 }
 
 fn explain_alone(nodes: &[NodeCap], r: &Request) -> Result<(), Refusal> {
