@@ -877,7 +877,13 @@ impl Filesystem for GvsFs {
         }
         let parent = tri!(reply, writable(parent.0));
         if name == SNAPSHOTS {
-            reply.error(Errno::EROFS);
+            // Virtual: "removing" it succeeds when it holds no snapshot,
+            // so that `rm -r` of a directory works.
+            if snapshot::list(&self.gvs, parent).is_empty() {
+                reply.ok();
+            } else {
+                reply.error(Errno::ENOTEMPTY);
+            }
             return;
         }
         tri!(reply, self.gvs.remove(parent, name, true));

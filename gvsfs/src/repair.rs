@@ -25,24 +25,34 @@ use crate::stats::Stats;
 /// Chunks fetched at a time.
 const BATCH: usize = 64;
 
-/// Whether a volume has missed-commit records (`any_live`: of a live node).
-pub fn missing_of(gvs: &Gvs, ino: u64, any_live: bool) -> bool {
-    let live: HashSet<String> = gvs.nodes().into_iter().map(|(n, _)| n).collect();
+/// Whether a volume has missed-commit records (`in_progress`: only
+/// those a returning node is repairing now).
+pub fn missing_of(gvs: &Gvs, ino: u64, in_progress: bool) -> bool {
     let suffix = format!("/{ino:016x}");
     gvs.mirror
         .range(meta::MISSING_PREFIX)
         .into_iter()
         .filter(|(k, _)| k.ends_with(&suffix))
-        .any(|(k, _)| {
-            let node = k[meta::MISSING_PREFIX.len()..k.len() - suffix.len()].to_string();
-            !any_live || live.contains(&node)
-        })
+        .any(|(_, v)| !in_progress || v.value == REPAIRING)
 }
+
+/// The value a node gives its missed-commit record while repairing it.
+const REPAIRING: &[u8] = b"repairing";
 
 /// Repairs this node's copy of `ino` and drops its record (if it did not
 /// change meanwhile). Returns the chunks copied.
 fn repair_one(gvs: &Gvs, ino: u64, key: &str, rev: u64) -> Result<u64> {
     let mut copied = 0;
+    // Marked as being repaired (gvs.state reads `repairing`); a commit
+    // missed meanwhile rewrites the record, and the final delete fails.
+    if !gvs.txn(Txn {
+        compare: vec![unchanged(key, rev)],
+        success: vec![crate::gvs::put(key, REPAIRING.to_vec())],
+        failure: vec![],
+    })? {
+        return Ok(0);
+    }
+    let rev = gvs.mirror.get(key).map_or(0, |v| v.mod_rev);
     match gvs.inode(ino) {
         Ok((rec, _)) if rec.kind == Kind::File && rec.replicas.contains(&gvs.me) => {
             if let Some(root) = rec.root {

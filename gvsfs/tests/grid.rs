@@ -218,12 +218,19 @@ fn a_mirror_killed_during_writes_leaves_the_volume_degraded_and_data_intact_and_
             "node{i} after the restart"
         );
     }
-    assert_eq!(
-        sh(
-            &grid,
-            victim,
-            "getfattr --absolute-names --only-values -n gvs.state /gvs/v.vol"
-        ),
-        "degraded"
+    // The returning mirror is brought up to date from gvs/missing/: the
+    // volume is in sync again and its own copy of the late data is there.
+    eventually(
+        &grid,
+        victim,
+        "test \"$(getfattr --absolute-names --only-values -n gvs.state /gvs/v.vol)\" = in-sync",
+        30,
     );
+    assert!(sh(
+        &grid,
+        victim,
+        "getfattr --absolute-names --only-values -n gvs.debug.chunk.5000000 /gvs/v.vol"
+    )
+    .ends_with(" intact"));
+    assert_eq!(md5(&grid, victim, "/gvs/v.vol"), want);
 }
