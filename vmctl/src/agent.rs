@@ -450,9 +450,11 @@ impl Agent {
     async fn migrate_out(&mut self, name: &str, id: u64, to: &str, port: u16) -> bool {
         let me = self.cfg.node.clone();
         tracing::info!("{name}: live-migrating to {to}:{port}");
+        // Megabits a second to bytes.
+        let max_bps = self.cfg.bw_mbit * 125_000;
         let res = {
             let l = self.locals.get_mut(name).expect("local");
-            block(|| l.inst.migrate(to, port))
+            block(|| l.inst.migrate(to, port, max_bps))
         };
         let mut report = MigrationReport {
             id,

@@ -104,9 +104,15 @@ pub trait Instance: Send {
     fn kill(&mut self);
     /// Its hypervisor process, when there is one on this node.
     fn pid(&self) -> Option<u32>;
-    /// Live-migrates it to `dest_host:port`, returning when done (the
-    /// source is then paused, its disks flushed; the caller stops it).
-    fn migrate(&mut self, dest_host: &str, port: u16) -> Result<MigrationStats, BackendError>;
+    /// Live-migrates it to `dest_host:port` at no more than `max_bps`
+    /// bytes a second, returning when done (the source is then paused, its
+    /// disks flushed; the caller stops it).
+    fn migrate(
+        &mut self,
+        dest_host: &str,
+        port: u16,
+        max_bps: u64,
+    ) -> Result<MigrationStats, BackendError>;
 }
 
 /// What the hypervisor reports of a completed live migration.

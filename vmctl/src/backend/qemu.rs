@@ -381,11 +381,21 @@ impl Instance for QemuInstance {
         Some(self.child.id())
     }
 
-    fn migrate(&mut self, dest_host: &str, port: u16) -> Result<MigrationStats, BackendError> {
+    fn migrate(
+        &mut self,
+        dest_host: &str,
+        port: u16,
+        max_bps: u64,
+    ) -> Result<MigrationStats, BackendError> {
         let q = self
             .qmp
             .as_mut()
             .ok_or_else(|| BackendError::Qmp("not connected".into()))?;
+        // QEMU's default cap is 32 MiB/s; the node's own bandwidth instead.
+        q.execute(
+            "migrate-set-parameters",
+            Some(json!({ "max-bandwidth": max_bps.max(1 << 20) })),
+        )?;
         q.execute(
             "migrate",
             Some(json!({ "uri": format!("tcp:{dest_host}:{port}") })),

@@ -178,6 +178,7 @@ impl Instance for XlInstance {
         &mut self,
         dest_host: &str,
         _port: u16,
+        _max_bps: u64,
     ) -> Result<super::MigrationStats, BackendError> {
         XlCommand::Migrate(self.name.clone(), dest_host.to_string())
             .run()
