@@ -71,10 +71,19 @@ fn a_watch_on_a_member_that_is_cut_off_resumes_elsewhere_and_misses_nothing() {
     let grid = GridGuard::up("mwcut", 4).unwrap();
     metad_leader(&grid, 4);
     // The watch starts on node1 (listed first): the member about to be cut.
+    // It starts from a known revision, so that no put can race ahead of it.
+    let r = grid.sh(4, "metad put wcut-start x");
+    let rev: u64 = r
+        .stdout
+        .trim()
+        .trim_start_matches("revision ")
+        .parse()
+        .unwrap();
+    let from = (rev + 1).to_string();
     let mut watch = grid
         .command(4, "metad")
         .args(["--endpoints", "node1:2380,node2:2380,node3:2380"])
-        .args(["watch", "wcut/"])
+        .args(["watch", "wcut/", "--from", &from])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
