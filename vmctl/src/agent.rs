@@ -565,6 +565,15 @@ impl Agent {
         }
     }
 
+    /// Whether the incoming half of a live migration runs (the migration
+    /// completed).
+    fn incoming_runs(&mut self, name: &str) -> bool {
+        match self.locals.get_mut(name) {
+            Some(l) => block(|| l.inst.state()) == RunState::Running,
+            None => false,
+        }
+    }
+
     /// Makes this node run exactly the VMs reserved on it that should run,
     /// plus the incoming halves of live migrations to it.
     async fn reconcile_local(&mut self) -> Result<(), StoreError> {
@@ -640,6 +649,20 @@ impl Agent {
                         nm.port = Some(port);
                         // A lost race is retried on the next pass.
                         let _ = self.store.cas(&model::vm_key(name), v.rev, &nv).await;
+                    } else if self.incoming_runs(name) {
+                        // The guest runs here: the migration completed (a
+                        // source QEMU never resumes after completing). The
+                        // target moves the record itself, so that a source
+                        // agent dying now does not cost the guest a reboot;
+                        // the source adds the downtime when it gets there.
+                        let mut nv = v.value.clone();
+                        nv.node = Some(me.clone());
+                        nv.migration = None;
+                        nv.target = None;
+                        nv.reason = None;
+                        if let Ok(true) = self.store.cas(&model::vm_key(name), v.rev, &nv).await {
+                            tracing::info!("{name}: migrated in; the record names {me} now");
+                        }
                     }
                 }
                 Some(None) => {}

@@ -175,7 +175,8 @@ pub struct VmRecord {
 /// checks the target's capacity and writes `Accepted` (the VM is then
 /// reserved on both nodes) or refuses; the target's agent starts QEMU with
 /// `-incoming` and writes `Incoming` with its port; the source's agent
-/// migrates, stops its QEMU and moves the record's `node` to the target.
+/// migrates and stops its QEMU; the record's `node` moves to the target
+/// (written by whichever of the two agents sees the migration complete first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MigrationPhase {
