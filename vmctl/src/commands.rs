@@ -389,6 +389,12 @@ fn view(v: VmRecord, st: Option<VmStatus>) -> VmView {
         (None, _) if v.desired == Desired::Running => "pending".into(),
         (None, _) => "stopped".into(),
     };
+    let state = match &v.migration {
+        Some(m) if state == "running" && m.phase != model::MigrationPhase::Requested => {
+            format!("migrating to {}", m.to)
+        }
+        _ => state,
+    };
     let reason = v
         .reason
         .clone()
@@ -459,7 +465,9 @@ pub async fn app_list(store: &Store, json: bool) -> Result<(), CmdError> {
             components: a.value.spec.components.len(),
             running: vms
                 .iter()
-                .filter(|v| v.record.app == k && v.state == "running")
+                .filter(|v| {
+                    v.record.app == k && (v.state == "running" || v.state.starts_with("migrating"))
+                })
                 .count(),
             name: k,
             desired: a.value.desired,
