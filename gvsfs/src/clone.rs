@@ -30,6 +30,8 @@
 //! EISDIR (the source is not a volume), ENOTDIR, EINVAL (a bad name or
 //! struct), EROFS (a destination inside a snapshot).
 
+use std::path::{Path, PathBuf};
+
 use metad::{Compare, CompareTarget, Txn};
 
 use crate::blockmap::BlockMap;
@@ -283,4 +285,60 @@ fn clone_into(
     drop(v);
     gvs.invalidate(ino);
     Ok((ino, rec))
+}
+
+/// Client side of `gvsfs clone` (and `gvsfs rollback`): the clone ioctl
+/// on `src`, naming `dst` by its directory's inode number and its name.
+/// `force` replaces an existing `dst` (GVS_CLONE_REPLACE). If `dst` is a
+/// directory, the clone goes into it under `src`'s name.
+pub fn clone_path(src: &Path, dst: &Path, force: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+
+    let f = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let mut dst = dst.to_path_buf();
+    if dst.is_dir() {
+        let name = src
+            .file_name()
+            .with_context(|| format!("{} has no file name", src.display()))?;
+        dst.push(name);
+    }
+    let name = dst
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: the destination needs a UTF-8 file name", dst.display()))?
+        .to_string();
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let pmeta =
+        std::fs::metadata(&parent).with_context(|| format!("reading {}", parent.display()))?;
+    if pmeta.dev() != f.metadata()?.dev() {
+        anyhow::bail!(
+            "{} and {} are not on the same gvs mount",
+            src.display(),
+            dst.display()
+        );
+    }
+    let arg = CloneArg {
+        dst_parent: pmeta.ino(),
+        flags: if force { GVS_CLONE_REPLACE } else { 0 },
+        name,
+    }
+    .encode()?;
+    // SAFETY: the request number encodes the struct's size, and `arg`
+    // is exactly that many bytes, alive for the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), GVS_IOC_CLONE as libc::Ioctl, arg.as_ptr()) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        let hint = match e.raw_os_error() {
+            Some(libc::EEXIST) => " (use --force to replace it)",
+            Some(libc::ENOTTY) => " (not a gvs volume)",
+            _ => "",
+        };
+        anyhow::bail!("cloning {} to {}: {e}{hint}", src.display(), dst.display());
+    }
+    Ok(())
 }

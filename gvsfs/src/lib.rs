@@ -16,12 +16,15 @@
 //! - [`fs`]: the FUSE file system;
 //! - [`clone`]: copy-on-write clones (copy_file_range and the clone ioctl);
 //! - [`snapshot`]: snapshot directories (`.snapshots/`);
+//! - [`backup`]: `gvsfs export`/`import`, raw and sparse;
+//! - [`rollback`]: `gvsfs rollback` of a directory to a snapshot;
 //! - [`gc`]: mark-and-sweep garbage collection of each node's store;
 //! - [`scrub`]: background verification and rewriting of bad chunks;
 //! - [`repair`]: bringing a replica that missed commits up to date;
 //! - [`stats`]: the node's counters;
 //! - [`daemon`]: startup, registration, mount and shutdown.
 
+pub mod backup;
 pub mod blockmap;
 pub mod chunk;
 pub mod clone;
@@ -35,6 +38,7 @@ pub mod mirror;
 pub mod net;
 pub mod placement;
 pub mod repair;
+pub mod rollback;
 pub mod scrub;
 pub mod snapshot;
 pub mod stats;

@@ -1,6 +1,6 @@
 //! `gvsfs`: the grid's node storage daemon: the /gvs FUSE mount and the chunk store.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +46,43 @@ enum Cmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// Write the raw contents of the volume VOL to FILE (or stdout),
+    /// reading only its data extents (SEEK_DATA/SEEK_HOLE). FILE is left
+    /// sparse where VOL is; a pipe gets zeros for the holes. A progress
+    /// bar is drawn on stderr when it is a terminal.
+    Export {
+        /// The volume (a file under /gvs, a snapshot's too).
+        vol: PathBuf,
+        /// The output file (created or truncated); stdout if not given.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Create the volume VOL under /gvs from the raw image FILE, writing
+    /// only FILE's data extents, then set its size and fsync it. Other
+    /// image formats: `qemu-img convert -O raw IMAGE /gvs/...`.
+    Import {
+        /// The raw image.
+        file: PathBuf,
+        /// The new volume (under /gvs).
+        vol: PathBuf,
+        /// Replace VOL if it exists.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Restore every volume below DIR to its state in the snapshot
+    /// DIR/.snapshots/SNAPSHOT, by cloning each one back in place (no data
+    /// is copied; directories missing from DIR are recreated). Volumes
+    /// created after the snapshot are kept unless --prune is given. The
+    /// volumes are restored one by one: stop DIR's writers first.
+    Rollback {
+        /// The directory the snapshot was taken of.
+        dir: PathBuf,
+        /// The snapshot's name (in DIR/.snapshots/).
+        snapshot: String,
+        /// Also remove volumes and directories the snapshot does not have.
+        #[arg(long)]
+        prune: bool,
+    },
 }
 
 fn main() {
@@ -57,74 +94,25 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Mount(args) => gvsfs::daemon::run(args, cli.endpoints, &cli.secret_file),
-        Cmd::Clone { src, dst, force } => clone(&src, &dst, force),
+        Cmd::Clone { src, dst, force } => gvsfs::clone::clone_path(&src, &dst, force),
+        Cmd::Export { vol, output } => gvsfs::backup::export(&vol, output.as_deref()).map(|_| ()),
+        Cmd::Import { file, vol, force } => gvsfs::backup::import(&file, &vol, force).map(|_| ()),
+        Cmd::Rollback {
+            dir,
+            snapshot,
+            prune,
+        } => gvsfs::rollback::rollback(&dir, &snapshot, prune).map(|r| {
+            println!(
+                "{}: {} volumes restored from {snapshot}, {} directories recreated, {} entries pruned",
+                dir.display(),
+                r.restored,
+                r.dirs_created,
+                r.pruned
+            )
+        }),
     };
     if let Err(e) = r {
         eprintln!("gvsfs: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// `gvsfs clone`: the clone ioctl on SRC, naming DST by its directory's
-/// inode number and its name.
-fn clone(src: &Path, dst: &Path, force: bool) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::MetadataExt;
-
-    let f = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
-    let mut dst = dst.to_path_buf();
-    if dst.is_dir() {
-        let name = src
-            .file_name()
-            .with_context(|| format!("{} has no file name", src.display()))?;
-        dst.push(name);
-    }
-    let name = dst
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("{}: the destination needs a UTF-8 file name", dst.display()))?
-        .to_string();
-    let parent = match dst.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let pmeta =
-        std::fs::metadata(&parent).with_context(|| format!("reading {}", parent.display()))?;
-    if pmeta.dev() != f.metadata()?.dev() {
-        anyhow::bail!(
-            "{} and {} are not on the same gvs mount",
-            src.display(),
-            dst.display()
-        );
-    }
-    let arg = gvsfs::clone::CloneArg {
-        dst_parent: pmeta.ino(),
-        flags: if force {
-            gvsfs::clone::GVS_CLONE_REPLACE
-        } else {
-            0
-        },
-        name,
-    }
-    .encode()?;
-    // SAFETY: the request number encodes the struct's size, and `arg`
-    // is exactly that many bytes, alive for the call.
-    let r = unsafe {
-        libc::ioctl(
-            f.as_raw_fd(),
-            gvsfs::clone::GVS_IOC_CLONE as libc::Ioctl,
-            arg.as_ptr(),
-        )
-    };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        let hint = match e.raw_os_error() {
-            Some(libc::EEXIST) => " (use --force to replace it)",
-            Some(libc::ENOTTY) => " (not a gvs volume)",
-            _ => "",
-        };
-        anyhow::bail!("cloning {} to {}: {e}{hint}", src.display(), dst.display());
-    }
-    Ok(())
 }
