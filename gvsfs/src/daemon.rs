@@ -270,10 +270,11 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
         std::thread::spawn(move || background_commits(&gvs, every));
     }
     {
-        let (g1, g2, g3) = (gvs.clone(), gvs.clone(), gvs.clone());
+        let (g1, g2, g3, g4) = (gvs.clone(), gvs.clone(), gvs.clone(), gvs.clone());
         std::thread::spawn(move || crate::gc::run(g1));
         std::thread::spawn(move || crate::scrub::run(g2));
         std::thread::spawn(move || crate::repair::run(g3));
+        std::thread::spawn(move || crate::remirror::run(g4));
     }
     let bg = session.spawn()?;
     tracing::info!("mounted {}", args.mountpoint.display());

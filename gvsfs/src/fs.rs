@@ -327,6 +327,9 @@ impl GvsFs {
                 conf(g, "gc_interval_secs", crate::gc::DEFAULT_INTERVAL_SECS).to_string()
             }
             "gvs.scrub.rate" => conf(g, "scrub_rate", crate::scrub::DEFAULT_RATE).to_string(),
+            "gvs.repair.grace_secs" => {
+                conf(g, "repair_grace_secs", crate::remirror::DEFAULT_GRACE_SECS).to_string()
+            }
             "gvs.stats" => {
                 let mut out = format!(
                     "{}: {} store_bytes={} store_put_bytes={} chunks={}\n",
@@ -354,6 +357,7 @@ impl GvsFs {
             "gvs.gc.grace_secs" => "gc_grace_secs",
             "gvs.gc.interval_secs" => "gc_interval_secs",
             "gvs.scrub.rate" => "scrub_rate",
+            "gvs.repair.grace_secs" => "repair_grace_secs",
             "gvs.gc.now" => "gc_now",
             "gvs.scrub.now" => "scrub_now",
             _ => return Err(GvsError::Invalid(format!("unknown attribute {name}"))),
@@ -529,7 +533,10 @@ impl GvsFs {
             .unwrap_or("")
             .trim()
             .trim_end_matches('\0');
-        if ino == meta::ROOT_INO && (name.starts_with("gvs.gc.") || name.starts_with("gvs.scrub."))
+        if ino == meta::ROOT_INO
+            && (name.starts_with("gvs.gc.")
+                || name.starts_with("gvs.scrub.")
+                || name.starts_with("gvs.repair."))
         {
             return self.set_root_xattr(name, text);
         }

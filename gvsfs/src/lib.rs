@@ -21,6 +21,7 @@
 //! - [`gc`]: mark-and-sweep garbage collection of each node's store;
 //! - [`scrub`]: background verification and rewriting of bad chunks;
 //! - [`repair`]: bringing a replica that missed commits up to date;
+//! - [`remirror`]: rebuilding a gone node's mirrors on other nodes;
 //! - [`stats`]: the node's counters;
 //! - [`daemon`]: startup, registration, mount and shutdown.
 
@@ -37,6 +38,7 @@ pub mod meta;
 pub mod mirror;
 pub mod net;
 pub mod placement;
+pub mod remirror;
 pub mod repair;
 pub mod rollback;
 pub mod scrub;

@@ -6,8 +6,8 @@
 //! anything: it only adds chunks. `gvs.state` reads `repairing` while a
 //! live replica has records left.
 //!
-//! Not done here: rebuilding the mirrors of a node that stays down on
-//! other nodes (re-placement).
+//! Rebuilding the mirrors of a node that stays down on other nodes
+//! ([`crate::remirror`]) reuses this: each new replica gets a record.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -1,0 +1,69 @@
+//! Self-healing: a node whose gvsfs stays down past the grace period has
+//! its mirrors rebuilt on the other nodes, until every volume has its
+//! mirror count again, in sync, with its data intact.
+
+mod common;
+
+use common::{md5, sh, stat, wait_mounted, xattr};
+use devgrid::GridGuard;
+
+#[test]
+fn a_node_down_past_the_grace_period_has_its_mirrors_rebuilt_elsewhere() {
+    let grid = GridGuard::up("gvrmr", 3).unwrap();
+    wait_mounted(&grid, 3);
+    sh(&grid, 1, "setfattr -n gvs.repair.grace_secs -v 3 /gvs");
+    assert_eq!(xattr(&grid, 2, "/gvs", "gvs.repair.grace_secs"), "3");
+    sh(
+        &grid,
+        1,
+        "mkdir -p /gvs/rm && for i in 1 2 3 4 5 6; do head -c 2097152 /dev/urandom > /gvs/rm/v$i.vol; done && sync",
+    );
+    let vols: Vec<String> = (1..=6).map(|i| format!("/gvs/rm/v{i}.vol")).collect();
+    let sums: Vec<String> = vols.iter().map(|v| md5(&grid, 1, v)).collect();
+    // The victim: a replica of the first volume other than node1.
+    let replicas = xattr(&grid, 1, &vols[0], "gvs.replicas");
+    let victim: usize = replicas
+        .split(',')
+        .filter_map(|n| n.trim().strip_prefix("node")?.parse().ok())
+        .find(|&n| n != 1)
+        .expect("a replica besides node1");
+    let held = vols
+        .iter()
+        .filter(|v| {
+            xattr(&grid, 1, v, "gvs.replicas")
+                .split(',')
+                .any(|n| n == format!("node{victim}"))
+        })
+        .count();
+    let others: Vec<usize> = (1..=3).filter(|&i| i != victim).collect();
+    let before: u64 = others
+        .iter()
+        .map(|&i| stat(&grid, i, "repair_chunks"))
+        .sum();
+
+    grid.kill(victim, Some("gvsfs")).unwrap();
+    let check = format!(
+        "for f in {}; do r=$(getfattr --absolute-names --only-values -n gvs.replicas $f); \
+         s=$(getfattr --absolute-names --only-values -n gvs.state $f); \
+         case \",$r,\" in *,node{victim},*) echo \"$f $r $s\"; exit 1;; esac; \
+         [ $(echo $r | tr ',' '\\n' | wc -l) = 2 ] && [ \"$s\" = in-sync ] || {{ echo \"$f $r $s\"; exit 1; }}; done",
+        vols.join(" ")
+    );
+    common::eventually(&grid, others[0], &check, 90);
+
+    // The new replicas copied the chunks; every volume reads back intact
+    // on both live nodes.
+    let after: u64 = others
+        .iter()
+        .map(|&i| stat(&grid, i, "repair_chunks"))
+        .sum();
+    assert!(
+        after > before,
+        "{held} volumes lost a mirror but no chunk was copied"
+    );
+    for &i in &others {
+        for (v, want) in vols.iter().zip(&sums) {
+            assert_eq!(&md5(&grid, i, v), want, "node{i} {v}");
+        }
+    }
+}
