@@ -3,75 +3,15 @@
 //! own copies: fencing); a VM whose hypervisor dies is restarted, and one
 //! that dies three times within an hour stays stopped with the reason.
 
-use devgrid::GridGuard;
-use serde_json::Value;
-use std::path::Path;
+mod common;
+
+use common::{import_appliance, node_num, ok, vm, vmctl, wait_nodes};
+use devgrid::{wait_for, GridGuard};
 use std::time::{Duration, Instant};
-
-fn import_appliance(grid: &GridGuard) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/build.sh");
-    let out = std::process::Command::new("sh")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = grid
-        .command(1, "sh")
-        .arg(&script)
-        .args(["import", "/gvs/catalog/tiny"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn vmctl(grid: &GridGuard, node: usize, args: &[&str]) -> (bool, String, String) {
-    let out = grid.command(node, "vmctl").args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(grid: &GridGuard, node: usize, args: &[&str]) -> String {
-    let (good, out, err) = vmctl(grid, node, args);
-    assert!(good, "vmctl {}: {out}{err}", args.join(" "));
-    out
-}
-
-fn vm(grid: &GridGuard, cli: usize, name: &str) -> Value {
-    serde_json::from_str(&ok(grid, cli, &["vm", "show", name, "--json"])).unwrap()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 fn setup(grid: &GridGuard, app: &str) {
     import_appliance(grid);
-    wait_for("3 agents", Duration::from_secs(60), || {
-        let (_, out, _) = vmctl(grid, 1, &["node", "list", "--json"]);
-        let v: Value = serde_json::from_str(&out).ok()?;
-        (v.as_array()?.len() == 3).then_some(())
-    });
+    wait_nodes(grid, 3);
     let d = std::env::temp_dir().join(format!("vmctl-test-{app}.toml"));
     std::fs::write(
         &d,
@@ -85,14 +25,8 @@ fn setup(grid: &GridGuard, app: &str) {
     ok(grid, 1, &["app", "start", app]);
 }
 
-fn node_num(v: &Value) -> Option<usize> {
-    v["node"].as_str()?.trim_start_matches("node").parse().ok()
-}
-
 fn console(grid: &GridGuard, node: usize, name: &str) -> String {
-    vmctl(grid, node, &["vm", "console", name])
-        .1
-        .replace('\r', "")
+    String::from_utf8_lossy(&vmctl(grid, node, &["vm", "console", name]).stdout).replace('\r', "")
 }
 
 #[test]
@@ -100,10 +34,10 @@ fn a_cut_off_node_s_vms_run_again_on_the_others() {
     let grid = GridGuard::up("vmfail", 3).unwrap();
     setup(&grid, "fo");
     let name = "fo.x";
-    let first = wait_for("placement", Duration::from_secs(30), || {
+    let first = wait_for(Duration::from_secs(30), "placement", || {
         node_num(&vm(&grid, 1, name))
     });
-    wait_for("the first boot", Duration::from_secs(120), || {
+    wait_for(Duration::from_secs(120), "the first boot", || {
         console(&grid, first, name)
             .contains("VMCTL-READY")
             .then_some(())
@@ -112,11 +46,11 @@ fn a_cut_off_node_s_vms_run_again_on_the_others() {
     let cli = if first == 1 { 2 } else { 1 };
     grid.cut(first, false).unwrap();
     let cut_at = Instant::now();
-    let second = wait_for("failover", Duration::from_secs(30), || {
+    let second = wait_for(Duration::from_secs(30), "failover", || {
         node_num(&vm(&grid, cli, name)).filter(|&n| n != first)
     });
     let placed = cut_at.elapsed();
-    wait_for("the guest on its new node", Duration::from_secs(60), || {
+    wait_for(Duration::from_secs(60), "the guest on its new node", || {
         let v = vm(&grid, cli, name);
         (v["state"] == "running"
             && console(&grid, second, name).contains("VMCTL-BOOT fo.x on node"))
@@ -137,8 +71,8 @@ fn a_cut_off_node_s_vms_run_again_on_the_others() {
     // (Nodes share the host's pid namespace: the old QEMU is found by pid.)
     let proc_dir = format!("/proc/{old_pid}");
     wait_for(
-        "the cut node to stop its copy",
         Duration::from_secs(30),
+        "the cut node to stop its copy",
         || {
             let stat = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
             // Gone, or a zombie its agent has not reaped yet.
@@ -159,7 +93,7 @@ fn a_crashing_vm_is_restarted_until_it_flaps() {
     let name = "fl.x";
     let mut last_pid = 0;
     for crash in 1..=3 {
-        let (node, pid) = wait_for("a running QEMU", Duration::from_secs(30), || {
+        let (node, pid) = wait_for(Duration::from_secs(30), "a running QEMU", || {
             let v = vm(&grid, 1, name);
             let pid = v["status"]["pid"].as_u64()?;
             (v["state"] == "running" && pid != last_pid).then_some((node_num(&v)?, pid))
@@ -172,7 +106,7 @@ fn a_crashing_vm_is_restarted_until_it_flaps() {
             .unwrap();
         assert!(st.success(), "crash {crash}: kill {pid}");
     }
-    let v = wait_for("the flapping guard", Duration::from_secs(30), || {
+    let v = wait_for(Duration::from_secs(30), "the flapping guard", || {
         let v = vm(&grid, 1, name);
         (v["state"] == "failed" && v["node"].is_null()).then_some(v)
     });

@@ -3,87 +3,20 @@
 //! start and each VM boots from its own cloned volume; a volume follows its
 //! VM to another node; refusals and bad descriptors say why.
 
-use devgrid::GridGuard;
+mod common;
+
+use common::{import_appliance, ok, vm, vmctl, wait_nodes};
+use devgrid::{wait_for, GridGuard};
 use serde_json::Value;
-use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
-
-/// Builds the appliance on the host (cached) and imports it into
-/// /gvs/catalog/tiny from node 1.
-fn import_appliance(grid: &GridGuard) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/build.sh");
-    let out = std::process::Command::new("sh")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = grid
-        .command(1, "sh")
-        .arg(&script)
-        .args(["import", "/gvs/catalog/tiny"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn vmctl(grid: &GridGuard, node: usize, args: &[&str]) -> Output {
-    grid.command(node, "vmctl").args(args).output().unwrap()
-}
-
-fn ok(grid: &GridGuard, node: usize, args: &[&str]) -> String {
-    let out = vmctl(grid, node, args);
-    assert!(
-        out.status.success(),
-        "vmctl {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json(grid: &GridGuard, args: &[&str]) -> Value {
-    serde_json::from_str(&ok(grid, 1, args)).unwrap()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn wait_nodes(grid: &GridGuard, n: usize) {
-    wait_for("the agents to register", Duration::from_secs(60), || {
-        let out = vmctl(grid, 1, &["node", "list", "--json"]);
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v.as_array()?.len() == n).then_some(())
-    });
-}
 
 /// Node number of VM `name`, once it is reserved somewhere.
 fn node_of(grid: &GridGuard, name: &str) -> usize {
     wait_for(
-        &format!("{name} to be placed"),
         Duration::from_secs(30),
+        &format!("{name} to be placed"),
         || {
-            let v = json(grid, &["vm", "show", name, "--json"]);
+            let v = vm(grid, 1, name);
             let n = v["node"]
                 .as_str()?
                 .trim_start_matches("node")
@@ -97,7 +30,7 @@ fn node_of(grid: &GridGuard, name: &str) -> usize {
 /// Waits until `name`'s console (read on its node) contains `marker`.
 fn console_shows(grid: &GridGuard, name: &str, marker: &str, timeout: Duration) -> String {
     let node = node_of(grid, name);
-    wait_for(&format!("{marker:?} on {name}'s console"), timeout, || {
+    wait_for(timeout, &format!("{marker:?} on {name}'s console"), || {
         let out = vmctl(grid, node, &["vm", "console", name]);
         // The serial console ends lines with CR LF.
         let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
@@ -171,7 +104,7 @@ fn an_application_of_three_boots_each_vm_from_its_own_volume() {
             text.contains(&format!("VMCTL-BOOT {name} on node")),
             "{text}"
         );
-        let v = json(&grid, &["vm", "show", &name, "--json"]);
+        let v = vm(&grid, 1, &name);
         assert_eq!(v["state"], "running", "{v}");
         disks.push(v["record"]["disks"][0].as_str().unwrap().to_string());
     }
@@ -189,7 +122,7 @@ fn an_application_of_three_boots_each_vm_from_its_own_volume() {
     );
 
     // Too big for the grid: refused whole, with the reason, nothing reserved.
-    let before = json(&grid, &["node", "list", "--json"]);
+    let before = serde_json::from_str::<Value>(&ok(&grid, 1, &["node", "list", "--json"])).unwrap();
     let huge = dir.join("huge.toml");
     std::fs::write(
         &huge,
@@ -207,7 +140,7 @@ fn an_application_of_three_boots_each_vm_from_its_own_volume() {
         ),
         "{err}"
     );
-    let after = json(&grid, &["node", "list", "--json"]);
+    let after = serde_json::from_str::<Value>(&ok(&grid, 1, &["node", "list", "--json"])).unwrap();
     let used = |v: &Value| -> Vec<u64> {
         v.as_array()
             .unwrap()
@@ -220,13 +153,14 @@ fn an_application_of_three_boots_each_vm_from_its_own_volume() {
         used(&after),
         "the refused app reserved something"
     );
-    let small = json(&grid, &["vm", "show", "huge.small", "--json"]);
+    let small = vm(&grid, 1, "huge.small");
     assert_eq!(small["node"], Value::Null);
     ok(&grid, 1, &["app", "destroy", "huge"]);
 
     // Stop releases everything; destroy removes the volumes.
     ok(&grid, 1, &["app", "stop", "trio"]);
-    let stopped = json(&grid, &["node", "list", "--json"]);
+    let stopped =
+        serde_json::from_str::<Value>(&ok(&grid, 1, &["node", "list", "--json"])).unwrap();
     assert!(used(&stopped).iter().all(|&m| m == 0), "{stopped}");
     ok(&grid, 1, &["app", "destroy", "trio"]);
     let out = grid.command(1, "ls").arg("/gvs/apps").output().unwrap();

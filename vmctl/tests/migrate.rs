@@ -4,73 +4,12 @@
 //! a few seconds) and the downtime QEMU reports is in the VM's status. A
 //! migration to a node without room is refused with the reason.
 
-use devgrid::GridGuard;
-use serde_json::Value;
-use std::path::Path;
-use std::process::{Output, Stdio};
+mod common;
+
+use common::{import_appliance, node_num, ok, vm, vmctl, wait_nodes};
+use devgrid::{wait_for, GridGuard};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn import_appliance(grid: &GridGuard) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/build.sh");
-    let out = std::process::Command::new("sh")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = grid
-        .command(1, "sh")
-        .arg(&script)
-        .args(["import", "/gvs/catalog/tiny"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn vmctl(grid: &GridGuard, node: usize, args: &[&str]) -> Output {
-    grid.command(node, "vmctl").args(args).output().unwrap()
-}
-
-fn ok(grid: &GridGuard, args: &[&str]) -> String {
-    let out = vmctl(grid, 1, args);
-    assert!(
-        out.status.success(),
-        "vmctl {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn show(grid: &GridGuard, name: &str) -> Value {
-    serde_json::from_str(&ok(grid, &["vm", "show", name, "--json"])).unwrap()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn node_num(v: &Value) -> Option<usize> {
-    v["node"].as_str()?.trim_start_matches("node").parse().ok()
-}
 
 /// The console file of a VM on `node` (node-local), CR LF made LF.
 fn console(grid: &GridGuard, node: usize, path: &str) -> String {
@@ -105,29 +44,25 @@ anti_affinity = ["ticker"]
 fn a_running_guest_moves_and_its_counter_goes_on() {
     let grid = GridGuard::up("vmmig", 3).unwrap();
     import_appliance(&grid);
-    wait_for("3 agents", Duration::from_secs(60), || {
-        let out = vmctl(&grid, 1, &["node", "list", "--json"]);
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v.as_array()?.len() == 3).then_some(())
-    });
+    wait_nodes(&grid, 3);
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     // cpu.max must be at least cpu.min: the hog sees all of them.
     let desc = APP.replace("{ min = NCPU, max = 1 }", &ncpu.to_string());
     let file = std::env::temp_dir().join("vmctl-test-vmmig.toml");
     std::fs::write(&file, desc).unwrap();
-    ok(&grid, &["app", "create", file.to_str().unwrap()]);
+    ok(&grid, 1, &["app", "create", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(&file);
-    ok(&grid, &["app", "start", "mig"]);
+    ok(&grid, 1, &["app", "start", "mig"]);
 
-    let t = show(&grid, "mig.ticker");
+    let t = vm(&grid, 1, "mig.ticker");
     let src = node_num(&t).expect("ticker placed");
-    let full = node_num(&show(&grid, "mig.hog")).expect("hog placed");
+    let full = node_num(&vm(&grid, 1, "mig.hog")).expect("hog placed");
     let free = (1..=3).find(|n| *n != src && *n != full).unwrap();
-    let path = wait_for("the ticker's status", Duration::from_secs(60), || {
-        let v = show(&grid, "mig.ticker");
+    let path = wait_for(Duration::from_secs(60), "the ticker's status", || {
+        let v = vm(&grid, 1, "mig.ticker");
         (v["state"] == "running").then(|| v["status"]["console"].as_str().map(String::from))?
     });
-    wait_for("tick 3 on the source", Duration::from_secs(120), || {
+    wait_for(Duration::from_secs(120), "tick 3 on the source", || {
         (ticks(&console(&grid, src, &path)).last() >= Some(&3)).then_some(())
     });
 
@@ -144,7 +79,7 @@ fn a_running_guest_moves_and_its_counter_goes_on() {
         err.contains("refused") && err.contains("ticker needs"),
         "{err}"
     );
-    assert_eq!(node_num(&show(&grid, "mig.ticker")), Some(src));
+    assert_eq!(node_num(&vm(&grid, 1, "mig.ticker")), Some(src));
 
     // Live migration to the free node, watching both consoles meanwhile:
     // the largest counter seen anywhere must keep moving.
@@ -215,16 +150,16 @@ fn a_running_guest_moves_and_its_counter_goes_on() {
     );
 
     // The record moved; the downtime QEMU reported is in the status.
-    let v = wait_for("the target's status", Duration::from_secs(30), || {
-        let v = show(&grid, "mig.ticker");
+    let v = wait_for(Duration::from_secs(30), "the target's status", || {
+        let v = vm(&grid, 1, "mig.ticker");
         (v["state"] == "running" && v["status"]["node"] == format!("node{free}")).then_some(v)
     });
     assert_eq!(node_num(&v), Some(free));
     assert!(v["record"]["migration"].is_null());
-    let downtime = wait_for("downtime in the status", Duration::from_secs(10), || {
-        show(&grid, "mig.ticker")["status"]["last_migration"]["downtime_ms"].as_u64()
+    let downtime = wait_for(Duration::from_secs(10), "downtime in the status", || {
+        vm(&grid, 1, "mig.ticker")["status"]["last_migration"]["downtime_ms"].as_u64()
     });
-    let text = ok(&grid, &["vm", "show", "mig.ticker"]);
+    let text = ok(&grid, 1, &["vm", "show", "mig.ticker"]);
     assert!(text.contains(&format!("downtime {downtime} ms")), "{text}");
     eprintln!(
         "live migration node{src} -> node{free}: downtime {downtime} ms, counter {last_src} -> {first_dst}, longest stall seen {max_gap:?}"

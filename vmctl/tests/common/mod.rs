@@ -1,0 +1,73 @@
+//! What every vmctl grid test does: import the tiny appliance, run `vmctl`
+//! in a node, and read a VM's record.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use devgrid::GridGuard;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+/// Builds the appliance on the host (cached) and imports it into
+/// /gvs/catalog/tiny from node 1.
+pub fn import_appliance(grid: &GridGuard) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/build.sh");
+    let out = std::process::Command::new("sh")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = grid
+        .command(1, "sh")
+        .arg(&script)
+        .args(["import", "/gvs/catalog/tiny"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `vmctl ARGS` in node `node`.
+pub fn vmctl(grid: &GridGuard, node: usize, args: &[&str]) -> Output {
+    grid.command(node, "vmctl").args(args).output().unwrap()
+}
+
+/// Runs `vmctl ARGS` in node `node`, which must succeed; its stdout.
+pub fn ok(grid: &GridGuard, node: usize, args: &[&str]) -> String {
+    let out = vmctl(grid, node, args);
+    assert!(
+        out.status.success(),
+        "vmctl {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `vmctl vm show NAME --json`, asked in node `node`.
+pub fn vm(grid: &GridGuard, node: usize, name: &str) -> Value {
+    serde_json::from_str(&ok(grid, node, &["vm", "show", name, "--json"])).unwrap()
+}
+
+/// The node number a VM record names.
+pub fn node_num(v: &Value) -> Option<usize> {
+    v["node"].as_str()?.trim_start_matches("node").parse().ok()
+}
+
+/// Waits until `n` agents have registered.
+pub fn wait_nodes(grid: &GridGuard, n: usize) {
+    devgrid::wait_for(Duration::from_secs(60), "the agents to register", || {
+        let out = vmctl(grid, 1, &["node", "list", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v.as_array()?.len() == n).then_some(())
+    });
+}
