@@ -20,7 +20,7 @@ packages=(
     build-essential pkg-config curl ca-certificates git
     protobuf-compiler libclang-dev
     fuse3 iproute2 nftables util-linux bash procps attr fio
-    qemu-system-x86 busybox-static e2fsprogs cpio gzip
+    qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio gzip
 )
 missing=()
 for p in "${packages[@]}"; do
