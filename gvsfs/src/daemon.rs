@@ -178,7 +178,10 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
         .unwrap_or_else(|| format!("{me}:{port}"));
     rt.spawn(crate::net::serve(listener, store.clone(), secret.clone()));
 
-    let client = Arc::new(Client::new(ClientConfig::new(endpoints, secret.clone())));
+    let client = Arc::new(Client::new(ClientConfig::new(
+        endpoints.clone(),
+        secret.clone(),
+    )));
     let cache_chunks = (args.cache_mb << 20) / crate::DEFAULT_BLOCK_SIZE as usize;
     let gvs = Arc::new(Gvs::new(
         me.clone(),
@@ -237,12 +240,16 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
     config.acl = SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::Session::new(
-        GvsFs::new(gvs.clone(), args.writeback),
-        &args.mountpoint,
-        &config,
-    )
-    .with_context(|| format!("mounting {}", args.mountpoint.display()))?;
+    let fs = match vmctl::store::Store::connect(endpoints, secret_file) {
+        Ok(store) => GvsFs::new(gvs.clone(), args.writeback)
+            .with_grid(crate::control::Grid::new(store, rt.handle().clone())),
+        Err(e) => {
+            tracing::warn!("no control files under /gvs/.grid: {e}");
+            GvsFs::new(gvs.clone(), args.writeback)
+        }
+    };
+    let session = fuser::Session::new(fs, &args.mountpoint, &config)
+        .with_context(|| format!("mounting {}", args.mountpoint.display()))?;
     let (tx, rx) = mpsc::channel();
     let notifier = session.notifier();
     std::thread::spawn(move || run_invalidations(notifier, rx));

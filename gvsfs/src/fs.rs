@@ -22,6 +22,7 @@ use metad::{Event, EventKind};
 
 use crate::chunk::Lookup;
 use crate::clone::{CloneArg, Source, Target, GVS_CLONE_REPLACE, GVS_IOC_CLONE};
+use crate::control::{self, GRID};
 use crate::error::{GvsError, Result};
 use crate::gvs::{conf, Gvs};
 use crate::meta::{self, Inode, Kind};
@@ -61,6 +62,18 @@ pub struct GvsFs {
     writeback: bool,
     snaps: snapshot::Cache,
     tags: Mutex<HashMap<u64, CloneTag>>,
+    grid: Option<control::Grid>,
+}
+
+/// Answers a request on the control tree (`/gvs/.grid`) and returns.
+macro_rules! grid {
+    ($reply:expr, $e:expr, |$v:ident| $ok:expr) => {{
+        match $e {
+            Ok($v) => $ok,
+            Err(e) => $reply.error(e),
+        }
+        return;
+    }};
 }
 
 /// Refuses changes to anything virtual (snapshots).
@@ -103,7 +116,19 @@ impl GvsFs {
             writeback,
             snaps: snapshot::Cache::default(),
             tags: Mutex::new(HashMap::new()),
+            grid: None,
         }
+    }
+
+    /// With the control tree `/gvs/.grid` (see [`control`]).
+    pub fn with_grid(mut self, grid: control::Grid) -> GvsFs {
+        self.grid = Some(grid);
+        self
+    }
+
+    /// The control tree, when `ino` is in it.
+    fn grid_of(&self, ino: u64) -> Option<&control::Grid> {
+        self.grid.as_ref().filter(|_| control::is_grid(ino))
     }
 
     /// A snapshot entry's record.
@@ -166,6 +191,15 @@ impl GvsFs {
     }
 
     fn getattr_of(&self, ino: u64) -> Result<FileAttr> {
+        if let Some(g) = self.grid_of(ino) {
+            return g.getattr(ino).map_err(|e| {
+                if e == Errno::ENOENT {
+                    GvsError::NotFound
+                } else {
+                    GvsError::Io(std::io::Error::other(format!("{GRID}: {e:?}")))
+                }
+            });
+        }
         match classify(ino) {
             Virt::Real(i) => {
                 let (rec, _) = self.gvs.inode(i)?;
@@ -692,6 +726,20 @@ impl Filesystem for GvsFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = tri!(reply, name_str(name));
+        if let Some(g) = self.grid_of(parent.0) {
+            grid!(reply, g.lookup(parent.0, name), |a| reply.entry(
+                &TTL,
+                &a,
+                Generation(0)
+            ));
+        }
+        if let (Some(g), true) = (&self.grid, parent.0 == meta::ROOT_INO && name == GRID) {
+            grid!(reply, g.getattr(g.root_ino()), |a| reply.entry(
+                &TTL,
+                &a,
+                Generation(0)
+            ));
+        }
         let ino = match classify(parent.0) {
             Virt::Real(p) if name == SNAPSHOTS => {
                 let attr = tri!(reply, self.snapdir_attr(p));
@@ -732,6 +780,10 @@ impl Filesystem for GvsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if let Some(g) = self.grid_of(ino.0) {
+            // Truncating a control file (O_TRUNC) changes nothing.
+            grid!(reply, g.getattr(ino.0), |a| reply.attr(&TTL, &a));
+        }
         let ino = tri!(reply, writable(ino.0));
         if let Some(size) = size {
             tri!(
@@ -814,6 +866,14 @@ impl Filesystem for GvsFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        if let Some(g) = self.grid_of(parent.0) {
+            let name = tri!(reply, name_str(name));
+            grid!(reply, g.mkdir(parent.0, name), |a| reply.entry(
+                &TTL,
+                &a,
+                Generation(0)
+            ));
+        }
         if let Virt::SnapDir(d) = classify(parent.0) {
             // mkdir DIR/.snapshots/NAME: a snapshot of DIR.
             let name = tri!(reply, name_str(name));
@@ -877,6 +937,9 @@ impl Filesystem for GvsFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = tri!(reply, name_str(name));
+        if let Some(g) = self.grid_of(parent.0) {
+            grid!(reply, g.rmdir(parent.0, name), |_a| reply.ok());
+        }
         if let Virt::SnapDir(d) = classify(parent.0) {
             tri!(reply, snapshot::remove(&self.gvs, d, name));
             reply.ok();
@@ -936,6 +999,10 @@ impl Filesystem for GvsFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if let Some(g) = self.grid_of(ino.0) {
+            grid!(reply, g.open(ino.0, flags.0), |fh| reply
+                .opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO));
+        }
         if !matches!(classify(ino.0), Virt::Real(_)) {
             let f = flags.0;
             if f & libc::O_ACCMODE != libc::O_RDONLY || f & libc::O_TRUNC != 0 {
@@ -964,6 +1031,9 @@ impl Filesystem for GvsFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some(g) = self.grid_of(ino.0) {
+            grid!(reply, g.read(_fh.0, offset, size), |d| reply.data(&d));
+        }
         let rec = tri!(reply, self.read_rec(ino.0));
         let vol = self.gvs.volume(ino.0);
         // Only the plan is made under the volume's lock; the chunks are
@@ -999,6 +1069,9 @@ impl Filesystem for GvsFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if let Some(g) = self.grid_of(ino.0) {
+            grid!(reply, g.write(fh.0, offset, data), |n| reply.written(n));
+        }
         tri!(reply, writable(ino.0));
         tri!(
             reply,
@@ -1016,6 +1089,9 @@ impl Filesystem for GvsFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if let Some(g) = self.grid_of(ino.0) {
+            grid!(reply, g.flush(fh.0), |_a| reply.ok());
+        }
         tri!(reply, self.commit(ino.0, Some(fh.0)));
         reply.ok();
     }
@@ -1030,6 +1106,9 @@ impl Filesystem for GvsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(g) = self.grid_of(ino.0) {
+            grid!(reply, g.release(fh.0), |_a| reply.ok());
+        }
         let r = self.commit(ino.0, Some(fh.0));
         self.fhs
             .lock()
@@ -1077,7 +1156,17 @@ impl Filesystem for GvsFs {
             (ino.0, FileType::Directory, ".".into()),
             (ino.0, FileType::Directory, "..".into()),
         ];
+        if let Some(g) = self.grid_of(ino.0) {
+            entries.extend(tri!(
+                reply,
+                g.readdir(ino.0)
+                    .map_err(|e| GvsError::Io(std::io::Error::other(format!("{GRID}: {e:?}"))))
+            ));
+        } else if let (Some(g), true) = (&self.grid, ino.0 == meta::ROOT_INO) {
+            entries.push((g.root_ino(), FileType::Directory, GRID.into()));
+        }
         match classify(ino.0) {
+            _ if control::is_grid(ino.0) => {}
             Virt::Real(d) => {
                 // Listed (ls -a shows it; plain ls hides dot names anyway).
                 entries.push((snapdir_ino(d), FileType::Directory, SNAPSHOTS.into()));
@@ -1162,6 +1251,10 @@ impl Filesystem for GvsFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.grid_of(ino.0).is_some() {
+            reply.error(Errno::NO_XATTR);
+            return;
+        }
         let name = tri!(reply, name_str(name));
         if let Virt::SnapDir(_) = classify(ino.0) {
             reply.error(Errno::NO_XATTR);
@@ -1181,6 +1274,10 @@ impl Filesystem for GvsFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.grid_of(ino.0).is_some() {
+            reply_xattr(reply, size, &[]);
+            return;
+        }
         if let Virt::SnapDir(_) = classify(ino.0) {
             reply_xattr(reply, size, &[]);
             return;

@@ -14,6 +14,7 @@
 //! - [`gvs`]: the node context and the namespace transactions;
 //! - [`volume`]: buffered writes, commits, the write lease and fencing;
 //! - [`fs`]: the FUSE file system;
+//! - [`control`]: the control files under `/gvs/.grid` (apps, VMs, nodes, events);
 //! - [`clone`]: copy-on-write clones (copy_file_range and the clone ioctl);
 //! - [`snapshot`]: snapshot directories (`.snapshots/`);
 //! - [`backup`]: `gvsfs export`/`import`, raw and sparse;
@@ -29,6 +30,7 @@ pub mod backup;
 pub mod blockmap;
 pub mod chunk;
 pub mod clone;
+pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod fs;

@@ -52,11 +52,20 @@ pub enum CmdError {
     Timeout(String),
 }
 
-fn print_json<T: Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
+/// Appends a line to a command's output (a `String`).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
 }
 
-fn table(rows: Vec<Vec<String>>) {
+fn json_text<T: Serialize>(v: &T) -> String {
+    format!("{}\n", serde_json::to_string_pretty(v).expect("serializes"))
+}
+
+fn table(rows: Vec<Vec<String>>) -> String {
+    let mut out = String::new();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -72,8 +81,9 @@ fn table(rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!(out, "{}", line.join("  ").trim_end());
     }
+    out
 }
 
 async fn app(store: &Store, name: &str) -> Result<Versioned<AppRecord>, CmdError> {
@@ -97,13 +107,33 @@ async fn app_vms(
 }
 
 /// `vmctl app create FILE`.
-pub async fn app_create(store: &Store, file: &Path, json: bool) -> Result<(), CmdError> {
+pub async fn app_create(store: &Store, file: &Path, json: bool) -> Result<String, CmdError> {
     let src = std::fs::read_to_string(file)
         .map_err(|e| CmdError::Io(format!("{}: {e}", file.display())))?;
+    app_create_from(store, src, &file.display().to_string(), None, json).await
+}
+
+/// Creates an application from descriptor text `src` (read from `origin`,
+/// named in errors); with `name`, the descriptor must name that
+/// application (a control file `apps/NAME/spec` is written).
+pub async fn app_create_from(
+    store: &Store,
+    src: String,
+    origin: &str,
+    name: Option<&str>,
+    json: bool,
+) -> Result<String, CmdError> {
+    let mut out = String::new();
     let spec = descriptor::parse(&src).map_err(|err| CmdError::Descriptor {
-        file: file.display().to_string(),
+        file: origin.to_string(),
         err,
     })?;
+    if let Some(n) = name.filter(|n| *n != spec.name) {
+        return Err(CmdError::Refused(format!(
+            "{origin}: the descriptor names application {}, not {n}",
+            spec.name
+        )));
+    }
     let key = model::app_key(&spec.name);
     if store.client.get(key.as_str()).await?.is_some() {
         return Err(CmdError::Refused(format!(
@@ -190,20 +220,22 @@ pub async fn app_create(store: &Store, file: &Path, json: bool) -> Result<(), Cm
         )
         .await;
     if json {
-        print_json(&rec);
+        out.push_str(&json_text(&rec));
     } else {
-        println!(
+        outln!(
+            out,
             "created {} ({} components, volumes in {})",
             spec.name,
             vms.len(),
             app_dir.display()
         );
     }
-    Ok(())
+    Ok(out)
 }
 
 /// `vmctl app start NAME`: asks the scheduler and waits for its answer.
-pub async fn app_start(store: &Store, name: &str, timeout: Duration) -> Result<(), CmdError> {
+pub async fn app_start(store: &Store, name: &str, timeout: Duration) -> Result<String, CmdError> {
+    let mut out = String::new();
     let gen = loop {
         let a = app(store, name).await?;
         let vms = app_vms(store, name).await?;
@@ -234,8 +266,8 @@ pub async fn app_start(store: &Store, name: &str, timeout: Duration) -> Result<(
         let a = app(store, name).await?;
         if let Some(o) = a.value.outcome.filter(|o| o.gen == gen) {
             if o.placed {
-                println!("started {name}: {}", o.reason);
-                return Ok(());
+                outln!(out, "started {name}: {}", o.reason);
+                return Ok(out);
             }
             return Err(CmdError::Refused(format!(
                 "cannot start {name}: {}",
@@ -252,7 +284,8 @@ pub async fn app_start(store: &Store, name: &str, timeout: Duration) -> Result<(
 }
 
 /// `vmctl app stop NAME`: waits until every reservation is released.
-pub async fn app_stop(store: &Store, name: &str, timeout: Duration) -> Result<(), CmdError> {
+pub async fn app_stop(store: &Store, name: &str, timeout: Duration) -> Result<String, CmdError> {
+    let mut out = String::new();
     loop {
         let a = app(store, name).await?;
         let vms = app_vms(store, name).await?;
@@ -290,8 +323,8 @@ pub async fn app_stop(store: &Store, name: &str, timeout: Duration) -> Result<()
             .map(|(k, _)| k.clone())
             .collect();
         if held.is_empty() {
-            println!("stopped {name}");
-            return Ok(());
+            outln!(out, "stopped {name}");
+            return Ok(out);
         }
         if Instant::now() > deadline {
             return Err(CmdError::Timeout(format!(
@@ -304,7 +337,8 @@ pub async fn app_stop(store: &Store, name: &str, timeout: Duration) -> Result<()
 }
 
 /// `vmctl app destroy NAME`.
-pub async fn app_destroy(store: &Store, name: &str, force: bool) -> Result<(), CmdError> {
+pub async fn app_destroy(store: &Store, name: &str, force: bool) -> Result<String, CmdError> {
+    let mut out = String::new();
     let vms = app_vms(store, name).await?;
     let a = app(store, name).await?;
     if vms.iter().any(|(_, v)| v.value.node.is_some()) || a.value.desired == Desired::Running {
@@ -313,7 +347,7 @@ pub async fn app_destroy(store: &Store, name: &str, force: bool) -> Result<(), C
                 "{name} is running; stop it first (or --force)"
             )));
         }
-        app_stop(store, name, Duration::from_secs(60)).await?;
+        out.push_str(&app_stop(store, name, Duration::from_secs(60)).await?);
     }
     let a = app(store, name).await?;
     let vms = app_vms(store, name).await?;
@@ -353,8 +387,8 @@ pub async fn app_destroy(store: &Store, name: &str, force: bool) -> Result<(), C
         }
     }
     store.event("cli", "destroy", name, "destroyed").await;
-    println!("destroyed {name}{note}");
-    Ok(())
+    outln!(out, "destroyed {name}{note}");
+    Ok(out)
 }
 
 /// One VM as `vm list` and `app show` present it.
@@ -428,7 +462,7 @@ async fn views(store: &Store, app: Option<&str>) -> Result<Vec<VmView>, CmdError
         .collect())
 }
 
-fn vm_table(vs: &[VmView]) {
+fn vm_table(vs: &[VmView]) -> String {
     let mut rows = vec![vec!["VM", "NODE", "STATE", "WANT", "CPU", "MEM", "REASON"]
         .into_iter()
         .map(String::from)
@@ -444,11 +478,12 @@ fn vm_table(vs: &[VmView]) {
             v.reason.clone().unwrap_or_default(),
         ]);
     }
-    table(rows);
+    table(rows)
 }
 
 /// `vmctl app list`.
-pub async fn app_list(store: &Store, json: bool) -> Result<(), CmdError> {
+pub async fn app_list(store: &Store, json: bool) -> Result<String, CmdError> {
+    let mut out = String::new();
     let apps = store.list::<AppRecord>(model::APPS).await?.0;
     let vms = views(store, None).await?;
     #[derive(Serialize)]
@@ -475,8 +510,8 @@ pub async fn app_list(store: &Store, json: bool) -> Result<(), CmdError> {
         })
         .collect();
     if json {
-        print_json(&rows);
-        return Ok(());
+        out.push_str(&json_text(&rows));
+        return Ok(out);
     }
     let mut t = vec![vec!["APP", "WANT", "RUNNING", "LAST START"]
         .into_iter()
@@ -496,46 +531,53 @@ pub async fn app_list(store: &Store, json: bool) -> Result<(), CmdError> {
             }),
         ]);
     }
-    table(t);
-    Ok(())
+    out.push_str(&table(t));
+    Ok(out)
 }
 
 /// `vmctl app show NAME`.
-pub async fn app_show(store: &Store, name: &str, json: bool) -> Result<(), CmdError> {
+pub async fn app_show(store: &Store, name: &str, json: bool) -> Result<String, CmdError> {
+    let mut out = String::new();
     let a = app(store, name).await?;
     let vms = views(store, Some(name)).await?;
     if json {
-        print_json(&serde_json::json!({ "app": a.value, "vms": vms }));
-        return Ok(());
+        out.push_str(&json_text(
+            &serde_json::json!({ "app": a.value, "vms": vms }),
+        ));
+        return Ok(out);
     }
     let r = &a.value;
-    println!(
+    outln!(
+        out,
         "app {name}: wanted {:?}, placement {:?}",
-        r.desired, r.spec.placement
+        r.desired,
+        r.spec.placement
     );
     if let Some(o) = &r.outcome {
-        println!(
+        outln!(
+            out,
             "last start: {} ({})",
             if o.placed { "placed" } else { "refused" },
             o.reason
         );
     }
     for c in &r.spec.connections {
-        println!("connection {} -> {}", c.from, c.to);
+        outln!(out, "connection {} -> {}", c.from, c.to);
     }
-    vm_table(&vms);
-    Ok(())
+    out.push_str(&vm_table(&vms));
+    Ok(out)
 }
 
 /// `vmctl vm list`.
-pub async fn vm_list(store: &Store, app: Option<&str>, json: bool) -> Result<(), CmdError> {
+pub async fn vm_list(store: &Store, app: Option<&str>, json: bool) -> Result<String, CmdError> {
+    let mut out = String::new();
     let vs = views(store, app).await?;
     if json {
-        print_json(&vs);
+        out.push_str(&json_text(&vs));
     } else {
-        vm_table(&vs);
+        out.push_str(&vm_table(&vs));
     }
-    Ok(())
+    Ok(out)
 }
 
 async fn vm_view(store: &Store, name: &str) -> Result<VmView, CmdError> {
@@ -547,27 +589,31 @@ async fn vm_view(store: &Store, name: &str) -> Result<VmView, CmdError> {
 }
 
 /// `vmctl vm show NAME`.
-pub async fn vm_show(store: &Store, name: &str, json: bool) -> Result<(), CmdError> {
+pub async fn vm_show(store: &Store, name: &str, json: bool) -> Result<String, CmdError> {
+    let mut out = String::new();
     let v = vm_view(store, name).await?;
     if json {
-        print_json(&v);
-        return Ok(());
+        out.push_str(&json_text(&v));
+        return Ok(out);
     }
-    println!(
+    outln!(
+        out,
         "vm {}: {} on {} (wanted {:?})",
         v.name,
         v.state,
         v.node.as_deref().unwrap_or("-"),
         v.desired
     );
-    println!(
+    outln!(
+        out,
         "cpu {} (reserved/seen), mem {}, disks {}",
         v.cpu,
         v.mem,
         v.record.disks.join(", ")
     );
     if let Some(s) = &v.status {
-        println!(
+        outln!(
+            out,
             "backend {} ({}), pid {}, limits: {}, console {}:{}",
             s.backend,
             s.accel,
@@ -577,28 +623,29 @@ pub async fn vm_show(store: &Store, name: &str, json: bool) -> Result<(), CmdErr
             s.console
         );
         if !s.crashes.is_empty() {
-            println!("crashes within the hour: {}", s.crashes.len());
+            outln!(out, "crashes within the hour: {}", s.crashes.len());
         }
     }
     if let Some(m) = &v.record.migration {
-        println!("migrating to {} ({:?})", m.to, m.phase);
+        outln!(out, "migrating to {} ({:?})", m.to, m.phase);
     }
     if let Some(r) = &v.record.last_migration {
         match &r.error {
-            None => println!(
+            None => outln!(
+                out,
                 "last live migration: {} -> {}, downtime {} ms (total {} ms)",
                 r.from,
                 r.to,
                 r.downtime_ms.map_or("?".into(), |d| d.to_string()),
                 r.total_ms.map_or("?".into(), |d| d.to_string()),
             ),
-            Some(e) => println!("last live migration: {e}"),
+            Some(e) => outln!(out, "last live migration: {e}"),
         }
     }
     if let Some(r) = &v.reason {
-        println!("reason: {r}");
+        outln!(out, "reason: {r}");
     }
-    Ok(())
+    Ok(out)
 }
 
 /// `vmctl vm console NAME`: the console file is on the VM's node.
@@ -646,7 +693,8 @@ pub async fn vm_migrate(
     name: &str,
     node: &str,
     timeout: Duration,
-) -> Result<(), CmdError> {
+) -> Result<String, CmdError> {
+    let mut out = String::new();
     let key = model::vm_key(name);
     let v = store
         .get::<VmRecord>(&key)
@@ -665,8 +713,8 @@ pub async fn vm_migrate(
             "{name} changed meanwhile; try again"
         )));
     }
-    println!("{name} will start on {node}");
-    Ok(())
+    outln!(out, "{name} will start on {node}");
+    Ok(out)
 }
 
 async fn live_migrate(
@@ -674,7 +722,8 @@ async fn live_migrate(
     v: Versioned<VmRecord>,
     node: &str,
     timeout: Duration,
-) -> Result<(), CmdError> {
+) -> Result<String, CmdError> {
+    let mut out = String::new();
     let name = v.value.name.clone();
     let key = model::vm_key(&name);
     let from = v.value.node.clone();
@@ -726,14 +775,15 @@ async fn live_migrate(
             if let Some(e) = r.error {
                 return Err(CmdError::Refused(e));
             }
-            println!(
+            outln!(
+                out,
                 "{name} live-migrated from {} to {}: downtime {} ms (total {} ms)",
                 r.from,
                 r.to,
                 r.downtime_ms.map_or("?".into(), |d| d.to_string()),
                 r.total_ms.map_or("?".into(), |d| d.to_string()),
             );
-            return Ok(());
+            return Ok(out);
         }
         if cur.migration.as_ref().is_none_or(|m| m.id != id) {
             return Err(CmdError::Refused(format!(
@@ -765,7 +815,8 @@ pub struct NodeView {
 }
 
 /// `vmctl node list`.
-pub async fn node_list(store: &Store, json: bool) -> Result<(), CmdError> {
+pub async fn node_list(store: &Store, json: bool) -> Result<String, CmdError> {
+    let mut out = String::new();
     let nodes: BTreeMap<String, NodeRecord> = store
         .list::<NodeRecord>(model::NODES)
         .await?
@@ -797,8 +848,8 @@ pub async fn node_list(store: &Store, json: bool) -> Result<(), CmdError> {
         })
         .collect();
     if json {
-        print_json(&rows);
-        return Ok(());
+        out.push_str(&json_text(&rows));
+        return Ok(out);
     }
     let mut t = vec![vec!["NODE", "CPUS", "MEM", "ACCEL", "VMS", "LIMITS"]
         .into_iter()
@@ -814,27 +865,40 @@ pub async fn node_list(store: &Store, json: bool) -> Result<(), CmdError> {
             r.node.limits.clone(),
         ]);
     }
-    table(t);
-    println!("(* schedules)");
-    Ok(())
+    out.push_str(&table(t));
+    outln!(out, "(* schedules)");
+    Ok(out)
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a timestamp in ms.
+pub fn clock(ts_ms: u64) -> String {
+    let secs = ts_ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+        ts_ms % 1000
+    )
+}
+
+/// An event as one line (no newline), as `vmctl events` prints it.
+pub fn event_line(e: &EventRecord) -> String {
+    format!(
+        "{} {:<6} {:<9} {:<12} {}",
+        clock(e.ts_ms),
+        e.node,
+        e.kind,
+        e.subject,
+        e.message
+    )
 }
 
 fn print_event(e: &EventRecord, json: bool) {
     if json {
         println!("{}", serde_json::to_string(e).expect("serializes"));
     } else {
-        let secs = e.ts_ms / 1000;
-        println!(
-            "{:02}:{:02}:{:02}.{:03} {:<6} {:<9} {:<12} {}",
-            (secs / 3600) % 24,
-            (secs / 60) % 60,
-            secs % 60,
-            e.ts_ms % 1000,
-            e.node,
-            e.kind,
-            e.subject,
-            e.message
-        );
+        println!("{}", event_line(e));
     }
 }
 

@@ -19,7 +19,7 @@ fn node_mem_mib() -> u64 {
     (kib / 1024).saturating_sub(512)
 }
 
-async fn run(cli: Cli) -> Result<(), CmdError> {
+async fn run(cli: Cli) -> Result<String, CmdError> {
     let store = Store::connect(cli.metad.endpoints.clone(), &cli.metad.secret_file)?;
     match cli.cmd {
         Cmd::App(AppCmd::Create { file, json }) => c::app_create(&store, &file, json).await,
@@ -34,14 +34,18 @@ async fn run(cli: Cli) -> Result<(), CmdError> {
         Cmd::App(AppCmd::Show { name, json }) => c::app_show(&store, &name, json).await,
         Cmd::Vm(VmCmd::List { app, json }) => c::vm_list(&store, app.as_deref(), json).await,
         Cmd::Vm(VmCmd::Show { name, json }) => c::vm_show(&store, &name, json).await,
-        Cmd::Vm(VmCmd::Console { name, follow }) => c::vm_console(&store, &name, follow).await,
+        Cmd::Vm(VmCmd::Console { name, follow }) => c::vm_console(&store, &name, follow)
+            .await
+            .map(|()| String::new()),
         Cmd::Vm(VmCmd::Migrate {
             name,
             node,
             timeout,
         }) => c::vm_migrate(&store, &name, &node, Duration::from_secs(timeout)).await,
         Cmd::Node(NodeCmd::List { json }) => c::node_list(&store, json).await,
-        Cmd::Events { follow, json } => c::events(&store, follow, json).await,
+        Cmd::Events { follow, json } => c::events(&store, follow, json)
+            .await
+            .map(|()| String::new()),
         Cmd::Agent {
             node,
             cpus,
@@ -74,7 +78,7 @@ async fn run(cli: Cli) -> Result<(), CmdError> {
                 accel_cache: "/var/cache/grid/vmctl/accel".into(),
             };
             Agent::new(cfg, store).run().await?;
-            Ok(())
+            Ok(String::new())
         }
     }
 }
@@ -102,7 +106,10 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("vmctl: {e}");
             ExitCode::FAILURE

@@ -1,0 +1,651 @@
+//! Control files: the virtual `/gvs/.grid` tree, in the style of Plan 9,
+//! `/proc` and sysfs. A directory is an object; `spec` holds its
+//! declarative definition, `ctl` takes one-line commands, `state` reads
+//! what is true now and `error` the reason of the last refusal.
+//!
+//! ```text
+//! /gvs/.grid/apps/NAME/{spec,ctl,state,error}   applications
+//! /gvs/.grid/vms/APP.COMP/{ctl,state,error}     VMs
+//! /gvs/.grid/nodes/NODE/state                   nodes (their agents)
+//! /gvs/.grid/events                             DVM and LCM events
+//! ```
+//!
+//! Everything lives in metad (DVM's records under `dvm/`, lcmd's under
+//! `events/`) and goes through vmctl's library, so the tree is the same on
+//! every node. `mkdir apps/NAME` makes an empty object held in this node's
+//! memory until its `spec` is written; writing `spec` validates the
+//! descriptor and creates the application at close (EINVAL from close, the
+//! reason in `error`, when it is refused). A `ctl` command runs in the
+//! write itself (EINVAL from the write when refused). `error` is kept in
+//! the memory of the node the refused write was made on.
+//!
+//! Files have size 0 and are opened with direct I/O: their content is
+//! made when they are opened (one read of metad per record kind).
+//!
+//! Inode numbers: `2^61 | i`, `i` indexing an interned path (real inode
+//! numbers stay far below 2^61; snapshots use bits 62 and 63).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use fuser::{Errno, FileAttr, FileType, INodeNo};
+use vmctl::commands::{self as cmd, CmdError};
+use vmctl::model::{self, EventRecord, NodeRecord};
+use vmctl::store::Store;
+
+/// The control directory's name at the root of /gvs.
+pub const GRID: &str = ".grid";
+const GRID_BIT: u64 = 1 << 61;
+const HIGH_BITS: u64 = 0b111 << 61;
+/// How long `ctl` waits for the scheduler's answer to `start`/`migrate`.
+const START_WAIT: Duration = Duration::from_secs(20);
+/// How long `ctl` waits for `stop` to release every reservation.
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether `ino` is in the control tree.
+pub fn is_grid(ino: u64) -> bool {
+    ino & HIGH_BITS == GRID_BIT
+}
+
+/// What a path of the tree names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Obj {
+    Root,
+    Apps,
+    App(String),
+    AppFile(String, File),
+    Vms,
+    Vm(String),
+    VmFile(String, File),
+    Nodes,
+    Node(String),
+    NodeState(String),
+    Events,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum File {
+    Spec,
+    Ctl,
+    State,
+    Error,
+}
+
+impl File {
+    fn parse(s: &str) -> Option<File> {
+        Some(match s {
+            "spec" => File::Spec,
+            "ctl" => File::Ctl,
+            "state" => File::State,
+            "error" => File::Error,
+            _ => return None,
+        })
+    }
+}
+
+fn parse(path: &str) -> Option<Obj> {
+    let parts: Vec<&str> = if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('/').collect()
+    };
+    Some(match parts.as_slice() {
+        [] => Obj::Root,
+        ["apps"] => Obj::Apps,
+        ["apps", a] => Obj::App(a.to_string()),
+        ["apps", a, f] => Obj::AppFile(a.to_string(), File::parse(f)?),
+        ["vms"] => Obj::Vms,
+        ["vms", v] => Obj::Vm(v.to_string()),
+        ["vms", v, f] => match File::parse(f)? {
+            File::Spec => return None,
+            f => Obj::VmFile(v.to_string(), f),
+        },
+        ["nodes"] => Obj::Nodes,
+        ["nodes", n] => Obj::Node(n.to_string()),
+        ["nodes", n, "state"] => Obj::NodeState(n.to_string()),
+        ["events"] => Obj::Events,
+        _ => return None,
+    })
+}
+
+/// An open control file: its content as of the open, or what is written.
+struct Open {
+    path: String,
+    data: Vec<u8>,
+    /// Written and not applied yet (`spec`).
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct Paths {
+    by_path: HashMap<String, u64>,
+    by_idx: Vec<String>,
+}
+
+/// The control tree of one node's mount.
+pub struct Grid {
+    store: Store,
+    rt: tokio::runtime::Handle,
+    paths: Mutex<Paths>,
+    /// `mkdir apps/NAME` not yet given a spec.
+    pending: Mutex<BTreeSet<String>>,
+    /// The last refusal, by object path (`apps/NAME`, `vms/VM`).
+    errors: Mutex<HashMap<String, String>>,
+    open: Mutex<HashMap<u64, Open>>,
+    next_fh: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The errno of a refused command, and its reason.
+fn refusal(e: &CmdError) -> Errno {
+    match e {
+        CmdError::NotFound(_) => Errno::ENOENT,
+        CmdError::Timeout(_) => Errno::ETIMEDOUT,
+        CmdError::Store(_) | CmdError::Metad(_) | CmdError::Io(_) => Errno::EIO,
+        CmdError::Descriptor { .. } | CmdError::Refused(_) | CmdError::Volume(_) => Errno::EINVAL,
+    }
+}
+
+fn object_of(path: &str) -> String {
+    path.rsplit_once('/').map_or("", |(o, _)| o).to_string()
+}
+
+impl Grid {
+    /// The tree over DVM's records, run on `rt` (a runtime of this process
+    /// that FUSE threads may block on).
+    pub fn new(store: Store, rt: tokio::runtime::Handle) -> Grid {
+        let g = Grid {
+            store,
+            rt,
+            paths: Mutex::new(Paths::default()),
+            pending: Mutex::new(BTreeSet::new()),
+            errors: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        };
+        g.ino_of("");
+        g
+    }
+
+    /// The inode number of `/gvs/.grid`.
+    pub fn root_ino(&self) -> u64 {
+        GRID_BIT
+    }
+
+    fn ino_of(&self, path: &str) -> u64 {
+        let mut p = lock(&self.paths);
+        if let Some(i) = p.by_path.get(path) {
+            return *i;
+        }
+        let i = GRID_BIT | p.by_idx.len() as u64;
+        p.by_idx.push(path.to_string());
+        p.by_path.insert(path.to_string(), i);
+        i
+    }
+
+    fn path_of(&self, ino: u64) -> Result<String, Errno> {
+        lock(&self.paths)
+            .by_idx
+            .get((ino & !GRID_BIT) as usize)
+            .cloned()
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn exists(&self, prefix: &str, name: &str) -> Result<bool, Errno> {
+        let key = format!("{prefix}{name}");
+        self.rt
+            .block_on(self.store.client.get(key.as_str()))
+            .map(|v| v.is_some())
+            .map_err(|e| {
+                tracing::warn!("{GRID}: metad: {e}");
+                Errno::EIO
+            })
+    }
+
+    /// Whether the object a path names exists now.
+    fn check(&self, obj: &Obj) -> Result<(), Errno> {
+        let ok = match obj {
+            Obj::App(a) | Obj::AppFile(a, _) => {
+                lock(&self.pending).contains(a) || self.exists(model::APPS, a)?
+            }
+            Obj::Vm(v) | Obj::VmFile(v, _) => self.exists(model::VMS, v)?,
+            Obj::Node(n) | Obj::NodeState(n) => self.exists(model::NODES, n)?,
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Errno::ENOENT)
+        }
+    }
+
+    fn attr_of(&self, ino: u64, obj: &Obj) -> FileAttr {
+        let (kind, perm) = match obj {
+            Obj::Root | Obj::Apps | Obj::Vms | Obj::Nodes => (FileType::Directory, 0o755),
+            Obj::App(_) | Obj::Vm(_) | Obj::Node(_) => (FileType::Directory, 0o755),
+            Obj::AppFile(_, File::Spec) => (FileType::RegularFile, 0o644),
+            Obj::AppFile(_, File::Ctl) | Obj::VmFile(_, File::Ctl) => {
+                (FileType::RegularFile, 0o200)
+            }
+            _ => (FileType::RegularFile, 0o444),
+        };
+        let now = SystemTime::now();
+        FileAttr {
+            ino: INodeNo(ino),
+            size: 0,
+            blocks: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            kind,
+            perm,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// The attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        let path = self.path_of(ino)?;
+        let obj = parse(&path).ok_or(Errno::ENOENT)?;
+        if matches!(obj, Obj::App(_) | Obj::Vm(_) | Obj::Node(_)) {
+            self.check(&obj)?;
+        }
+        Ok(self.attr_of(ino, &obj))
+    }
+
+    /// Looks `name` up in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<FileAttr, Errno> {
+        let dir = self.path_of(parent)?;
+        let path = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        let obj = parse(&path).ok_or(Errno::ENOENT)?;
+        if matches!(obj, Obj::App(_) | Obj::Vm(_) | Obj::Node(_)) {
+            self.check(&obj)?;
+        }
+        let ino = self.ino_of(&path);
+        Ok(self.attr_of(ino, &obj))
+    }
+
+    fn names(&self, prefix: &str) -> Result<Vec<String>, Errno> {
+        let (kvs, _) = self
+            .rt
+            .block_on(self.store.client.get_prefix(prefix))
+            .map_err(|e| {
+                tracing::warn!("{GRID}: metad: {e}");
+                Errno::EIO
+            })?;
+        Ok(kvs
+            .into_iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned())
+            .collect())
+    }
+
+    /// The entries of directory `ino` (without `.` and `..`).
+    pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, FileType, String)>, Errno> {
+        let path = self.path_of(ino)?;
+        let obj = parse(&path).ok_or(Errno::ENOENT)?;
+        let (dirs, files): (Vec<String>, &[&str]) = match &obj {
+            Obj::Root => (
+                vec!["apps".into(), "vms".into(), "nodes".into()],
+                &["events"],
+            ),
+            Obj::Apps => {
+                let mut v: BTreeSet<String> = self.names(model::APPS)?.into_iter().collect();
+                v.extend(lock(&self.pending).iter().cloned());
+                (v.into_iter().collect(), &[])
+            }
+            Obj::Vms => (self.names(model::VMS)?, &[]),
+            Obj::Nodes => (self.names(model::NODES)?, &[]),
+            Obj::App(_) => (vec![], &["spec", "ctl", "state", "error"]),
+            Obj::Vm(_) => (vec![], &["ctl", "state", "error"]),
+            Obj::Node(_) => (vec![], &["state"]),
+            _ => return Err(Errno::ENOTDIR),
+        };
+        let join = |n: &str| {
+            if path.is_empty() {
+                n.to_string()
+            } else {
+                format!("{path}/{n}")
+            }
+        };
+        let mut out = Vec::new();
+        for d in dirs {
+            out.push((self.ino_of(&join(&d)), FileType::Directory, d));
+        }
+        for f in files {
+            out.push((self.ino_of(&join(f)), FileType::RegularFile, f.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// `mkdir apps/NAME`: an empty application object, until its spec is
+    /// written.
+    pub fn mkdir(&self, parent: u64, name: &str) -> Result<FileAttr, Errno> {
+        if self.path_of(parent)? != "apps" {
+            return Err(Errno::EPERM);
+        }
+        vmctl::descriptor::check_name(name).map_err(|_| Errno::EINVAL)?;
+        if self.exists(model::APPS, name)? || !lock(&self.pending).insert(name.to_string()) {
+            return Err(Errno::EEXIST);
+        }
+        self.lookup(parent, name)
+    }
+
+    /// `rmdir apps/NAME` of an object whose spec was never written (an
+    /// application is removed with `destroy` in its `ctl`).
+    pub fn rmdir(&self, parent: u64, name: &str) -> Result<(), Errno> {
+        if self.path_of(parent)? != "apps" {
+            return Err(Errno::EPERM);
+        }
+        if lock(&self.pending).remove(name) {
+            return Ok(());
+        }
+        if self.exists(model::APPS, name)? {
+            return Err(Errno::EBUSY);
+        }
+        Err(Errno::ENOENT)
+    }
+
+    /// Opens a control file; its content is made now.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let path = self.path_of(ino)?;
+        let obj = parse(&path).ok_or(Errno::ENOENT)?;
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let writable = matches!(
+            obj,
+            Obj::AppFile(_, File::Spec | File::Ctl) | Obj::VmFile(_, File::Ctl)
+        );
+        if matches!(obj, Obj::Root | Obj::Apps | Obj::Vms | Obj::Nodes)
+            || matches!(obj, Obj::App(_) | Obj::Vm(_) | Obj::Node(_))
+        {
+            return Err(Errno::EISDIR);
+        }
+        if write && !writable {
+            return Err(Errno::EACCES);
+        }
+        self.check(&obj)?;
+        let data = if write {
+            Vec::new()
+        } else {
+            self.content(&path, &obj)?.into_bytes()
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.open).insert(
+            fh,
+            Open {
+                path,
+                data,
+                dirty: false,
+            },
+        );
+        Ok(fh)
+    }
+
+    fn content(&self, path: &str, obj: &Obj) -> Result<String, Errno> {
+        let run = |r: Result<String, CmdError>| {
+            r.or_else(|e| match e {
+                CmdError::NotFound(_) => Err(Errno::ENOENT),
+                e => Ok(format!("error: {e}\n")),
+            })
+        };
+        match obj {
+            Obj::AppFile(_, File::Error) | Obj::VmFile(_, File::Error) => Ok(lock(&self.errors)
+                .get(&object_of(path))
+                .cloned()
+                .unwrap_or_default()),
+            Obj::AppFile(_, File::Ctl) | Obj::VmFile(_, File::Ctl) => Err(Errno::EACCES),
+            Obj::AppFile(a, File::Spec) => {
+                let rec = self
+                    .rt
+                    .block_on(self.store.get::<model::AppRecord>(&model::app_key(a)))
+                    .map_err(|_| Errno::EIO)?;
+                Ok(rec.map(|r| r.value.source).unwrap_or_default())
+            }
+            Obj::AppFile(a, File::State) => {
+                if lock(&self.pending).contains(a) && !self.exists(model::APPS, a)? {
+                    return Ok(format!("app {a}: no spec written yet\n"));
+                }
+                run(self.rt.block_on(cmd::app_show(&self.store, a, false)))
+            }
+            Obj::VmFile(v, File::State) => {
+                run(self.rt.block_on(cmd::vm_show(&self.store, v, false)))
+            }
+            Obj::NodeState(n) => {
+                let rec = self
+                    .rt
+                    .block_on(self.store.get::<NodeRecord>(&model::node_key(n)))
+                    .map_err(|_| Errno::EIO)?
+                    .ok_or(Errno::ENOENT)?
+                    .value;
+                Ok(format!(
+                    "node {}: up since {}, cpus {}, mem {}, bw {} Mbit/s, accel {}, hypervisors {}, limits: {}\n",
+                    rec.name,
+                    cmd::clock(rec.since_ms),
+                    rec.cpus,
+                    vmctl::units::fmt_mib(rec.mem_mib),
+                    rec.bw_mbit,
+                    rec.accel,
+                    rec.hypervisors.join(","),
+                    rec.limits
+                ))
+            }
+            Obj::Events => self.events(),
+            _ => Err(Errno::EISDIR),
+        }
+    }
+
+    /// DVM's and lcmd's events, by time, one a line.
+    fn events(&self) -> Result<String, Errno> {
+        let (dvm, lcm) = self.rt.block_on(async {
+            tokio::join!(
+                self.store.client.get_prefix(model::EVENTS),
+                self.store.client.get_prefix("events/")
+            )
+        });
+        let mut lines: Vec<(u64, String)> = Vec::new();
+        for kv in dvm.map_err(|_| Errno::EIO)?.0 {
+            if let Ok(e) = serde_json::from_slice::<EventRecord>(&kv.value) {
+                lines.push((e.ts_ms, cmd::event_line(&e)));
+            }
+        }
+        for kv in lcm.map_err(|_| Errno::EIO)?.0 {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&kv.value) else {
+                continue;
+            };
+            let s = |k: &str| match &v[k] {
+                serde_json::Value::Null => "-".to_string(),
+                serde_json::Value::String(s) => s.clone(),
+                x => x.to_string(),
+            };
+            let ts = v["time_ms"].as_u64().unwrap_or(0);
+            lines.push((
+                ts,
+                format!(
+                    "{} {:<6} {:<9} {:<12} {}:{} -> {}:{} proto {} ({}.{} -> {}.{}): {}",
+                    cmd::clock(ts),
+                    s("node"),
+                    s("kind"),
+                    s("app"),
+                    s("src_ip"),
+                    s("src_port"),
+                    s("dst_ip"),
+                    s("dst_port"),
+                    s("proto"),
+                    s("src_appliance"),
+                    s("src_terminal"),
+                    s("dst_appliance"),
+                    s("dst_terminal"),
+                    s("reason")
+                ),
+            ));
+        }
+        lines.sort_by_key(|(t, _)| *t);
+        Ok(lines.into_iter().map(|(_, l)| l + "\n").collect())
+    }
+
+    /// Reads an open file's content.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let open = lock(&self.open);
+        let o = open.get(&fh).ok_or(Errno::EBADF)?;
+        let start = (offset as usize).min(o.data.len());
+        let end = (start + size as usize).min(o.data.len());
+        Ok(o.data[start..end].to_vec())
+    }
+
+    fn set_error(&self, object: &str, e: Option<String>) {
+        let mut errs = lock(&self.errors);
+        match e {
+            Some(e) => {
+                errs.insert(object.to_string(), e + "\n");
+            }
+            None => {
+                errs.remove(object);
+            }
+        }
+    }
+
+    /// Writes to `spec` (buffered until close) or `ctl` (each line runs
+    /// now; a refused command fails the write with its reason in `error`).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let path = {
+            let mut open = lock(&self.open);
+            let o = open.get_mut(&fh).ok_or(Errno::EBADF)?;
+            if o.path.ends_with("/spec") {
+                let off = offset as usize;
+                if o.data.len() < off + data.len() {
+                    o.data.resize(off + data.len(), 0);
+                }
+                o.data[off..off + data.len()].copy_from_slice(data);
+                o.dirty = true;
+                return Ok(data.len() as u32);
+            }
+            o.path.clone()
+        };
+        let obj = parse(&path).ok_or(Errno::ENOENT)?;
+        let text = String::from_utf8_lossy(data);
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let r = match &obj {
+                Obj::AppFile(a, File::Ctl) => self.app_ctl(a, line),
+                Obj::VmFile(v, File::Ctl) => self.vm_ctl(v, line),
+                _ => Err(CmdError::Refused("not a ctl file".into())),
+            };
+            let object = object_of(&path);
+            match r {
+                Ok(msg) => {
+                    tracing::info!("{GRID}/{path}: {line}: {}", msg.trim_end());
+                    self.set_error(&object, None);
+                }
+                Err(e) => {
+                    tracing::info!("{GRID}/{path}: {line}: refused: {e}");
+                    let errno = refusal(&e);
+                    self.set_error(&object, Some(format!("{line}: {e}")));
+                    return Err(errno);
+                }
+            }
+        }
+        Ok(data.len() as u32)
+    }
+
+    fn app_ctl(&self, app: &str, line: &str) -> Result<String, CmdError> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let s = &self.store;
+        match words.as_slice() {
+            ["start"] => self.rt.block_on(cmd::app_start(s, app, START_WAIT)),
+            ["stop"] => self.rt.block_on(cmd::app_stop(s, app, STOP_WAIT)),
+            ["destroy"] => {
+                let r = self.rt.block_on(cmd::app_destroy(s, app, false));
+                if r.is_ok() {
+                    lock(&self.pending).remove(app);
+                }
+                r
+            }
+            _ => Err(CmdError::Refused(format!(
+                "unknown command {line:?}; an application's ctl takes start, stop or destroy"
+            ))),
+        }
+    }
+
+    fn vm_ctl(&self, vm: &str, line: &str) -> Result<String, CmdError> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["migrate", node] => {
+                match self
+                    .rt
+                    .block_on(cmd::vm_migrate(&self.store, vm, node, START_WAIT))
+                {
+                    // Accepted and under way: it goes on; `state` follows it.
+                    Err(CmdError::Timeout(m)) => Ok(m),
+                    r => r,
+                }
+            }
+            _ => Err(CmdError::Refused(format!(
+                "unknown command {line:?}; a VM's ctl takes migrate NODE"
+            ))),
+        }
+    }
+
+    /// Applies a written `spec` (at flush and close); a refused one is
+    /// EINVAL with its reason in `error`.
+    pub fn flush(&self, fh: u64) -> Result<(), Errno> {
+        let (path, src) = {
+            let mut open = lock(&self.open);
+            let Some(o) = open.get_mut(&fh) else {
+                return Ok(());
+            };
+            if !o.dirty {
+                return Ok(());
+            }
+            o.dirty = false;
+            (
+                o.path.clone(),
+                String::from_utf8_lossy(&o.data).into_owned(),
+            )
+        };
+        let Some(Obj::AppFile(app, File::Spec)) = parse(&path) else {
+            return Ok(());
+        };
+        let origin = format!("/gvs/{GRID}/{path}");
+        let r = self.rt.block_on(cmd::app_create_from(
+            &self.store,
+            src,
+            &origin,
+            Some(&app),
+            false,
+        ));
+        let object = object_of(&path);
+        match r {
+            Ok(msg) => {
+                tracing::info!("{origin}: {}", msg.trim_end());
+                lock(&self.pending).remove(&app);
+                self.set_error(&object, None);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::info!("{origin}: refused: {e}");
+                self.set_error(&object, Some(e.to_string()));
+                Err(refusal(&e))
+            }
+        }
+    }
+
+    /// Closes a file (a spec not applied yet is applied now).
+    pub fn release(&self, fh: u64) -> Result<(), Errno> {
+        let r = self.flush(fh);
+        lock(&self.open).remove(&fh);
+        r
+    }
+}

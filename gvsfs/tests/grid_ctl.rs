@@ -1,0 +1,216 @@
+//! Control files under /gvs/.grid: a spec written on one node creates the
+//! application everywhere; a bad spec and a bad ctl command are refused
+//! with EINVAL and the reason in `error`; nodes, VMs and events read.
+
+mod common;
+
+use common::{eventually, run, sh, wait_mounted};
+use devgrid::GridGuard;
+
+const SHOP: &str = r#"name = "shop"
+
+[components.web]
+image = "/gvs/catalog/fake"
+mem = "64M"
+
+[components.db]
+image = "/gvs/catalog/fake"
+mem = "64M"
+"#;
+
+#[test]
+fn control_files_create_refuse_and_read() {
+    let grid = GridGuard::up("grctl", 3).unwrap();
+    wait_mounted(&grid, 3);
+    eventually(&grid, 1, "test $(ls /gvs/.grid/nodes | wc -l) -eq 3", 60);
+    // A fake image: enough for `create` (no VM is booted here).
+    sh(&grid, 1, "mkdir -p /gvs/catalog/fake && cd /gvs/catalog/fake && echo k > vmlinuz && printf 'kernel = \"vmlinuz\"\\n' > image.toml && truncate -s 1M root.vol");
+
+    // The tree.
+    let top = sh(&grid, 2, "ls /gvs/.grid");
+    assert_eq!(
+        top.split_whitespace().collect::<Vec<_>>(),
+        ["apps", "events", "nodes", "vms"],
+        "{top}"
+    );
+    let nodes = sh(&grid, 3, "ls /gvs/.grid/nodes");
+    assert_eq!(nodes.split_whitespace().count(), 3, "{nodes}");
+    let n1 = nodes.split_whitespace().next().unwrap().to_string();
+    let st = sh(&grid, 3, &format!("cat /gvs/.grid/nodes/{n1}/state"));
+    assert!(
+        st.contains(&format!("node {n1}:")) && st.contains("cpus"),
+        "{st}"
+    );
+
+    // A good spec written on node 2.
+    let dir = "/tmp/grctl";
+    sh(
+        &grid,
+        2,
+        &format!("mkdir -p {dir} && cat > {dir}/shop.toml <<'EOF'\n{SHOP}EOF"),
+    );
+    sh(
+        &grid,
+        2,
+        &format!("mkdir /gvs/.grid/apps/shop && cat {dir}/shop.toml > /gvs/.grid/apps/shop/spec"),
+    );
+    let list = sh(&grid, 3, "vmctl app list");
+    assert!(list.contains("shop"), "{list}");
+    let state = sh(&grid, 3, "cat /gvs/.grid/apps/shop/state");
+    assert!(
+        state.contains("app shop") && state.contains("shop.web"),
+        "{state}"
+    );
+    let spec = sh(&grid, 1, "cat /gvs/.grid/apps/shop/spec");
+    assert_eq!(spec, SHOP);
+    assert_eq!(
+        sh(&grid, 3, "ls /gvs/.grid/vms")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["shop.db", "shop.web"]
+    );
+    let vm = sh(&grid, 1, "cat /gvs/.grid/vms/shop.web/state");
+    assert!(vm.contains("vm shop.web: stopped"), "{vm}");
+
+    // A bad spec: the write (close) fails with EINVAL, the reason names
+    // the line and the field.
+    let bad = SHOP.replace("name = \"shop\"", "name = \"bad\"").replace(
+        "mem = \"64M\"\n\n[components.db]",
+        "mem = \"lots\"\n\n[components.db]",
+    );
+    sh(&grid, 2, &format!("cat > {dir}/bad.toml <<'EOF'\n{bad}EOF"));
+    let (ok, out) = run(
+        &grid,
+        2,
+        &format!("mkdir /gvs/.grid/apps/bad && cat {dir}/bad.toml > /gvs/.grid/apps/bad/spec"),
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("Invalid argument"), "{out}");
+    let err = sh(&grid, 2, "cat /gvs/.grid/apps/bad/error");
+    assert!(err.contains("line 5, field `components.web.mem`"), "{err}");
+    assert!(!sh(&grid, 1, "vmctl app list").contains("bad"));
+    sh(&grid, 2, "rmdir /gvs/.grid/apps/bad");
+
+    // A bad ctl command: EINVAL from the write, the reason in error.
+    // (coreutils' echo: dash's builtin reports any failed write as "I/O
+    // error".)
+    let (ok, out) = run(&grid, 1, "/bin/echo frobnicate > /gvs/.grid/apps/shop/ctl");
+    assert!(!ok, "{out}");
+    assert!(out.contains("Invalid argument"), "{out}");
+    let err = sh(&grid, 1, "cat /gvs/.grid/apps/shop/error");
+    assert!(err.contains("unknown command \"frobnicate\""), "{err}");
+    // A migrate to a node that does not exist is refused the same way.
+    let (ok, _) = run(
+        &grid,
+        3,
+        "echo migrate nowhere > /gvs/.grid/vms/shop.web/ctl",
+    );
+    assert!(!ok);
+    let err = sh(&grid, 3, "cat /gvs/.grid/vms/shop.web/error");
+    assert!(err.contains("node nowhere is not up"), "{err}");
+
+    // Events: the creation is there.
+    let ev = sh(&grid, 3, "cat /gvs/.grid/events");
+    assert!(
+        ev.lines()
+            .any(|l| l.contains("create") && l.contains("shop")),
+        "{ev}"
+    );
+
+    // destroy through ctl.
+    sh(&grid, 2, "echo destroy > /gvs/.grid/apps/shop/ctl");
+    eventually(&grid, 1, "! vmctl app list | grep -q shop", 10);
+}
+
+/// Builds the tiny appliance on the host (cached) and imports it into
+/// /gvs/catalog/tiny from node 1.
+fn import_appliance(grid: &GridGuard) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../vmctl/appliance/build.sh");
+    let out = std::process::Command::new("sh")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sh(grid, 1, &format!("sh {script} import /gvs/catalog/tiny"));
+}
+
+const MIG: &str = r#"name = "gmig"
+placement = "spread"
+
+[components.ticker]
+image = "/gvs/catalog/tiny"
+cpu = 1
+mem = "128M"
+
+[components.hog]
+image = "/gvs/catalog/tiny"
+cpu = NCPU
+mem = "128M"
+anti_affinity = ["ticker"]
+"#;
+
+/// The node number a VM's `state` names ("... on nodeN ...").
+fn node_of(state: &str) -> Option<usize> {
+    let rest = state.split(" on node").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn ctl_starts_and_a_migrate_to_a_full_node_is_refused() {
+    let grid = GridGuard::up("grctlvm", 3).unwrap();
+    wait_mounted(&grid, 3);
+    import_appliance(&grid);
+    eventually(&grid, 1, "test $(ls /gvs/.grid/nodes | wc -l) -eq 3", 60);
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let desc = MIG.replace("NCPU", &ncpu.to_string());
+    let dir = "/tmp/grctlvm";
+    sh(
+        &grid,
+        1,
+        &format!("mkdir -p {dir} && cat > {dir}/gmig.toml <<'EOF'\n{desc}EOF"),
+    );
+    sh(
+        &grid,
+        1,
+        &format!("mkdir /gvs/.grid/apps/gmig && cat {dir}/gmig.toml > /gvs/.grid/apps/gmig/spec"),
+    );
+    // start runs in the write and returns once the scheduler placed it.
+    sh(&grid, 2, "/bin/echo start > /gvs/.grid/apps/gmig/ctl");
+    let t = eventually(
+        &grid,
+        3,
+        "cat /gvs/.grid/vms/gmig.ticker/state | grep 'vm gmig.ticker: running'",
+        120,
+    );
+    let h = sh(&grid, 3, "cat /gvs/.grid/vms/gmig.hog/state");
+    let (src, full) = (node_of(&t).unwrap(), node_of(&h).unwrap());
+    assert_ne!(src, full, "{t}\n{h}");
+
+    // The hog's node has no CPU left: the scheduler refuses; the write
+    // waits for its answer and fails with EINVAL, the reason in error.
+    let (ok, out) = run(
+        &grid,
+        3,
+        &format!("/bin/echo migrate node{full} > /gvs/.grid/vms/gmig.ticker/ctl"),
+    );
+    assert!(!ok && out.contains("Invalid argument"), "{out}");
+    let err = sh(&grid, 3, "cat /gvs/.grid/vms/gmig.ticker/error");
+    assert!(err.contains("ticker needs"), "{err}");
+    let t = sh(&grid, 1, "cat /gvs/.grid/vms/gmig.ticker/state");
+    assert_eq!(node_of(&t), Some(src), "{t}");
+
+    // stop and destroy through ctl; a destroy of a running app is refused.
+    let (ok, _) = run(&grid, 1, "/bin/echo destroy > /gvs/.grid/apps/gmig/ctl");
+    assert!(!ok);
+    assert!(sh(&grid, 1, "cat /gvs/.grid/apps/gmig/error").contains("stop it first"));
+    sh(&grid, 1, "/bin/echo stop > /gvs/.grid/apps/gmig/ctl");
+    sh(&grid, 1, "/bin/echo destroy > /gvs/.grid/apps/gmig/ctl");
+    eventually(&grid, 2, "! ls /gvs/.grid/apps | grep -q gmig", 10);
+}
