@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fuser::{Config, MountOption, SessionACL};
-use metad::{Client, ClientConfig, Secret};
+use metad::{Client, MetadArgs};
 
 use crate::chunk::ChunkStore;
 use crate::fs::{on_event, run_invalidations, GvsFs};
@@ -158,9 +158,11 @@ fn background_commits(gvs: &Gvs, every: Duration) {
 }
 
 /// Runs `gvsfs mount` until unmounted or signalled.
-pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyhow::Result<()> {
-    let secret = Secret::load(secret_file)
-        .with_context(|| format!("reading the cluster secret {}", secret_file.display()))?;
+pub fn run(args: MountArgs, metad: &MetadArgs) -> anyhow::Result<()> {
+    let cfg = metad
+        .client_config()
+        .with_context(|| format!("reading the cluster secret {}", metad.secret_file.display()))?;
+    let secret = cfg.secret.clone();
     let me = args.node_name.clone().unwrap_or_else(hostname);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -178,10 +180,7 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
         .unwrap_or_else(|| format!("{me}:{port}"));
     rt.spawn(crate::net::serve(listener, store.clone(), secret.clone()));
 
-    let client = Arc::new(Client::new(ClientConfig::new(
-        endpoints.clone(),
-        secret.clone(),
-    )));
+    let client = Arc::new(Client::new(cfg));
     let cache_chunks = (args.cache_mb << 20) / crate::DEFAULT_BLOCK_SIZE as usize;
     let gvs = Arc::new(Gvs::new(
         me.clone(),
@@ -240,7 +239,7 @@ pub fn run(args: MountArgs, endpoints: Vec<String>, secret_file: &Path) -> anyho
     config.acl = SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-    let fs = match vmctl::store::Store::connect(endpoints, secret_file) {
+    let fs = match vmctl::store::Store::connect(metad.endpoints.clone(), &metad.secret_file) {
         Ok(store) => GvsFs::new(gvs.clone(), args.writeback)
             .with_grid(crate::control::Grid::new(store, rt.handle().clone())),
         Err(e) => {

@@ -8,23 +8,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "gvsfs", version, about = "gvsfs: the grid's node storage daemon: the /gvs FUSE mount and the chunk store", long_about = None)]
 struct Cli {
-    /// metad members (host:port, comma separated).
-    #[arg(
-        long,
-        env = "METAD_ENDPOINTS",
-        value_delimiter = ',',
-        global = true,
-        default_value = "127.0.0.1:2380"
-    )]
-    endpoints: Vec<String>,
-    /// The cluster secret (hex).
-    #[arg(
-        long,
-        env = "METAD_SECRET_FILE",
-        global = true,
-        default_value = "/etc/grid/secret"
-    )]
-    secret_file: PathBuf,
+    #[command(flatten)]
+    metad: metad::MetadArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -93,7 +78,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Mount(args) => gvsfs::daemon::run(args, cli.endpoints, &cli.secret_file),
+        Cmd::Mount(args) => gvsfs::daemon::run(args, &cli.metad),
         Cmd::Clone { src, dst, force } => gvsfs::clone::clone_path(&src, &dst, force),
         Cmd::Export { vol, output } => gvsfs::backup::export(&vol, output.as_deref()).map(|_| ()),
         Cmd::Import { file, vol, force } => gvsfs::backup::import(&file, &vol, force).map(|_| ()),
