@@ -71,11 +71,7 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    metad::logging::init();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Mount(args) => gvsfs::daemon::run(args, &cli.metad),

@@ -17,12 +17,14 @@
 //! - [`server`]: the listening port for peers and clients;
 //! - [`client`]: the client;
 //! - [`member`]: a member's data directory (identity, secret, database);
+//! - [`logging`]: the log format of every grid binary;
 //! - [`linearizability`]: a checker for histories of register operations.
 
 pub mod args;
 pub mod auth;
 pub mod client;
 pub mod linearizability;
+pub mod logging;
 pub mod member;
 pub mod node;
 pub mod protocol;

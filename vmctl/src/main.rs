@@ -86,13 +86,7 @@ async fn run(cli: Cli) -> Result<String, CmdError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.cmd, Cmd::Agent { .. }) {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "info".into()),
-            )
-            .with_writer(std::io::stderr)
-            .init();
+        metad::logging::init();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
