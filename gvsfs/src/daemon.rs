@@ -13,12 +13,8 @@ use metad::{Client, MetadArgs};
 
 use crate::chunk::ChunkStore;
 use crate::fs::{on_event, run_invalidations, GvsFs};
-use crate::gvs::Gvs;
+use crate::gvs::{Gvs, NODE_TTL};
 use crate::meta::{self, NodeInfo};
-
-/// TTL of the node's metad lease: how long a dead node keeps its write
-/// leases and its place among the live replicas.
-const NODE_TTL: Duration = Duration::from_secs(5);
 
 /// `gvsfs mount` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -77,11 +73,13 @@ fn capacity(dir: &Path) -> (u64, u64) {
 }
 
 async fn register(gvs: &Gvs, info: &NodeInfo) -> anyhow::Result<u64> {
+    let asked = Instant::now();
     let lease = gvs.client().lease_grant(NODE_TTL).await?;
     gvs.client()
         .put_with_lease(meta::node_key(&gvs.me), info.encode(), lease)
         .await?;
     gvs.node_lease.store(lease, Ordering::SeqCst);
+    gvs.lease_confirmed(asked);
     Ok(lease)
 }
 
@@ -97,8 +95,10 @@ async fn keep_registered(gvs: Arc<Gvs>, data_dir: PathBuf, addr: String) {
             free,
         };
         let lease = gvs.lease();
+        let asked = Instant::now();
         match gvs.client().lease_keepalive(lease).await {
             Ok(_) => {
+                gvs.lease_confirmed(asked);
                 // Refresh the free space when it moved by 64 MiB (each
                 // write is an event on every node), so df follows writes
                 // and collections.

@@ -79,6 +79,9 @@ pub struct Gvs {
     pub rt: tokio::runtime::Handle,
     /// This node's metad lease (its registration and write leases hang on it).
     pub node_lease: AtomicU64,
+    /// When metad last confirmed that lease (granted or renewed); None
+    /// until the node registers.
+    lease_confirmed: Mutex<Option<Instant>>,
     /// Volumes with local state (open, written or leased here).
     pub volumes: Mutex<HashMap<u64, Arc<Mutex<Volume>>>>,
     inos: Mutex<(u64, u64)>,
@@ -87,6 +90,10 @@ pub struct Gvs {
     /// Where kernel cache invalidations go (set once mounted).
     pub inval: Mutex<Option<mpsc::Sender<Inval>>>,
 }
+
+/// TTL of the node's metad lease: how long a dead node keeps its write
+/// leases and its place among the live replicas.
+pub const NODE_TTL: Duration = Duration::from_secs(5);
 
 /// How long a snapshot or clone waits for other nodes' writers to flush.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
@@ -156,6 +163,7 @@ impl Gvs {
             cache: Mutex::new(LruCache::new(cap)),
             rt,
             node_lease: AtomicU64::new(0),
+            lease_confirmed: Mutex::new(None),
             volumes: Mutex::new(HashMap::new()),
             inos: Mutex::new((0, 0)),
             stats: Stats::default(),
@@ -866,6 +874,42 @@ impl Gvs {
     /// This node's metad lease id.
     pub fn lease(&self) -> u64 {
         self.node_lease.load(Ordering::SeqCst)
+    }
+
+    /// Records that metad granted or renewed the node's lease in answer
+    /// to a request sent at `asked` (the lease runs from no later than that).
+    pub fn lease_confirmed(&self, asked: Instant) {
+        *self
+            .lease_confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(asked);
+    }
+
+    /// True when metad has not confirmed the node's lease for a whole
+    /// TTL: every write lease hanging on it may have expired and been
+    /// taken by another node, so waiting for metad to commit is pointless
+    /// (and would keep writers, and the processes killed while writing,
+    /// stuck in the kernel for as long as the node is cut off).
+    pub fn lease_lapsed(&self) -> bool {
+        self.lease_confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() >= NODE_TTL)
+    }
+
+    /// Runs `work` (a chunk push, a metad commit) unless the node's lease
+    /// lapses first ([`Gvs::lease_lapsed`]), then gives up with None: a
+    /// peer or metad out of reach holds a writer no longer than that.
+    pub async fn unless_lapsed<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        let lapsed = async {
+            while !self.lease_lapsed() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            r = work => Some(r),
+            () = lapsed => None,
+        }
     }
 }
 

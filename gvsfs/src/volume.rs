@@ -518,6 +518,18 @@ impl Volume {
         true
     }
 
+    /// Fences the volume because the node's own lease lapsed while
+    /// metad was out of reach (`why`): the write lease may be another
+    /// node's by now.
+    fn lapsed(&mut self, why: &str) -> GvsError {
+        tracing::warn!(
+            "volume {:#x}: node lease lapsed while committing ({why}); dropping uncommitted data",
+            self.ino
+        );
+        self.fence();
+        GvsError::Fenced(self.ino)
+    }
+
     /// Drops the local state after losing the lease.
     fn fence(&mut self) {
         self.dirty.clear();
@@ -653,7 +665,9 @@ impl Volume {
                 success,
                 failure: vec![],
             };
-            let r = gvs.rt.block_on(gvs.client().txn(t));
+            let Some(r) = gvs.rt.block_on(gvs.unless_lapsed(gvs.client().txn(t))) else {
+                return Err(self.lapsed("metad did not answer"));
+            };
             match r {
                 Ok(r) if r.succeeded => {
                     crate::stats::Stats::add(&gvs.stats.metad_ops, 1 + missing.len() as u64);
@@ -677,6 +691,12 @@ impl Volume {
                 }
                 // metad is electing a leader, or the answer was lost: try
                 // again (the same root, fenced by the same epoch) for a while.
+                // Once the node's own lease has lapsed the write lease
+                // may be another node's: give up now (EIO) rather than
+                // hold the writer for the whole wait.
+                Err(e) if transient(&e) && gvs.lease_lapsed() => {
+                    return Err(self.lapsed(&e.to_string()));
+                }
                 Err(e) if transient(&e) && Instant::now() < deadline => {
                     gvs.metad_trouble(&e);
                     tracing::info!("volume {:#x}: commit: {e}; retrying", self.ino);
@@ -756,9 +776,18 @@ pub(crate) fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result
     let results: Vec<(String, Result<()>)> = std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for (name, addr) in &remote {
-            handles.push(
-                scope.spawn(move || (name.clone(), gvs.rt.block_on(gvs.peers.put(addr, chunks)))),
-            );
+            handles.push(scope.spawn(move || {
+                let put = gvs
+                    .rt
+                    .block_on(gvs.unless_lapsed(gvs.peers.put(addr, chunks)));
+                let r = put.unwrap_or_else(|| {
+                    Err(GvsError::Peer {
+                        peer: addr.clone(),
+                        why: "gave up: this node's metad lease lapsed".into(),
+                    })
+                });
+                (name.clone(), r)
+            }));
         }
         if local {
             handles.push(scope.spawn(|| (gvs.me.clone(), gvs.store.put_many(chunks, true))));

@@ -5,7 +5,9 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use common::{eventually, md5, sh, wait_mounted};
 use devgrid::GridGuard;
@@ -35,8 +37,13 @@ for line in sys.stdin:
 struct Writer {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    /// The writer's answers, read by their own thread so that a writer
+    /// stuck in the kernel fails the test instead of hanging it.
+    answers: mpsc::Receiver<String>,
 }
+
+/// How long one command may take before the writer counts as stuck.
+const ANSWER_WAIT: Duration = Duration::from_secs(60);
 
 impl Writer {
     fn start(grid: &GridGuard, node: usize, file: &str) -> Writer {
@@ -49,27 +56,41 @@ impl Writer {
             .expect("starting the writer");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, answers) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line.trim().to_string()).is_err() {
+                    break;
+                }
+            }
+        });
         let mut w = Writer {
             child,
             stdin,
-            stdout,
+            answers,
         };
         assert_eq!(w.answer(), "open");
         w
     }
 
     fn answer(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("reading the writer");
-        line.trim().to_string()
+        self.answer_within(ANSWER_WAIT)
+    }
+
+    fn answer_within(&mut self, wait: Duration) -> String {
+        self.answers
+            .recv_timeout(wait)
+            .unwrap_or_else(|e| panic!("the writer did not answer within {wait:?}: {e}"))
     }
 
     fn ask(&mut self, cmd: &str) -> String {
+        self.ask_within(cmd, ANSWER_WAIT)
+    }
+
+    fn ask_within(&mut self, cmd: &str, wait: Duration) -> String {
         writeln!(self.stdin, "{cmd}").expect("telling the writer");
         self.stdin.flush().expect("flush");
-        self.answer()
+        self.answer_within(wait)
     }
 }
 
@@ -173,4 +194,27 @@ fn a_writer_cut_off_while_another_node_takes_its_lease_is_fenced_by_the_epoch() 
     assert_eq!(w1.ask("close"), "EIO");
     // Neither B (written after node2 took the lease) nor D landed.
     assert_everywhere(&grid, file, "AC");
+}
+
+#[test]
+fn a_writer_cut_off_from_metad_gets_eio_once_its_node_lease_lapses() {
+    let grid = GridGuard::up("gvfeio", 3).unwrap();
+    wait_mounted(&grid, 3);
+    let file = "/gvs/e.vol";
+    let mut w1 = Writer::start(&grid, 1, file);
+    assert_eq!(w1.ask("write A 0"), "ok");
+    assert_eq!(w1.ask("fsync"), "ok");
+    grid.cut(1, false).unwrap();
+    // The write is only buffered; the fsync needs metad, which node1
+    // cannot reach. Once node1's own lease has lapsed (5 s TTL) its write
+    // lease may be gone: the fsync fails with EIO then, instead of
+    // holding the writer in the kernel, unkillable, for as long as
+    // metad is out of reach.
+    assert_eq!(w1.ask("write B 1"), "ok");
+    let asked = std::time::Instant::now();
+    assert_eq!(w1.ask_within("fsync", Duration::from_secs(15)), "EIO");
+    eprintln!("fsync on the cut node failed after {:?}", asked.elapsed());
+    grid.heal(1).unwrap();
+    // Nothing after the last good fsync landed, on any node.
+    assert_everywhere(&grid, file, "A");
 }
