@@ -7,11 +7,11 @@
 //! /gvs/.grid/apps/NAME/{spec,ctl,state,error}   applications
 //! /gvs/.grid/vms/APP.COMP/{ctl,state,error}     VMs
 //! /gvs/.grid/nodes/NODE/state                   nodes (their agents)
-//! /gvs/.grid/events                             DVM and LCM events
+//! /gvs/.grid/events                             the grid's event log
 //! ```
 //!
-//! Everything lives in metad (DVM's records under `dvm/`, lcmd's under
-//! `events/`) and goes through vmctl's library, so the tree is the same on
+//! Everything lives in metad (DVM's records under `dvm/`, the event log
+//! of every service under `events/`) and goes through vmctl's library, so the tree is the same on
 //! every node. `mkdir apps/NAME` makes an empty object held in this node's
 //! memory until its `spec` is written; writing `spec` validates the
 //! descriptor and creates the application at close (EINVAL from close, the
@@ -31,8 +31,9 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
+use metad::events::{self, clock};
 use vmctl::commands::{self as cmd, CmdError};
-use vmctl::model::{self, EventRecord, NodeRecord};
+use vmctl::model::{self, NodeRecord};
 use vmctl::store::Store;
 
 /// The control directory's name at the root of /gvs.
@@ -434,7 +435,7 @@ impl Grid {
                 Ok(format!(
                     "node {}: up since {}, cpus {}, mem {}, bw {} Mbit/s, accel {}, hypervisors {}, limits: {}\n",
                     rec.name,
-                    cmd::clock(rec.since_ms),
+                    clock(rec.since_ms),
                     rec.cpus,
                     vmctl::units::fmt_mib(rec.mem_mib),
                     rec.bw_mbit,
@@ -448,53 +449,16 @@ impl Grid {
         }
     }
 
-    /// DVM's and lcmd's events, by time, one a line.
+    /// The grid's event log (DVM, LCM and GVS), oldest first, one a line.
     fn events(&self) -> Result<String, Errno> {
-        let (dvm, lcm) = self.rt.block_on(async {
-            tokio::join!(
-                self.store.client.get_prefix(model::EVENTS),
-                self.store.client.get_prefix("events/")
-            )
-        });
-        let mut lines: Vec<(u64, String)> = Vec::new();
-        for kv in dvm.map_err(|_| Errno::EIO)?.0 {
-            if let Ok(e) = serde_json::from_slice::<EventRecord>(&kv.value) {
-                lines.push((e.ts_ms, cmd::event_line(&e)));
-            }
-        }
-        for kv in lcm.map_err(|_| Errno::EIO)?.0 {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&kv.value) else {
-                continue;
-            };
-            let s = |k: &str| match &v[k] {
-                serde_json::Value::Null => "-".to_string(),
-                serde_json::Value::String(s) => s.clone(),
-                x => x.to_string(),
-            };
-            let ts = v["time_ms"].as_u64().unwrap_or(0);
-            lines.push((
-                ts,
-                format!(
-                    "{} {:<6} {:<9} {:<12} {}:{} -> {}:{} proto {} ({}.{} -> {}.{}): {}",
-                    cmd::clock(ts),
-                    s("node"),
-                    s("kind"),
-                    s("app"),
-                    s("src_ip"),
-                    s("src_port"),
-                    s("dst_ip"),
-                    s("dst_port"),
-                    s("proto"),
-                    s("src_appliance"),
-                    s("src_terminal"),
-                    s("dst_appliance"),
-                    s("dst_terminal"),
-                    s("reason")
-                ),
-            ));
-        }
-        lines.sort_by_key(|(t, _)| *t);
-        Ok(lines.into_iter().map(|(_, l)| l + "\n").collect())
+        let (evs, _) = self
+            .rt
+            .block_on(events::list(&self.store.client))
+            .map_err(|e| {
+                tracing::warn!("{GRID}: metad: {e}");
+                Errno::EIO
+            })?;
+        Ok(evs.iter().map(|e| e.line() + "\n").collect())
     }
 
     /// Reads an open file's content.

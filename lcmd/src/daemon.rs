@@ -68,10 +68,8 @@ pub async fn run(store: Store, opts: Options) -> Result<(), DaemonError> {
 
     let s = store.clone();
     tokio::spawn(async move {
-        let mut seq = 0u64;
         while let Some(ev) = ev_rx.recv().await {
-            seq += 1;
-            while let Err(e) = s.put_event(&ev, seq).await {
+            while let Err(e) = s.put_event(&ev).await {
                 tracing::warn!("writing event: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

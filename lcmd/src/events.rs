@@ -1,7 +1,11 @@
 //! Security events: what lcmd reports when it drops traffic that no
 //! declared connection admits, rate-limited so that a flood cannot flood
-//! metad, and counted so that nothing suppressed goes unnoticed.
+//! metad, and counted so that nothing suppressed goes unnoticed. They are
+//! stored in the grid's one event log ([`metad::events`]) as `lcm` events
+//! of kind `drop`, with the 5-tuple, appliances, terminals and reason as
+//! structured fields.
 
+use metad::events::{Fields, GridEvent, Source};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -48,13 +52,12 @@ impl Reason {
     }
 }
 
-/// One reported breach, as stored under `events/`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One breach as the engine sees it (typed, for the rate limit); stored
+/// as a [`GridEvent`] ([`SecurityEvent::to_event`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecurityEvent {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
-    /// What kind of event (always `lcm-drop` for lcmd's).
-    pub kind: String,
     /// The node that dropped the packet.
     pub node: String,
     /// Application, when known.
@@ -96,7 +99,6 @@ impl SecurityEvent {
     ) -> SecurityEvent {
         SecurityEvent {
             time_ms: now_ms(),
-            kind: "lcm-drop".into(),
             node: node.into(),
             app: None,
             src_appliance: None,
@@ -110,6 +112,54 @@ impl SecurityEvent {
             dst_port: dst.1,
             reason,
             suppressed: 0,
+        }
+    }
+
+    /// The event as the grid's log stores it.
+    pub fn to_event(&self) -> GridEvent {
+        let side = |a: &Option<String>, t: &Option<String>| {
+            format!(
+                "{}.{}",
+                a.as_deref().unwrap_or("-"),
+                t.as_deref().unwrap_or("-")
+            )
+        };
+        let mut message = format!(
+            "{}:{} -> {}:{} proto {} ({} -> {}): {}",
+            self.src_ip,
+            self.src_port,
+            self.dst_ip,
+            self.dst_port,
+            self.proto,
+            side(&self.src_appliance, &self.src_terminal),
+            side(&self.dst_appliance, &self.dst_terminal),
+            self.reason.as_str()
+        );
+        if self.suppressed > 0 {
+            message.push_str(&format!(" ({} like it suppressed)", self.suppressed));
+        }
+        GridEvent {
+            time_ms: self.time_ms,
+            node: self.node.clone(),
+            source: Source::Lcm,
+            kind: "drop".into(),
+            subject: self.app.clone().unwrap_or_else(|| "-".into()),
+            message,
+            fields: Fields {
+                app: self.app.clone(),
+                src_appliance: self.src_appliance.clone(),
+                src_terminal: self.src_terminal.clone(),
+                dst_appliance: self.dst_appliance.clone(),
+                dst_terminal: self.dst_terminal.clone(),
+                proto: Some(self.proto),
+                src_ip: Some(self.src_ip.into()),
+                src_port: Some(self.src_port),
+                dst_ip: Some(self.dst_ip.into()),
+                dst_port: Some(self.dst_port),
+                reason: Some(self.reason.as_str().into()),
+                suppressed: Some(self.suppressed),
+                ..Fields::default()
+            },
         }
     }
 }
@@ -203,5 +253,11 @@ mod tests {
             serde_json::to_string(&Reason::SpoofedIp).unwrap(),
             "\"spoofed-ip\""
         );
+        let stored = serde_json::to_value(ev.to_event()).unwrap();
+        assert_eq!(
+            (&stored["source"], &stored["kind"], &stored["reason"]),
+            (&"lcm".into(), &"drop".into(), &"wrong-port".into())
+        );
+        assert_eq!(stored["dst_port"], 2);
     }
 }

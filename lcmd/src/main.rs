@@ -48,7 +48,8 @@ enum Cmd {
     /// Connections.
     #[command(subcommand)]
     Conn(ConnCmd),
-    /// Security events reported by lcmd, oldest first.
+    /// Security events reported by lcmd, oldest first (`vmctl events`
+    /// shows every service's).
     Events {
         /// One JSON object per line.
         #[arg(long)]
@@ -200,23 +201,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
                 if json {
                     println!("{}", serde_json::to_string(&e)?);
                 } else {
-                    println!(
-                        "{} {} {} {}/{}.{} -> {}.{} proto {} {}:{} -> {}:{} (suppressed {})",
-                        e.time_ms,
-                        e.node,
-                        e.reason.as_str(),
-                        e.app.as_deref().unwrap_or("-"),
-                        e.src_appliance.as_deref().unwrap_or("-"),
-                        e.src_terminal.as_deref().unwrap_or("-"),
-                        e.dst_appliance.as_deref().unwrap_or("-"),
-                        e.dst_terminal.as_deref().unwrap_or("-"),
-                        e.proto,
-                        e.src_ip,
-                        e.src_port,
-                        e.dst_ip,
-                        e.dst_port,
-                        e.suppressed
-                    );
+                    println!("{}", e.line());
                 }
             }
         }

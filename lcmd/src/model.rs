@@ -1,7 +1,8 @@
 //! The LCM model as it is kept in metad: applications with their address
 //! range, appliances with their terminals, connections between terminals,
 //! per-application tunnel keys and the nodes' underlay addresses; and the
-//! key layout under `lcm/` (plus `events/` for security events).
+//! key layout under `lcm/` (security events go to the grid's event log,
+//! `metad::events`).
 
 use crate::bandwidth::Bandwidth;
 use serde::{Deserialize, Serialize};
@@ -15,8 +16,6 @@ pub const PREFIX: &str = "lcm/";
 /// Prefix of per-node statistics (under [`PREFIX`], but not model: ignored
 /// by the watch so that statistics never cause a reload).
 pub const STATS_PREFIX: &str = "lcm/stats/";
-/// Prefix of the security event log shared with the rest of the grid.
-pub const EVENTS_PREFIX: &str = "events/";
 /// UDP port of the inter-node tunnels.
 pub const TUNNEL_PORT: u16 = 2395;
 

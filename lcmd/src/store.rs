@@ -4,6 +4,7 @@
 use crate::events::SecurityEvent;
 use crate::model::{self, AppSpec, Appliance, Connection, ModelError, NodeRecord, Resolved};
 use crate::stats::{ConnStats, NodeStats};
+use metad::events::{self, GridEvent, Source};
 use metad::{Client, ClientConfig, ClientError, Op, Secret, Txn};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -192,26 +193,18 @@ impl Store {
         Ok(())
     }
 
-    /// Appends a security event under `events/`.
-    pub async fn put_event(&self, ev: &SecurityEvent, seq: u64) -> Result<(), StoreError> {
-        let key = format!(
-            "{}{:020}-{}-{:08}",
-            model::EVENTS_PREFIX,
-            ev.time_ms,
-            ev.node,
-            seq
-        );
-        self.client.put(key, json(ev)).await?;
+    /// Appends a security event to the grid's event log.
+    pub async fn put_event(&self, ev: &SecurityEvent) -> Result<(), StoreError> {
+        events::append(&self.client, &ev.to_event()).await?;
         Ok(())
     }
 
-    /// Security events reported by lcmd (other kinds of events are skipped).
-    pub async fn events(&self) -> Result<Vec<SecurityEvent>, StoreError> {
-        let kvs = self.client.get_prefix(model::EVENTS_PREFIX).await?.0;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<SecurityEvent>(&kv.value).ok())
-            .filter(|e| e.kind == "lcm-drop")
+    /// The security events in the grid's event log (LCM's drops).
+    pub async fn events(&self) -> Result<Vec<GridEvent>, StoreError> {
+        let (evs, _) = events::list(&self.client).await?;
+        Ok(evs
+            .into_iter()
+            .filter(|e| e.source == Source::Lcm)
             .collect())
     }
 

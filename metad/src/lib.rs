@@ -16,6 +16,7 @@
 //! - [`transport`]: outbound Raft messages to peers;
 //! - [`server`]: the listening port for peers and clients;
 //! - [`client`]: the client;
+//! - [`events`]: the grid's one event log (DVM, LCM and GVS events);
 //! - [`member`]: a member's data directory (identity, secret, database);
 //! - [`logging`]: the log format of every grid binary;
 //! - [`linearizability`]: a checker for histories of register operations.
@@ -23,6 +24,7 @@
 pub mod args;
 pub mod auth;
 pub mod client;
+pub mod events;
 pub mod linearizability;
 pub mod logging;
 pub mod member;

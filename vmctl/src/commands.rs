@@ -3,12 +3,11 @@
 
 use crate::controller::capacities;
 use crate::descriptor::{self, DescriptorError};
-use crate::model::{
-    self, AppRecord, Desired, EventRecord, NodeRecord, VmRecord, VmState, VmStatus,
-};
+use crate::model::{self, AppRecord, Desired, NodeRecord, VmRecord, VmState, VmStatus};
 use crate::store::{at_rev, put_op, Store, StoreError, Versioned};
 use crate::units::fmt_mib;
 use crate::volumes::{self, VolumeError};
+use metad::events::{self, GridEvent};
 use metad::{Op, Txn};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -870,59 +869,31 @@ pub async fn node_list(store: &Store, json: bool) -> Result<String, CmdError> {
     Ok(out)
 }
 
-/// `HH:MM:SS.mmm` (UTC) of a timestamp in ms.
-pub fn clock(ts_ms: u64) -> String {
-    let secs = ts_ms / 1000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60,
-        ts_ms % 1000
-    )
-}
-
-/// An event as one line (no newline), as `vmctl events` prints it.
-pub fn event_line(e: &EventRecord) -> String {
-    format!(
-        "{} {:<6} {:<9} {:<12} {}",
-        clock(e.ts_ms),
-        e.node,
-        e.kind,
-        e.subject,
-        e.message
-    )
-}
-
-fn print_event(e: &EventRecord, json: bool) {
+fn print_event(e: &GridEvent, json: bool) {
     if json {
         println!("{}", serde_json::to_string(e).expect("serializes"));
     } else {
-        println!("{}", event_line(e));
+        println!("{}", e.line());
     }
 }
 
-/// `vmctl events [--follow]`.
+/// `vmctl events [--follow]`: the grid's whole event log (DVM, LCM and
+/// GVS), oldest first, then what is appended.
 pub async fn events(store: &Store, follow: bool, json: bool) -> Result<(), CmdError> {
-    let (evs, rev) = store.list::<EventRecord>(model::EVENTS).await?;
-    for (_, e) in &evs {
-        print_event(&e.value, json);
+    let (evs, rev) = events::list(&store.client)
+        .await
+        .map_err(StoreError::from)?;
+    for e in &evs {
+        print_event(e, json);
     }
     if !follow {
         return Ok(());
     }
-    let mut w = store
-        .client
-        .watch(model::EVENTS, rev + 1)
+    let mut f = events::follow(&store.client, rev + 1)
         .await
         .map_err(StoreError::from)?;
-    while let Some(ev) = w.next().await {
-        let ev = ev.map_err(StoreError::from)?;
-        if ev.kind == metad::EventKind::Put {
-            if let Ok(e) = serde_json::from_slice::<EventRecord>(&ev.kv.value) {
-                print_event(&e, json);
-            }
-        }
+    while let Some(e) = f.next().await {
+        print_event(&e.map_err(StoreError::from)?, json);
     }
     Ok(())
 }

@@ -9,11 +9,10 @@
 //! | `dvm/apps/<app>` | [`AppRecord`] | CLI; scheduler (outcome) |
 //! | `dvm/vms/<app>.<comp>` | [`VmRecord`]: desired state, reservation (`node`) | CLI; scheduler (`node`); agent (flapping) |
 //! | `dvm/status/<app>.<comp>` | [`VmStatus`]: what is true on the node | agent |
-//! | `dvm/events/<ns>-<node>` | [`EventRecord`] | everyone |
 
 use crate::descriptor::AppSpec;
+use crate::guest::GuestNic;
 use serde::{Deserialize, Serialize};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The root of DVM's keys.
 pub const PREFIX: &str = "dvm/";
@@ -25,8 +24,6 @@ pub const APPS: &str = "dvm/apps/";
 pub const VMS: &str = "dvm/vms/";
 /// Prefix of VM status records.
 pub const STATUS: &str = "dvm/status/";
-/// Prefix of events.
-pub const EVENTS: &str = "dvm/events/";
 /// The scheduler election key.
 pub const SCHEDULER: &str = "dvm/scheduler";
 
@@ -51,12 +48,8 @@ pub fn vm_name(app: &str, component: &str) -> String {
     format!("{app}.{component}")
 }
 
-/// Milliseconds since the epoch: timestamps in records and event keys.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// Milliseconds since the epoch: timestamps in records.
+pub use metad::events::now_ms;
 
 /// What a node offers, as its agent registered it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +162,10 @@ pub struct VmRecord {
     /// How the last live migration went.
     #[serde(default)]
     pub last_migration: Option<MigrationReport>,
+    /// Its NIC on lcmd, when its application declares connections
+    /// (see [`crate::guest`]).
+    #[serde(default)]
+    pub nic: Option<GuestNic>,
 }
 
 /// Where a live migration is. The CLI writes `Requested`; the scheduler
@@ -262,19 +259,4 @@ pub struct VmStatus {
     /// The last live migration (downtime as QEMU reported it).
     #[serde(default)]
     pub last_migration: Option<MigrationReport>,
-}
-
-/// Something that happened, for `vmctl events`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventRecord {
-    /// When, ms.
-    pub ts_ms: u64,
-    /// Reporting node (or "cli").
-    pub node: String,
-    /// Kind: "start", "stop", "placed", "refused", "failover", "crash", "flapping", ...
-    pub kind: String,
-    /// The application or VM it is about.
-    pub subject: String,
-    /// What happened.
-    pub message: String,
 }

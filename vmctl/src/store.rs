@@ -1,12 +1,14 @@
 //! DVM's access to metad: JSON records under `dvm/`, compare-and-swap on
-//! their revisions, and events. Shared by the CLI, the agent and the
+//! their revisions, and DVM's events (in the grid's one log,
+//! [`metad::events`]). Shared by the CLI, the agent and the
 //! scheduler.
 
-use crate::model::{self, EventRecord};
+use metad::events::{self, GridEvent, Source};
 use metad::{Client, ClientConfig, ClientError, Compare, CompareTarget, Op, Secret, Txn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Errors talking to metad.
@@ -41,8 +43,8 @@ pub struct Versioned<T> {
 
 /// The metad client with DVM's conveniences.
 pub struct Store {
-    /// The client.
-    pub client: Client,
+    /// The client (shared with lcmd's store, see [`crate::guest`]).
+    pub client: Arc<Client>,
 }
 
 /// Serializes a record.
@@ -85,7 +87,7 @@ impl Store {
         let mut cfg = ClientConfig::new(endpoints, secret);
         cfg.timeout = Duration::from_secs(5);
         Ok(Store {
-            client: Client::new(cfg),
+            client: Arc::new(Client::new(cfg)),
         })
     }
 
@@ -146,22 +148,13 @@ impl Store {
         Ok(self.client.txn(txn).await?.succeeded)
     }
 
-    /// Appends an event (best effort: an event lost to a metad outage is
-    /// logged, never an error of the operation it reports).
+    /// Appends a DVM event to the grid's event log (best effort: an
+    /// event lost to a metad outage is logged, never an error of the
+    /// operation it reports).
     pub async fn event(&self, node: &str, kind: &str, subject: &str, message: impl Into<String>) {
-        let ev = EventRecord {
-            ts_ms: model::now_ms(),
-            node: node.to_string(),
-            kind: kind.to_string(),
-            subject: subject.to_string(),
-            message: message.into(),
-        };
+        let ev = GridEvent::new(node, Source::Dvm, kind, subject, message);
         tracing::info!("event {kind} {subject}: {}", ev.message);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let key = format!("{}{nanos:020}-{node}", model::EVENTS);
-        if let Err(e) = self.client.put(key, to_json(&ev)).await {
+        if let Err(e) = events::append(&self.client, &ev).await {
             tracing::warn!("event not recorded: {e}");
         }
     }
