@@ -364,6 +364,9 @@ impl GvsFs {
             "gvs.repair.grace_secs" => {
                 conf(g, "repair_grace_secs", crate::remirror::DEFAULT_GRACE_SECS).to_string()
             }
+            "gvs.repair.rate_mb" => {
+                conf(g, "repair_rate_mb", crate::repair::DEFAULT_RATE_MB).to_string()
+            }
             "gvs.stats" => {
                 let mut out = format!(
                     "{}: {} store_bytes={} store_put_bytes={} chunks={}\n",
@@ -392,6 +395,7 @@ impl GvsFs {
             "gvs.gc.interval_secs" => "gc_interval_secs",
             "gvs.scrub.rate" => "scrub_rate",
             "gvs.repair.grace_secs" => "repair_grace_secs",
+            "gvs.repair.rate_mb" => "repair_rate_mb",
             "gvs.gc.now" => "gc_now",
             "gvs.scrub.now" => "scrub_now",
             _ => return Err(GvsError::Invalid(format!("unknown attribute {name}"))),

@@ -23,6 +23,7 @@
 //! - [`scrub`]: background verification and rewriting of bad chunks;
 //! - [`repair`]: bringing a replica that missed commits up to date;
 //! - [`remirror`]: rebuilding a gone node's mirrors on other nodes;
+//! - [`events`]: repairs, re-mirroring and scrubs in the grid's event log;
 //! - [`stats`]: the node's counters;
 //! - [`daemon`]: startup, registration, mount and shutdown.
 
@@ -33,6 +34,7 @@ pub mod clone;
 pub mod control;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod fs;
 pub mod gc;
 pub mod gvs;

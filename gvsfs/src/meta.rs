@@ -19,7 +19,7 @@
 //!                               no pin came and went while it read the roots
 //! gvs/conf/<name>               decimal grid-wide setting: gc_grace_secs,
 //!                               gc_interval_secs, scrub_rate (chunks/s per node),
-//!                               repair_grace_secs;
+//!                               repair_grace_secs, repair_rate_mb (MiB/s per node);
 //!                               gc_now and scrub_now are triggers (any new value)
 //! gvs/stats/<node>              text `key=value ...`: the node's gc and scrub counters
 //! ```

@@ -10,8 +10,11 @@
 //! missed-commit record `gvs/missing/<new>/<ino>` for each new node, and
 //! drops the gone node's records. Each new node then copies the volume's
 //! chunks from the others through the ordinary catch-up ([`crate::repair`],
-//! throttled); `gvs.state` reads `repairing` meanwhile, and `in-sync`
-//! once every new node has all chunks.
+//! throttled); `gvs.state` reads `repairing` from the commit on (the new
+//! records are written as being repaired), and `in-sync` once every new
+//! node has all chunks. The acting node posts `remirror-started` (volumes
+//! and bytes to copy) in the event log; the copies show as the new nodes'
+//! `repair-*` events.
 //!
 //! A node that comes back after that is no longer a replica of those
 //! volumes: nothing is copied to it, and GC reclaims its old chunks.
@@ -25,12 +28,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use metad::events::Fields;
 use metad::Txn;
 
 use crate::error::Result;
+use crate::events::{mib, post};
 use crate::gvs::{conf, del, put, unchanged, Gvs};
 use crate::meta::{self, Inode, Kind};
 use crate::placement::{place, Candidate};
+use crate::repair::REPAIRING;
 
 /// Default grace period before a gone node's mirrors are rebuilt (s).
 pub const DEFAULT_GRACE_SECS: u64 = 300;
@@ -121,6 +127,8 @@ fn pass(gvs: &Gvs, gone_since: &mut HashMap<String, Instant>) -> Result<()> {
     if expired.is_empty() || live.is_empty() {
         return Ok(());
     }
+    // What this node committed: volumes, their bytes, the new nodes.
+    let (mut moved, mut bytes, mut onto) = (0u64, 0u64, Vec::<String>::new());
     for (ino, rec, rev) in vols {
         if !rec.replicas.iter().any(|n| expired.contains(n)) {
             continue;
@@ -143,7 +151,7 @@ fn pass(gvs: &Gvs, gone_since: &mut HashMap<String, Instant>) -> Result<()> {
         let mut success = vec![put(&key, new.encode())];
         if rec.root.is_some() {
             for n in &added {
-                success.push(put(&meta::missing_key(n, ino), Vec::new()));
+                success.push(put(&meta::missing_key(n, ino), REPAIRING.to_vec()));
             }
         }
         for n in rec.replicas.iter().filter(|n| expired.contains(*n)) {
@@ -159,7 +167,37 @@ fn pass(gvs: &Gvs, gone_since: &mut HashMap<String, Instant>) -> Result<()> {
                 rec.replicas,
                 new.replicas
             );
+            if !added.is_empty() {
+                moved += 1;
+                bytes += rec.size;
+                for n in &added {
+                    if !onto.contains(n) {
+                        onto.push(n.clone());
+                    }
+                }
+            }
         }
+    }
+    if moved > 0 {
+        let mut gone: Vec<&str> = expired.iter().map(String::as_str).collect();
+        gone.sort_unstable();
+        post(
+            gvs,
+            "remirror-started",
+            &gone.join(","),
+            format!(
+                "{} gone past the grace period ({} s): {moved} volumes ({}) get new mirrors on {}",
+                gone.join(", "),
+                grace.as_secs(),
+                mib(bytes),
+                onto.join(", ")
+            ),
+            Fields {
+                volumes: Some(moved),
+                bytes: Some(bytes),
+                ..Fields::default()
+            },
+        );
     }
     Ok(())
 }

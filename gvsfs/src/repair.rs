@@ -6,24 +6,75 @@
 //! anything: it only adds chunks. `gvs.state` reads `repairing` while a
 //! live replica has records left.
 //!
+//! The copy is throttled to `gvs/conf/repair_rate_mb` MiB/s per node
+//! (`gvs.repair.rate_mb` on /gvs; 0: no limit) so that the VMs' own I/O
+//! goes on, and it is reported in the grid's event log: `repair-started`,
+//! `repair-progress`, `repair-done` (see [`crate::events`]).
+//!
 //! Rebuilding the mirrors of a node that stays down on other nodes
 //! ([`crate::remirror`]) reuses this: each new replica gets a record.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metad::Txn;
 
 use crate::blockmap;
 use crate::chunk::ChunkId;
 use crate::error::{GvsError, Result};
-use crate::gvs::{del, unchanged, Gvs};
+use crate::events::{mib, Progress};
+use crate::gvs::{conf, del, unchanged, Gvs};
 use crate::meta::{self, Kind};
 use crate::stats::Stats;
 
 /// Chunks fetched at a time.
 const BATCH: usize = 64;
+/// Default repair rate, MiB/s per node (`gvs/conf/repair_rate_mb`).
+pub const DEFAULT_RATE_MB: u64 = 50;
+
+/// Paces the copy to the repair rate, read at each step so that a new
+/// setting applies to a repair under way.
+struct Throttle {
+    since: Instant,
+    bytes: u64,
+    rate_mb: u64,
+}
+
+impl Throttle {
+    fn new() -> Throttle {
+        Throttle {
+            since: Instant::now(),
+            bytes: 0,
+            rate_mb: 0,
+        }
+    }
+
+    /// Accounts `bytes` copied and sleeps as long as the rate asks.
+    fn pace(&mut self, gvs: &Gvs, bytes: u64) {
+        let rate = conf(gvs, "repair_rate_mb", DEFAULT_RATE_MB);
+        if rate != self.rate_mb {
+            // A new rate counts from now.
+            (self.since, self.bytes, self.rate_mb) = (Instant::now(), 0, rate);
+        }
+        self.bytes += bytes;
+        if rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.bytes as f64 / (rate as f64 * 1024.0 * 1024.0));
+        if let Some(wait) = due.checked_sub(self.since.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Where a pass is: volume `index` of `total`, for the percentages.
+struct Place<'a> {
+    progress: &'a mut Progress,
+    throttle: &'a mut Throttle,
+    index: u64,
+    total: u64,
+}
 
 /// Whether a volume has missed-commit records (`in_progress`: only
 /// those a returning node is repairing now).
@@ -36,12 +87,13 @@ pub fn missing_of(gvs: &Gvs, ino: u64, in_progress: bool) -> bool {
         .any(|(_, v)| !in_progress || v.value == REPAIRING)
 }
 
-/// The value a node gives its missed-commit record while repairing it.
-const REPAIRING: &[u8] = b"repairing";
+/// The value of a missed-commit record whose node is repairing it (or,
+/// written by [`crate::remirror`], is about to).
+pub const REPAIRING: &[u8] = b"repairing";
 
 /// Repairs this node's copy of `ino` and drops its record (if it did not
 /// change meanwhile). Returns the chunks copied.
-fn repair_one(gvs: &Gvs, ino: u64, key: &str, rev: u64) -> Result<u64> {
+fn repair_one(gvs: &Gvs, ino: u64, key: &str, rev: u64, at: &mut Place) -> Result<u64> {
     let mut copied = 0;
     // Marked as being repaired (gvs.state reads `repairing`); a commit
     // missed meanwhile rewrites the record, and the final delete fails.
@@ -65,13 +117,16 @@ fn repair_one(gvs: &Gvs, ino: u64, key: &str, rev: u64) -> Result<u64> {
                         lacking.push(id);
                     }
                 }
+                let n = lacking.len().max(1) as u64;
                 for part in lacking.chunks(BATCH) {
                     let data = gvs.fetch_many(part, &rec.replicas)?;
+                    let bytes: u64 = data.iter().map(|d| d.len() as u64).sum();
                     let chunks: Vec<_> = part.iter().copied().zip(data).collect();
                     gvs.store.put_many(&chunks, true)?;
                     copied += chunks.len() as u64;
-                    // Throttled, so that the node's own I/O goes on.
-                    std::thread::sleep(Duration::from_millis(5));
+                    let percent = (100 * (at.index * n + copied) / (at.total * n)) as u8;
+                    at.progress.advance(gvs, bytes, percent);
+                    at.throttle.pace(gvs, bytes);
                 }
             }
         }
@@ -97,19 +152,64 @@ fn repair_one(gvs: &Gvs, ino: u64, key: &str, rev: u64) -> Result<u64> {
     Ok(copied)
 }
 
-/// Repairs this node's missed commits, every two seconds.
+/// Repairs this node's missed commits, every two seconds. A pass with
+/// work reports it as events, unless it only retries volumes whose repair
+/// failed in the pass before (so a failing repair does not flood the log).
 pub fn run(gvs: Arc<Gvs>) {
+    let mut failing: HashSet<u64> = HashSet::new();
     loop {
         std::thread::sleep(Duration::from_secs(2));
         let prefix = format!("{}{}/", meta::MISSING_PREFIX, gvs.me);
-        for (k, v) in gvs.mirror.range(&prefix) {
-            let Some(ino) = meta::ino_of_key(&k, &prefix) else {
-                continue;
+        let todo: Vec<(u64, String, u64)> = gvs
+            .mirror
+            .range(&prefix)
+            .into_iter()
+            .filter_map(|(k, v)| Some((meta::ino_of_key(&k, &prefix)?, k, v.mod_rev)))
+            .collect();
+        if todo.is_empty() {
+            failing.clear();
+            continue;
+        }
+        let quiet = todo.iter().all(|(ino, _, _)| failing.contains(ino));
+        let total = todo.len() as u64;
+        let mut progress = Progress::start(
+            &gvs,
+            "repair",
+            &gvs.me,
+            total,
+            format!("bringing {total} volumes in sync on {}", gvs.me),
+            quiet,
+        );
+        let (mut throttle, started) = (Throttle::new(), Instant::now());
+        let (mut chunks, mut failed) = (0, HashSet::new());
+        for (index, (ino, key, rev)) in todo.into_iter().enumerate() {
+            let mut at = Place {
+                progress: &mut progress,
+                throttle: &mut throttle,
+                index: index as u64,
+                total,
             };
-            match repair_one(&gvs, ino, &k, v.mod_rev) {
-                Ok(n) => Stats::add(&gvs.stats.repair_chunks, n),
-                Err(e) => tracing::warn!("repair of volume {ino:#x}: {e}"),
+            match repair_one(&gvs, ino, &key, rev, &mut at) {
+                Ok(n) => {
+                    Stats::add(&gvs.stats.repair_chunks, n);
+                    chunks += n;
+                }
+                Err(e) => {
+                    tracing::warn!("repair of volume {ino:#x}: {e}");
+                    failed.insert(ino);
+                }
             }
         }
+        let bytes = progress.bytes;
+        progress.done(
+            &gvs,
+            format!(
+                "{} of {total} volumes repaired: {chunks} chunks, {} copied in {:.1} s",
+                total - failed.len() as u64,
+                mib(bytes),
+                started.elapsed().as_secs_f64()
+            ),
+        );
+        failing = failed;
     }
 }

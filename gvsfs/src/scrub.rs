@@ -3,12 +3,17 @@
 //! chunk against its BLAKE3 id, and replaces a corrupt one by a good copy
 //! from another node. `gvs/conf/scrub_now` starts a full pass at once, at
 //! full speed. What it found and fixed is logged and counted (see
-//! [`crate::stats`]), and published under `gvs/stats/<node>`.
+//! [`crate::stats`]), and published under `gvs/stats/<node>`. A requested
+//! pass, and any pass that found a corrupt chunk, is reported in the
+//! grid's event log (`scrub-started`, `scrub-progress`, `scrub-done`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use metad::events::Fields;
+
 use crate::chunk::{ChunkId, Lookup};
+use crate::events::{post, Progress};
 use crate::gvs::{conf, conf_rev, Gvs};
 use crate::meta;
 use crate::stats::Stats;
@@ -25,11 +30,22 @@ pub fn publish(gvs: &Gvs) {
     );
 }
 
+/// What [`check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Good, or absent (deleted meanwhile), or unreadable (logged).
+    Good,
+    /// Corrupt, and rewritten from a good copy.
+    Repaired,
+    /// Corrupt, and no good copy could be had (yet).
+    Corrupt,
+}
+
 /// Checks one chunk; a corrupt one is fetched from another node and
-/// rewritten. Returns whether it was corrupt.
-pub fn check(gvs: &Gvs, id: &ChunkId) -> bool {
+/// rewritten.
+pub fn check(gvs: &Gvs, id: &ChunkId) -> Verdict {
     match gvs.store.lookup(id) {
-        Ok(Lookup::Good(_)) | Ok(Lookup::Absent) => false,
+        Ok(Lookup::Good(_)) | Ok(Lookup::Absent) => Verdict::Good,
         Ok(Lookup::Corrupt) => {
             Stats::add(&gvs.stats.scrub_bad, 1);
             tracing::warn!("scrub: chunk {} is corrupt", id.hex());
@@ -39,38 +55,56 @@ pub fn check(gvs: &Gvs, id: &ChunkId) -> bool {
                     Ok(()) => {
                         Stats::add(&gvs.stats.scrub_repaired, 1);
                         tracing::info!("scrub: chunk {} rewritten from a good copy", id.hex());
+                        return Verdict::Repaired;
                     }
                     Err(e) => tracing::warn!("scrub: rewriting chunk {}: {e}", id.hex()),
                 },
                 Err(e) => tracing::warn!("scrub: no good copy of chunk {}: {e}", id.hex()),
             }
-            true
+            Verdict::Corrupt
         }
         Err(e) => {
             tracing::warn!("scrub: reading chunk {}: {e}", id.hex());
-            false
+            Verdict::Good
         }
     }
+}
+
+/// One pass's findings, and its progress events when it was asked for.
+#[derive(Default)]
+struct Pass {
+    checked: u64,
+    corrupt: u64,
+    repaired: u64,
+    /// Set for a requested pass (`scrub_now`): reported from its start.
+    progress: Option<Progress>,
 }
 
 /// Scrubs forever.
 pub fn run(gvs: Arc<Gvs>) {
     let mut cursor: Option<ChunkId> = None;
     let mut trigger = conf_rev(&gvs, "scrub_now");
-    let mut forced = false;
-    let mut bad_in_pass = 0;
+    let mut pass = Pass::default();
     let mut published = std::time::Instant::now();
-    let mut was_forced = false;
     loop {
         let t = conf_rev(&gvs, "scrub_now");
         if t != trigger {
             trigger = t;
-            forced = true;
-            was_forced = true;
             cursor = None;
-            bad_in_pass = 0;
-            tracing::info!("scrub: full pass requested");
+            let chunks = gvs.store.count();
+            pass = Pass {
+                progress: Some(Progress::start(
+                    &gvs,
+                    "scrub",
+                    &gvs.me,
+                    0,
+                    format!("full pass requested: {chunks} chunks to verify"),
+                    false,
+                )),
+                ..Pass::default()
+            };
         }
+        let forced = pass.progress.is_some();
         let rate = conf(&gvs, "scrub_rate", DEFAULT_RATE);
         if rate == 0 && !forced {
             std::thread::sleep(Duration::from_secs(1));
@@ -86,25 +120,38 @@ pub fn run(gvs: Arc<Gvs>) {
         };
         if batch.is_empty() {
             Stats::add(&gvs.stats.scrub_passes, 1);
-            if bad_in_pass > 0 || was_forced {
-                tracing::info!("scrub: pass done, {bad_in_pass} corrupt chunks found");
+            let p = std::mem::take(&mut pass);
+            let found = p.corrupt + p.repaired;
+            if found > 0 || forced {
+                let message = format!(
+                    "pass done: {} chunks verified, {found} corrupt, {} rewritten from a good copy",
+                    p.checked, p.repaired
+                );
+                match p.progress {
+                    Some(progress) => progress.done(&gvs, message),
+                    None => post(&gvs, "scrub-done", &gvs.me, message, Fields::default()),
+                }
             }
             // Published when something was found, asked for, or every 30 s.
-            if bad_in_pass > 0 || was_forced || published.elapsed() > Duration::from_secs(30) {
+            if found > 0 || forced || published.elapsed() > Duration::from_secs(30) {
                 publish(&gvs);
                 published = std::time::Instant::now();
             }
-            was_forced = false;
             cursor = None;
-            forced = false;
-            bad_in_pass = 0;
             std::thread::sleep(Duration::from_secs(1));
             continue;
         }
         for id in &batch {
-            if check(&gvs, id) {
-                bad_in_pass += 1;
+            match check(&gvs, id) {
+                Verdict::Good => {}
+                Verdict::Repaired => pass.repaired += 1,
+                Verdict::Corrupt => pass.corrupt += 1,
             }
+        }
+        pass.checked += batch.len() as u64;
+        if let Some(p) = &mut pass.progress {
+            let total = gvs.store.count().max(pass.checked);
+            p.advance(&gvs, 0, (100 * pass.checked / total.max(1)) as u8);
         }
         Stats::add(&gvs.stats.scrub_checked, batch.len() as u64);
         cursor = batch.last().copied();

@@ -1,6 +1,8 @@
 //! Self-healing: a node whose gvsfs stays down past the grace period has
 //! its mirrors rebuilt on the other nodes, until every volume has its
-//! mirror count again, in sync, with its data intact.
+//! mirror count again, in sync, with its data intact; throttled to
+//! `gvs.repair.rate_mb`, `gvs.state` reading `repairing` meanwhile, and
+//! reported in the grid's event log.
 
 mod common;
 
@@ -13,6 +15,11 @@ fn a_node_down_past_the_grace_period_has_its_mirrors_rebuilt_elsewhere() {
     wait_mounted(&grid, 3);
     sh(&grid, 1, "setfattr -n gvs.repair.grace_secs -v 3 /gvs");
     assert_eq!(xattr(&grid, 2, "/gvs", "gvs.repair.grace_secs"), "3");
+    // 1 MiB/s: each 2 MiB volume takes seconds to copy, so `repairing`
+    // can be seen.
+    assert_eq!(xattr(&grid, 3, "/gvs", "gvs.repair.rate_mb"), "50");
+    sh(&grid, 2, "setfattr -n gvs.repair.rate_mb -v 1 /gvs");
+    assert_eq!(xattr(&grid, 1, "/gvs", "gvs.repair.rate_mb"), "1");
     sh(
         &grid,
         1,
@@ -42,6 +49,18 @@ fn a_node_down_past_the_grace_period_has_its_mirrors_rebuilt_elsewhere() {
         .sum();
 
     grid.kill(victim, Some("gvsfs")).unwrap();
+    // While the new mirrors copy, a volume reads `repairing`.
+    let seen = common::eventually(
+        &grid,
+        others[0],
+        &format!(
+            "for f in {}; do s=$(getfattr --absolute-names --only-values -n gvs.state $f); \
+             [ \"$s\" = repairing ] && {{ echo $f; exit 0; }}; done; sleep 0.2; exit 1",
+            vols.join(" ")
+        ),
+        90,
+    );
+    assert!(seen.contains("/gvs/rm/v"), "{seen}");
     let check = format!(
         "for f in {}; do r=$(getfattr --absolute-names --only-values -n gvs.replicas $f); \
          s=$(getfattr --absolute-names --only-values -n gvs.state $f); \
@@ -66,4 +85,24 @@ fn a_node_down_past_the_grace_period_has_its_mirrors_rebuilt_elsewhere() {
             assert_eq!(&md5(&grid, i, v), want, "node{i} {v}");
         }
     }
+
+    // The event log tells the story, on any node: the re-mirroring of the
+    // victim, then each new mirror's repair with what it copied.
+    let log = sh(&grid, others[1], "cat /gvs/.grid/events");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" gvs remirror-started") && l.contains(&format!("node{victim}"))),
+        "{log}"
+    );
+    let done: Vec<serde_json::Value> = sh(&grid, others[0], "vmctl events --json")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &serde_json::Value| e["source"] == "gvs" && e["kind"] == "repair-done")
+        .collect();
+    let copied: u64 = done.iter().filter_map(|e| e["bytes"].as_u64()).sum();
+    assert!(copied >= 2 << 20, "{done:?}");
+    assert!(
+        done.iter().all(|e| e["volumes"].as_u64() >= Some(1)),
+        "{done:?}"
+    );
 }
