@@ -76,9 +76,15 @@ fn roots(gvs: &Gvs) -> Result<Vec<(ChunkId, Vec<String>)>> {
     for kv in &inos {
         add(&Inode::decode(&kv.value)?);
     }
-    for kv in &snaps {
-        for e in Snapshot::decode(&kv.value)?.entries {
-            add(&e.inode);
+    // Keys sort by snapshot id, then part: group each record's parts.
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for (i, kv) in snaps.iter().enumerate() {
+        parts.push(&kv.value);
+        let id = |kv: &metad::KeyValue| meta::snap_of_key(std::str::from_utf8(&kv.key).ok()?);
+        if snaps.get(i + 1).is_none_or(|next| id(next) != id(kv)) {
+            for e in Snapshot::decode_parts(parts.drain(..))?.entries {
+                add(&e.inode);
+            }
         }
     }
     Ok(out)

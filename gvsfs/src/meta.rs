@@ -76,9 +76,19 @@ pub fn snapdir_prefix(dir: u64) -> String {
 pub fn snapdir_key(dir: u64, name: &str) -> String {
     format!("gvs/snapdir/{dir:016x}/{name}")
 }
-/// Key of a snapshot record.
-pub fn snap_key(id: u64) -> String {
-    format!("gvs/snap/{id:016x}")
+/// Prefix of a snapshot record's parts (a record can be larger than one
+/// metad value: it is stored in parts written by one transaction).
+pub fn snap_prefix(id: u64) -> String {
+    format!("gvs/snap/{id:016x}/")
+}
+/// Key of part `n` of a snapshot record (sorted by `n`).
+pub fn snap_part_key(id: u64, n: usize) -> String {
+    format!("gvs/snap/{id:016x}/{n:04}")
+}
+/// The snapshot id a record part's key belongs to.
+pub fn snap_of_key(key: &str) -> Option<u64> {
+    let rest = key.strip_prefix(SNAP_PREFIX)?;
+    u64::from_str_radix(rest.split('/').next()?, 16).ok()
 }
 /// Key of a pin.
 pub fn pin_key(node: &str, id: u64) -> String {
@@ -299,13 +309,19 @@ pub struct Snapshot {
     pub entries: Vec<SnapEntry>,
 }
 
+/// Largest part of a snapshot record (metad takes values up to 1 MiB).
+pub const SNAP_PART: usize = 960 * 1024;
+
 impl Snapshot {
-    /// Encodes for metad.
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("snapshot encodes")
+    /// Encodes for metad, in parts of at most [`SNAP_PART`] bytes, to be
+    /// stored under [`snap_part_key`] in order.
+    pub fn encode_parts(&self) -> Vec<Vec<u8>> {
+        let all = postcard::to_allocvec(self).expect("snapshot encodes");
+        all.chunks(SNAP_PART).map(<[u8]>::to_vec).collect()
     }
-    /// Decodes from metad.
-    pub fn decode(b: &[u8]) -> Result<Snapshot> {
-        postcard::from_bytes(b).map_err(|e| GvsError::Corrupt(format!("snapshot record: {e}")))
+    /// Decodes from its parts, in key order.
+    pub fn decode_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Result<Snapshot> {
+        let all: Vec<u8> = parts.into_iter().flatten().copied().collect();
+        postcard::from_bytes(&all).map_err(|e| GvsError::Corrupt(format!("snapshot record: {e}")))
     }
 }

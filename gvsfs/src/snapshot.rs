@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use metad::{Compare, CompareTarget, Txn};
+use metad::{Compare, CompareTarget, Op, Txn};
 
 use crate::error::{GvsError, Result};
 use crate::gvs::{check_name, del, put, unchanged, Gvs};
@@ -29,8 +29,9 @@ pub const SNAPSHOTS: &str = ".snapshots";
 const SNAPDIR_BIT: u64 = 1 << 62;
 const ENTRY_BIT: u64 = 1 << 63;
 const IDX_BITS: u32 = 20;
-/// Largest encoded snapshot record (metad takes values up to 1 MiB).
-const MAX_RECORD: usize = 1000 * 1024;
+/// Largest encoded snapshot record: its parts go to metad in one
+/// transaction, whose request is at most 8 MiB.
+const MAX_RECORD: usize = 6 << 20;
 
 /// What an inode number names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,21 +126,22 @@ pub struct Cache {
 impl Cache {
     /// Snapshot `id`, from the watched namespace copy.
     pub fn view(&self, gvs: &Gvs, id: u64) -> Result<Arc<View>> {
-        let v = gvs
-            .mirror
-            .get(&meta::snap_key(id))
-            .ok_or(GvsError::NotFound)?;
+        let parts = gvs.mirror.range(&meta::snap_prefix(id));
+        // The parts are written together: the first one's revision is
+        // the record's.
+        let rev = parts.first().ok_or(GvsError::NotFound)?.1.mod_rev;
         let mut g = self.views.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((rev, view)) = g.get(&id) {
-            if *rev == v.mod_rev {
+        if let Some((seen, view)) = g.get(&id) {
+            if *seen == rev {
                 return Ok(view.clone());
             }
         }
-        let view = Arc::new(View::new(Snapshot::decode(&v.value)?));
+        let snap = Snapshot::decode_parts(parts.iter().map(|(_, v)| v.value.as_slice()))?;
+        let view = Arc::new(View::new(snap));
         if g.len() > 64 {
             g.clear();
         }
-        g.insert(id, (v.mod_rev, view.clone()));
+        g.insert(id, (rev, view.clone()));
         Ok(view)
     }
 }
@@ -280,18 +282,21 @@ fn take_pinned(gvs: &Gvs, pin: &crate::gvs::Pin, dir: u64, name: &str, nk: &str)
         revision,
         entries,
     };
-    let rec = snap.encode();
-    if rec.len() > MAX_RECORD {
+    let parts = snap.encode_parts();
+    let size: usize = parts.iter().map(Vec::len).sum();
+    if size > MAX_RECORD {
         return Err(GvsError::Invalid(format!(
-            "a snapshot of {} entries is over the {MAX_RECORD}-byte record limit",
+            "a snapshot of {} entries ({size} bytes) is over the {MAX_RECORD}-byte record limit",
             snap.entries.len()
         )));
     }
-    let mut success = vec![
-        put(&meta::snap_key(id), rec),
-        put(nk, id.to_string().into_bytes()),
-        pin.release(),
-    ];
+    let mut success: Vec<_> = parts
+        .into_iter()
+        .enumerate()
+        .map(|(n, p)| put(&meta::snap_part_key(id, n), p))
+        .collect();
+    success.push(put(nk, id.to_string().into_bytes()));
+    success.push(pin.release());
     success.extend(leftovers.iter().map(|k| del(k)));
     let t = Txn {
         compare: vec![
@@ -328,7 +333,12 @@ pub fn remove(gvs: &Gvs, dir: u64, name: &str) -> Result<()> {
         let id = id_of(gvs, dir, name)?;
         let t = Txn {
             compare: vec![unchanged(&nk, v.mod_rev)],
-            success: vec![del(&nk), del(&meta::snap_key(id))],
+            success: vec![
+                del(&nk),
+                Op::DeletePrefix {
+                    prefix: meta::snap_prefix(id).into_bytes(),
+                },
+            ],
             failure: vec![],
         };
         if gvs.txn(t)? {

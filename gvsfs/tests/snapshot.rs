@@ -246,3 +246,32 @@ for s in ['s1', 's2', 's3']:
     assert!(!ok, "a deleted snapshot still reads");
     sh(&grid, 1, "rmdir /gvs/app/.snapshots/s2 /gvs/app/.snapshots/s3 && rm -r /gvs/app/sub /gvs/app/*.vol && rmdir /gvs/app");
 }
+
+#[test]
+fn a_snapshot_of_more_files_than_one_metad_value_holds_is_whole_everywhere() {
+    let grid = GridGuard::up("gvsnbig", 2).unwrap();
+    wait_mounted(&grid, 2);
+    // 8,000 entries encode to well over one metad value (1 MiB): the
+    // record goes to metad in parts, in one transaction.
+    sh(
+        &grid,
+        1,
+        "mkdir /gvs/many && cd /gvs/many && seq -f f%05g 8000 | xargs touch \
+         && echo last > f08000 && mkdir .snapshots/s",
+    );
+    for i in 1..=2 {
+        let n = sh(&grid, i, "ls /gvs/many/.snapshots/s | wc -l");
+        assert_eq!(n.trim(), "8000", "node{i} lists the snapshot");
+        let last = sh(&grid, i, "cat /gvs/many/.snapshots/s/f08000");
+        assert_eq!(last.trim(), "last", "node{i}");
+    }
+    let parts = sh(&grid, 1, "metad list gvs/snap/ | wc -l");
+    assert!(
+        parts.trim().parse::<u32>().unwrap() > 1,
+        "one part only: {parts}"
+    );
+    sh(&grid, 2, "rmdir /gvs/many/.snapshots/s");
+    let left = sh(&grid, 1, "metad list gvs/snap/ | wc -l");
+    assert_eq!(left.trim(), "0", "parts left after rmdir");
+    sh(&grid, 1, "test ! -e /gvs/many/.snapshots/s");
+}
