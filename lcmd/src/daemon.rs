@@ -7,6 +7,7 @@ use crate::model::{self, NodeRecord};
 use crate::store::Store;
 use crate::topology::Topology;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub struct Options {
     pub advertise: Ipv4Addr,
     /// The tunnel port.
     pub port: u16,
+    /// Where VM appliances' NIC sockets are bound (see [`crate::vmnic`]).
+    pub nic_dir: PathBuf,
 }
 
 /// Runs the daemon until the process is killed.
@@ -42,7 +45,7 @@ pub async fn run(store: Store, opts: Options) -> Result<(), DaemonError> {
         source,
     })?;
     let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let engine = Engine::new(&opts.node, opts.advertise, udp, ev_tx);
+    let engine = Engine::new(&opts.node, opts.advertise, &opts.nic_dir, udp, ev_tx);
     {
         let e = engine.clone();
         std::thread::Builder::new()

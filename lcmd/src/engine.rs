@@ -9,20 +9,22 @@
 use crate::bandwidth::TokenBucket;
 use crate::conntrack::{Conntrack, FlowKey};
 use crate::events::{RateLimiter, Reason, SecurityEvent};
-use crate::model::{self, Appliance, Connection, GATEWAY_MAC};
+use crate::model::{self, Appliance, Connection, NicKind, GATEWAY_MAC};
+use crate::nic::Nic;
 use crate::packet::{
     self, Arp, Eth, Ipv4, Transport, ETH_ARP, ETH_IPV4, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN,
 };
 use crate::policy::{self, Verdict};
 use crate::responder;
 use crate::stats::{ConnStats, NodeStats};
-use crate::tap::{Tap, VNET_HDR};
+use crate::tap::VNET_HDR;
 use crate::topology::Topology;
 use crate::tunnel::{self, Header, TunnelError, Windows};
 use crate::udp;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,8 +32,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 type Key = (String, String);
 
 struct TapHandle {
-    tap: Tap,
+    tap: Nic,
     mac: model::Mac,
+    kind: NicKind,
     stop: AtomicBool,
 }
 
@@ -49,6 +52,7 @@ pub struct Engine {
     events: tokio::sync::mpsc::UnboundedSender<SecurityEvent>,
     udp: UdpSocket,
     local_addr: Ipv4Addr,
+    nic_dir: PathBuf,
     seq: AtomicU64,
     tunnel_tx: AtomicU64,
     tunnel_rx: AtomicU64,
@@ -60,10 +64,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Engine {
     /// A datapath for `node`, sending tunnel datagrams from `udp` (bound to
-    /// the tunnel port), reporting drops on `events`.
+    /// the tunnel port), keeping VM NIC sockets in `nic_dir`, reporting
+    /// drops on `events`.
     pub fn new(
         node: &str,
         local_addr: Ipv4Addr,
+        nic_dir: &Path,
         udp: UdpSocket,
         events: tokio::sync::mpsc::UnboundedSender<SecurityEvent>,
     ) -> Arc<Engine> {
@@ -83,6 +89,7 @@ impl Engine {
             events,
             udp,
             local_addr,
+            nic_dir: nic_dir.to_path_buf(),
             seq: AtomicU64::new(boot),
             tunnel_tx: AtomicU64::new(0),
             tunnel_rx: AtomicU64::new(0),
@@ -102,11 +109,11 @@ impl Engine {
         taps.retain(|k, h| {
             let keep = t
                 .appliance(&k.0, &k.1)
-                .is_some_and(|a| a.node == self.node && a.mac == h.mac);
+                .is_some_and(|a| a.node == self.node && a.mac == h.mac && a.nic == h.kind);
             if !keep {
                 h.stop.store(true, Ordering::SeqCst);
                 tracing::info!(
-                    "appliance {}/{} left this node: closing TAP {}",
+                    "appliance {}/{} left this node (or changed): closing NIC {}",
                     k.0,
                     k.1,
                     h.tap.name()
@@ -119,10 +126,10 @@ impl Engine {
             if taps.contains_key(&k) {
                 continue;
             }
-            match Tap::create(&a.tap_name(), a.mac) {
+            match Nic::open(a, &self.nic_dir) {
                 Ok(tap) => {
                     tracing::info!(
-                        "appliance {}/{} ({}, {}): TAP {}",
+                        "appliance {}/{} ({}, {}): NIC {}",
                         a.app,
                         a.name,
                         a.ip,
@@ -132,6 +139,7 @@ impl Engine {
                     let h = Arc::new(TapHandle {
                         tap,
                         mac: a.mac,
+                        kind: a.nic,
                         stop: AtomicBool::new(false),
                     });
                     taps.insert(k.clone(), h.clone());

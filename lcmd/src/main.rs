@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use lcmd::daemon::{self, Options};
-use lcmd::model::{AppSpec, TUNNEL_PORT};
+use lcmd::model::{AppSpec, NicKind, TUNNEL_PORT};
 use lcmd::store::Store;
 use std::io::Read;
 use std::net::Ipv4Addr;
@@ -38,6 +38,10 @@ enum Cmd {
         /// Tunnel UDP port.
         #[arg(long, default_value_t = TUNNEL_PORT)]
         port: u16,
+        /// Where VM appliances' NIC sockets are bound (shared with the
+        /// node's vmctl agent).
+        #[arg(long, default_value = lcmd::vmnic::NIC_DIR)]
+        nic_dir: PathBuf,
     },
     /// Applications.
     #[command(subcommand)]
@@ -111,6 +115,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             node,
             advertise,
             port,
+            nic_dir,
         } => {
             let node = match node {
                 Some(n) => n,
@@ -124,6 +129,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
                     node,
                     advertise,
                     port,
+                    nic_dir,
                 },
             )
             .await?;
@@ -158,16 +164,15 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("APPLIANCE\tNODE\tIP\tMAC\tTAP");
+                println!("APPLIANCE\tNODE\tIP\tMAC\tNIC");
                 for a in list {
+                    let nic = match a.nic {
+                        NicKind::Tap => a.tap_name(),
+                        NicKind::Vm => format!("vm:{}", a.tap_name()),
+                    };
                     println!(
                         "{}/{}\t{}\t{}\t{}\t{}",
-                        a.app,
-                        a.name,
-                        a.node,
-                        a.ip,
-                        a.mac,
-                        a.tap_name()
+                        a.app, a.name, a.node, a.ip, a.mac, nic
                     );
                 }
             }

@@ -319,6 +319,19 @@ impl From<Mac> for String {
 /// (lcmd routes, so every peer and the gateway sit behind this one MAC).
 pub const GATEWAY_MAC: Mac = Mac([0x02, 0x4c, 0x43, 0x4d, 0x00, 0x01]);
 
+/// How an appliance's NIC reaches lcmd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NicKind {
+    /// A TAP device lcmd creates and holds; its netdev side is the
+    /// appliance's NIC (a container appliance's only interface).
+    #[default]
+    Tap,
+    /// A unix datagram socket pair for a QEMU guest's `-netdev dgram`
+    /// (see [`crate::vmnic`]): one datagram is one Ethernet frame.
+    Vm,
+}
+
 /// An application: the unit LCM wires, with its address range.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Application {
@@ -350,6 +363,9 @@ pub struct Appliance {
     /// Bandwidth: `max` enforced, `min` recorded (see [`crate::bandwidth`]).
     #[serde(default, skip_serializing_if = "is_default_bw")]
     pub bw: Bandwidth,
+    /// What its NIC is (records written before VM NICs existed are TAPs).
+    #[serde(default)]
+    pub nic: NicKind,
 }
 
 fn is_default_bw(b: &Bandwidth) -> bool {
@@ -468,6 +484,9 @@ pub struct ApplianceSpec {
     /// Bandwidth, e.g. `bw = { min = "50M", max = "200M" }`.
     #[serde(default)]
     pub bw: Bandwidth,
+    /// Its NIC: `tap` (default) or `vm` (a QEMU guest's socket NIC).
+    #[serde(default)]
+    pub nic: NicKind,
 }
 
 /// One connection of an [`AppSpec`].
@@ -560,6 +579,7 @@ impl AppSpec {
                 inputs: a.inputs.clone(),
                 outputs: a.outputs.clone(),
                 bw: a.bw,
+                nic: a.nic,
             });
         }
         let mut connections = Vec::new();

@@ -1,5 +1,6 @@
 //! Reading and writing the LCM model, events and statistics in metad: the
-//! library API the CLI (and tests, and later vmctl) use.
+//! library API the CLI, tests and vmctl (which declares its applications'
+//! VM appliances here) use.
 
 use crate::events::SecurityEvent;
 use crate::model::{self, AppSpec, Appliance, Connection, ModelError, NodeRecord, Resolved};
@@ -9,6 +10,7 @@ use metad::{Client, ClientConfig, ClientError, Op, Secret, Txn};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +39,8 @@ pub enum StoreError {
 
 /// The model in metad.
 pub struct Store {
-    /// The metad client.
-    pub client: Client,
+    /// The metad client (shared: vmctl hands its own in).
+    pub client: Arc<Client>,
 }
 
 /// One row of `lcmd conn list`.
@@ -63,7 +65,7 @@ impl Store {
     pub fn connect(endpoints: Vec<String>, secret_file: &Path) -> Result<Store, StoreError> {
         let secret = Secret::load(secret_file).map_err(|e| StoreError::Secret(e.to_string()))?;
         Ok(Store {
-            client: Client::new(ClientConfig::new(endpoints, secret)),
+            client: Arc::new(Client::new(ClientConfig::new(endpoints, secret))),
         })
     }
 
@@ -164,7 +166,8 @@ impl Store {
             .collect()
     }
 
-    /// Moves an appliance to another node: its TAP and tunnels follow.
+    /// Moves an appliance to another node: its NIC and tunnels follow (no
+    /// write when it is there already, so repeating it costs no reload).
     pub async fn move_appliance(
         &self,
         app: &str,
@@ -182,8 +185,10 @@ impl Store {
                 key: key.clone(),
                 why: e.to_string(),
             })?;
-        a.node = node.into();
-        self.client.put(key, json(&a)).await?;
+        if a.node != node {
+            a.node = node.into();
+            self.client.put(key, json(&a)).await?;
+        }
         Ok(a)
     }
 

@@ -161,25 +161,13 @@ impl Tap {
 
     /// Waits up to `timeout` for a frame to read.
     pub fn readable(&self, timeout: Duration) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, for the duration of the call.
-        let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
-        n > 0 && p.revents & libc::POLLIN != 0
+        crate::vmnic::wait_readable(&self.file, timeout)
     }
 
     /// Reads one frame with its vnet header in front ([`VNET_HDR`] bytes);
     /// `WouldBlock` when there is none.
     pub fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         (&self.file).read(buf)
-    }
-
-    /// Writes one complete frame to the appliance.
-    pub fn send(&self, frame: &[u8]) -> std::io::Result<usize> {
-        self.send_parts(&NO_VNET, &[frame])
     }
 
     /// Writes one frame given as its vnet header and the frame's pieces

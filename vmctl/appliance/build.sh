@@ -13,6 +13,17 @@
 # /var/boots on the volume (so a later boot, elsewhere, shows the earlier
 # ones), prints "VMCTL-READY", then prints "tick N" every second.
 #
+# With a NIC (vmctl gives one to the components of an application that
+# declares connections; lcmd serves it), the kernel command line carries
+# vmctl.ip=ADDR/PREFIX vmctl.gw=GW vmctl.dns=DNS: init configures eth0
+# with them, points /etc/resolv.conf at lcmd's DNS responder (terminal
+# names resolve to the peer of that connection), serves a page with the
+# VM's name with httpd on port 80 and on every port of the property
+# vmctl.listen=P1,P2, and prints "VMCTL-NET <name> <addr>". The property
+# vmctl.probe=HOST:PORT,... makes it try each target every second (a DNS
+# lookup at lcmd, then an HTTP GET with a 3 s timeout) and print
+# "VMCTL-REACH HOST:PORT ok" or "VMCTL-REACH HOST:PORT blocked".
+#
 # Needs: busybox-static, e2fsprogs, cpio, gzip, dpkg, apt (for the kernel).
 # Artifacts are cached under $GRID_CACHE (default /var/cache/grid), so a
 # second run does nothing. The image directory holds root.vol (the template
@@ -20,7 +31,7 @@
 set -eu
 
 CACHE=${GRID_CACHE:-/var/cache/grid}
-VERSION=4   # bump when the appliance's contents change
+VERSION=5   # bump when the appliance's contents change
 OUT=$CACHE/appliance/tiny-v$VERSION
 ROOT_MB=${ROOT_MB:-24}
 
@@ -62,7 +73,8 @@ build() {
     for m in lib/crc16 crypto/crc32c_generic lib/libcrc32c fs/mbcache fs/jbd2/jbd2 fs/ext4/ext4 \
              drivers/virtio/virtio_ring drivers/virtio/virtio \
              drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci_legacy_dev \
-             drivers/virtio/virtio_pci drivers/block/virtio_blk; do
+             drivers/virtio/virtio_pci drivers/block/virtio_blk \
+             net/core/failover drivers/net/net_failover drivers/net/virtio_net; do
         cp "$MODS/$m.ko" "$I/lib/modules/"
         echo "$(basename "$m").ko" >> "$I/lib/modules/order"
     done
@@ -104,6 +116,39 @@ echo "earlier boots:"; cat /var/boots 2>/dev/null
 echo "${NAME:-tiny}@${NODE:-?}" >> /var/boots
 sync
 echo "VMCTL-READY ${NAME:-tiny} boots=$(wc -l < /var/boots)"
+IP=$(arg ip); GW=$(arg gw); DNS=$(arg dns)
+if [ -n "$IP" ]; then
+    ip link set lo up
+    if ip link set eth0 up && ip addr add "$IP" dev eth0 && ip route add default via "$GW"; then
+        echo "nameserver ${DNS:-$GW}" > /etc/resolv.conf
+        mkdir -p /tmp/www
+        echo "${NAME:-tiny}" > /tmp/www/index.html
+        for p in 80 $(arg listen | tr , ' '); do httpd -p "$p" -h /tmp/www; done
+        echo "VMCTL-NET ${NAME:-tiny} $IP"
+    else
+        echo "VMCTL-ERROR cannot configure eth0 with $IP"
+    fi
+fi
+# One HOST:PORT: the address lcmd's DNS gives HOST, then an HTTP GET.
+reach() {
+    host=${1%:*}; port=${1##*:}
+    addr=$(nslookup -type=a "$host" "${DNS:-$GW}" 2>/dev/null |
+        awk '/^Name:/ { n = 1 } n && /^Address/ { print $NF; exit }')
+    if [ -z "$addr" ]; then
+        echo "VMCTL-REACH $1 blocked (no address for $host)"
+    elif wget -q -T 3 -O /dev/null "http://$addr:$port/" 2>/dev/null; then
+        echo "VMCTL-REACH $1 ok"
+    else
+        echo "VMCTL-REACH $1 blocked"
+    fi
+}
+PROBE=$(arg probe)
+if [ -n "$PROBE" ]; then
+    while true; do
+        for t in $(echo "$PROBE" | tr , ' '); do reach "$t"; done
+        sleep 1
+    done &
+fi
 n=0
 while true; do n=$((n+1)); echo "tick $n"; sleep 1; done
 INIT

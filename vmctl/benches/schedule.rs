@@ -88,6 +88,7 @@ fn record(r: &Request, node: &str) -> VmRecord {
         reason: None,
         migration: None,
         last_migration: None,
+        nic: None,
     }
 }
 

@@ -10,6 +10,7 @@ use crate::backend::qemu::{choose_accel, Accel, QemuBackend};
 use crate::backend::xl::XlBackend;
 use crate::backend::{Hypervisor, Instance, RunState, VmConfig};
 use crate::controller;
+use crate::guest;
 use crate::model::{
     self, Desired, MigrationPhase, MigrationReport, NodeRecord, VmRecord, VmState, VmStatus,
 };
@@ -115,6 +116,8 @@ pub struct AgentConfig {
     pub run_root: PathBuf,
     /// Where the KVM probe's result is cached (shared by the machine).
     pub accel_cache: PathBuf,
+    /// Where guests' NIC sockets meet the node's lcmd (its `--nic-dir`).
+    pub nic_dir: PathBuf,
 }
 
 struct Local {
@@ -296,7 +299,11 @@ impl Agent {
             .trim()
             .to_string(),
             disks: vm.disks.iter().map(Into::into).collect(),
-            nics: vec![],
+            nics: vm
+                .nic
+                .iter()
+                .map(|n| guest::qemu_nic(&self.cfg.nic_dir, &vm.app, &vm.component, n))
+                .collect(),
             console: run_dir.join("console.log"),
             run_dir,
             incoming_port: None,
@@ -403,6 +410,26 @@ impl Agent {
         }
     }
 
+    /// Makes `node`'s lcmd serve the NIC of `rec` (if it has one): before
+    /// its QEMU starts there, and when a live migration moves it there.
+    /// False when lcmd's record could not be written (the caller retries).
+    async fn claim_nic(&self, rec: &VmRecord, node: &str) -> bool {
+        if rec.nic.is_none() {
+            return true;
+        }
+        if let Err(e) = std::fs::create_dir_all(&self.cfg.nic_dir) {
+            tracing::warn!("{}: creating {}: {e}", rec.name, self.cfg.nic_dir.display());
+            return false;
+        }
+        match guest::claim(&self.store.client, &rec.app, &rec.component, node).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("{}: its NIC on {node}: {e}", rec.name);
+                false
+            }
+        }
+    }
+
     /// Changes a VM's record with compare-and-swap, re-reading on a race.
     async fn update_record(&self, name: &str, f: impl Fn(&mut VmRecord)) {
         let key = model::vm_key(name);
@@ -452,9 +479,9 @@ impl Agent {
         tracing::info!("{name}: live-migrating to {to}:{port}");
         // Megabits a second to bytes.
         let max_bps = self.cfg.bw_mbit * 125_000;
-        let res = {
+        let (res, rec) = {
             let l = self.locals.get_mut(name).expect("local");
-            block(|| l.inst.migrate(to, port, max_bps))
+            (block(|| l.inst.migrate(to, port, max_bps)), l.rec.clone())
         };
         let mut report = MigrationReport {
             id,
@@ -481,6 +508,7 @@ impl Agent {
                     stats.total_ms.map_or("?".into(), |d| d.to_string()),
                 );
                 self.end_migration(name, id, to, report).await;
+                self.claim_nic(&rec, to).await;
                 self.store.event(&me, "migrated", name, msg).await;
                 true
             }
@@ -663,6 +691,7 @@ impl Agent {
                         if let Ok(true) = self.store.cas(&model::vm_key(name), v.rev, &nv).await {
                             tracing::info!("{name}: migrated in; the record names {me} now");
                         }
+                        self.claim_nic(&nv, &me).await;
                     }
                 }
                 Some(None) => {}
@@ -735,6 +764,11 @@ impl Agent {
             // A VM that just failed for good is not started again (its
             // record, read before, still says running).
             if self.locals.contains_key(&name) || flapped.contains(&name) {
+                continue;
+            }
+            // Its NIC first, so that lcmd serves it from the guest's boot
+            // (tried again on the next pass when metad does not answer).
+            if !self.claim_nic(&rec, &me).await {
                 continue;
             }
             let cfg = self.vm_config(&rec);

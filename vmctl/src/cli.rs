@@ -54,6 +54,9 @@ pub enum Cmd {
         /// Per-VM runtime directories (QMP sockets, console files).
         #[arg(long, default_value = "/run/grid/vmctl")]
         run_dir: PathBuf,
+        /// Where guests' NIC sockets meet the node's lcmd (`lcmd run --nic-dir`).
+        #[arg(long, default_value = lcmd::vmnic::NIC_DIR)]
+        nic_dir: PathBuf,
     },
 }
 

@@ -3,6 +3,7 @@
 
 use crate::controller::capacities;
 use crate::descriptor::{self, DescriptorError};
+use crate::guest::{self, GuestError};
 use crate::model::{self, AppRecord, Desired, NodeRecord, VmRecord, VmState, VmStatus};
 use crate::store::{at_rev, put_op, Store, StoreError, Versioned};
 use crate::units::fmt_mib;
@@ -49,6 +50,9 @@ pub enum CmdError {
     /// Timed out waiting.
     #[error("{0}")]
     Timeout(String),
+    /// The guests' NICs could not be declared to lcmd.
+    #[error(transparent)]
+    Guest(#[from] GuestError),
 }
 
 /// Appends a line to a command's output (a `String`).
@@ -140,6 +144,9 @@ pub async fn app_create_from(
             spec.name
         )));
     }
+    // The guests' NICs (when the application declares connections),
+    // checked before anything is cloned.
+    let wiring = guest::plan(&spec)?;
     // Read every image before cloning anything.
     let mut images = BTreeMap::new();
     for (c, comp) in &spec.components {
@@ -157,6 +164,7 @@ pub async fn app_create_from(
     let mut vms = Vec::new();
     for (c, comp) in &spec.components {
         let img = &images[c];
+        let nic = wiring.as_ref().and_then(|w| w.nics.get(c));
         let dir = app_dir.join(c);
         std::fs::create_dir_all(&dir)
             .map_err(|e| CmdError::Io(format!("creating {}: {e}", dir.display())))?;
@@ -177,7 +185,14 @@ pub async fn app_create_from(
             pin: comp.pin,
             hypervisor: comp.hypervisor.clone(),
             anti_affinity: comp.anti_affinity.clone(),
-            boot: img.boot.clone(),
+            boot: model::BootSpec {
+                cmdline: guest::boot_cmdline(
+                    &img.boot.cmdline,
+                    nic.map(|n| n.1.as_str()),
+                    &comp.properties,
+                ),
+                ..img.boot.clone()
+            },
             disks,
             desired: Desired::Stopped,
             node: None,
@@ -185,6 +200,7 @@ pub async fn app_create_from(
             migration: None,
             last_migration: None,
             reason: None,
+            nic: nic.map(|n| n.0.clone()),
         });
     }
     let rec = AppRecord {
@@ -209,6 +225,9 @@ pub async fn app_create_from(
             "application {} exists",
             spec.name
         )));
+    }
+    if let Some(w) = &wiring {
+        guest::declare(&store.client, w).await?;
     }
     store
         .event(
@@ -378,6 +397,7 @@ pub async fn app_destroy(store: &Store, name: &str, force: bool) -> Result<Strin
             "{name} changed while being destroyed; try again"
         )));
     }
+    guest::forget(&store.client, name).await?;
     let dir = PathBuf::from(APPS_DIR).join(name);
     let mut note = String::new();
     if dir.exists() {

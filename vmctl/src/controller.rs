@@ -472,6 +472,7 @@ mod tests {
                 port: None,
             }),
             last_migration: None,
+            nic: None,
         }
     }
 

@@ -71,6 +71,10 @@ pub struct ComponentSpec {
     pub pin: bool,
     /// Backend: "qemu" (default) or "xen".
     pub hypervisor: String,
+    /// AppLogic-style properties: settings the guest reads from its kernel
+    /// command line as `vmctl.NAME=VALUE` (see [`check_property`]).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
 }
 
 /// A declared connection from an output terminal to an input terminal.
@@ -109,6 +113,8 @@ struct RawComponent {
     #[serde(default)]
     pin: bool,
     hypervisor: Option<Spanned<String>>,
+    #[serde(default)]
+    properties: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +207,46 @@ pub fn check_name(s: &str) -> Result<(), String> {
             "{s:?} is not a valid name (lowercase letters, digits and '-', starting with a letter, at most 32)"
         ))
     }
+}
+
+/// Properties vmctl sets itself on a guest's command line.
+pub const RESERVED_PROPERTIES: &[&str] = &["name", "node", "ip", "gw", "dns"];
+/// The longest property value: a kernel command line is 2 KiB in all.
+pub const MAX_PROPERTY_LEN: usize = 128;
+
+/// Checks a component property: its name is a [`check_name`] name (with
+/// '_' allowed) that vmctl does not set itself; its value is 1 to
+/// [`MAX_PROPERTY_LEN`] printable ASCII characters without spaces or
+/// quotes, so that `vmctl.NAME=VALUE` is one kernel command-line word.
+pub fn check_property(name: &str, value: &str) -> Result<(), String> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !name_ok {
+        return Err(format!(
+            "{name:?} is not a valid property name (lowercase letters, digits, '-' and '_', starting with a letter, at most 32)"
+        ));
+    }
+    if RESERVED_PROPERTIES.contains(&name) {
+        return Err(format!("{name:?} is set by vmctl itself"));
+    }
+    if value.is_empty() || value.len() > MAX_PROPERTY_LEN {
+        return Err(format!(
+            "the value must be 1 to {MAX_PROPERTY_LEN} characters"
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\'' | '\\'))
+    {
+        return Err(format!(
+            "{value:?}: {c:?} is not allowed (one word of printable ASCII, no quotes)"
+        ));
+    }
+    Ok(())
 }
 
 fn check_terminal_kind(s: &str) -> Result<(), String> {
@@ -383,6 +429,12 @@ pub fn parse(src: &str) -> Result<AppSpec, DescriptorError> {
                 ))
             }
         };
+        let mut properties = BTreeMap::new();
+        for (k, v) in &rc.properties {
+            check_property(k, v.get_ref())
+                .map_err(|m| cx.err(v.span(), f(&format!("properties.{k}")), m))?;
+            properties.insert(k.clone(), v.get_ref().clone());
+        }
         components.insert(
             cname.clone(),
             ComponentSpec {
@@ -398,6 +450,7 @@ pub fn parse(src: &str) -> Result<AppSpec, DescriptorError> {
                 anti_affinity: anti,
                 pin: rc.pin,
                 hypervisor,
+                properties,
             },
         );
     }
@@ -664,6 +717,32 @@ to = "db.sql"                        # input terminal
         // Not TOML at all.
         let e = err("name = \"x\"\n[components.a\n");
         assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn properties_are_checked_with_line_and_field() {
+        let with = |p: &str| {
+            SHOP.replace(
+                "outputs = [\"db\"]",
+                &format!("outputs = [\"db\"]\nproperties = {p}"),
+            )
+        };
+        let a = parse(&with("{ probe = \"db:80,db:8080\" }")).unwrap();
+        assert_eq!(a.components["web"].properties["probe"], "db:80,db:8080");
+        let e = err(&with("{ probe = \"db:80 db:8080\" }"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (11, "components.web.properties.probe"),
+            "{e}"
+        );
+        let e = err(&with("{ ip = \"10.0.0.1\" }"));
+        assert_eq!(e.field, "components.web.properties.ip", "{e}");
+        let e = err(&with(&format!("{{ probe = \"{}\" }}", "x".repeat(129))));
+        assert!(e.message.contains("128"), "{e}");
+        let e = err(&with("{ Probe = \"x\" }"));
+        assert_eq!(e.field, "components.web.properties.Probe", "{e}");
+        let e = err(&with("{ probe = 80 }"));
+        assert_eq!(e.line, 11, "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`agent`]: the node agent (heartbeat, running VMs, crash restarts);
 //! - [`backend`]: hypervisors behind one trait (QEMU with QMP, Xen's xl);
 //! - [`volumes`]: images in /gvs/catalog and cloned volumes;
+//! - [`guest`]: guests' NICs on lcmd (the application as lcmd appliances);
 //! - [`cli`] and [`commands`]: the command line and what it does.
 
 pub mod agent;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod commands;
 pub mod controller;
 pub mod descriptor;
+pub mod guest;
 pub mod model;
 pub mod scheduler;
 pub mod store;

@@ -52,6 +52,7 @@ async fn run(cli: Cli) -> Result<String, CmdError> {
             mem,
             bw,
             run_dir,
+            nic_dir,
         } => {
             let node = node.unwrap_or_else(|| {
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -76,6 +77,7 @@ async fn run(cli: Cli) -> Result<String, CmdError> {
                 bw_mbit,
                 run_root: run_dir,
                 accel_cache: "/var/cache/grid/vmctl/accel".into(),
+                nic_dir,
             };
             Agent::new(cfg, store).run().await?;
             Ok(String::new())

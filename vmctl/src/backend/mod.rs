@@ -33,8 +33,9 @@ pub enum BackendError {
     Unsupported(String),
 }
 
-/// A virtual NIC. The seam for lcmd: appliance NICs will be its TAP
-/// devices (`Tap`); until then a guest has none, or a user-mode NIC.
+/// A virtual NIC. An appliance's NIC is served by lcmd on the VM's node
+/// through a pair of unix datagram sockets (`Socket`; why not a TAP:
+/// [`lcmd::vmnic`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Nic {
     /// QEMU user-mode networking (no host setup; for demos).
@@ -42,10 +43,20 @@ pub enum Nic {
         /// Guest MAC address.
         mac: String,
     },
-    /// A TAP device created by lcmd for one of the appliance's terminals.
+    /// A TAP device by name: Xen's vif seam (`xl` only).
     Tap {
         /// The TAP device's name on the node.
         ifname: String,
+        /// Guest MAC address.
+        mac: String,
+    },
+    /// Frames as datagrams between a socket QEMU binds (`local`) and the
+    /// one lcmd binds (`remote`): QEMU's `-netdev dgram` (QEMU 7.2).
+    Socket {
+        /// The socket QEMU binds.
+        local: PathBuf,
+        /// lcmd's socket.
+        remote: PathBuf,
         /// Guest MAC address.
         mac: String,
     },

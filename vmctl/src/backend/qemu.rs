@@ -85,6 +85,16 @@ pub fn qemu_argv(vm: &VmConfig, accel: Accel) -> Vec<String> {
                 "-nic",
                 &format!("tap,ifname={ifname},script=no,downscript=no,model=virtio-net-pci,mac={mac},id=nic{i}"),
             ]),
+            Nic::Socket { local, remote, mac } => push(&[
+                "-netdev",
+                &format!(
+                    "dgram,id=net{i},local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                    local.to_string_lossy().replace(',', ",,"),
+                    remote.to_string_lossy().replace(',', ",,")
+                ),
+                "-device",
+                &format!("virtio-net-pci,netdev=net{i},mac={mac},id=nic{i}"),
+            ]),
         }
     }
     push(&[
@@ -512,6 +522,20 @@ mod tests {
         let a = qemu_argv(&v, Accel::Tcg);
         assert!(has(&a, ["-nic", "tap,ifname=lc-shop-web,script=no,downscript=no,model=virtio-net-pci,mac=52:54:00:00:00:01,id=nic0"]));
         assert!(!has(&a, ["-nic", "none"]));
+        v.nics = vec![Nic::Socket {
+            local: "/run/grid/lcmd/lcx.vm".into(),
+            remote: "/run/grid/lcmd/lcx.lcmd".into(),
+            mac: "02:4c:00:00:00:01".into(),
+        }];
+        let a = qemu_argv(&v, Accel::Tcg);
+        assert!(has(&a, ["-netdev", "dgram,id=net0,local.type=unix,local.path=/run/grid/lcmd/lcx.vm,remote.type=unix,remote.path=/run/grid/lcmd/lcx.lcmd"]));
+        assert!(has(
+            &a,
+            [
+                "-device",
+                "virtio-net-pci,netdev=net0,mac=02:4c:00:00:00:01,id=nic0"
+            ]
+        ));
     }
 
     #[test]

@@ -60,10 +60,15 @@ pub fn xl_cfg(vm: &VmConfig) -> String {
     let vifs: Vec<String> = vm
         .nics
         .iter()
-        .map(|n| match n {
+        .filter_map(|n| match n {
             // lcmd's seam: the backend names the vif after lcmd's device.
-            Nic::Tap { ifname, mac } => q(&format!("mac={mac}, vifname={ifname}, script=vif-lcmd")),
-            Nic::User { mac } => q(&format!("mac={mac}")),
+            Nic::Tap { ifname, mac } => {
+                Some(q(&format!("mac={mac}, vifname={ifname}, script=vif-lcmd")))
+            }
+            Nic::User { mac } => Some(q(&format!("mac={mac}"))),
+            // A domain cannot join a unix socket; vmctl gives Xen
+            // components no socket NIC (see `crate::guest`).
+            Nic::Socket { .. } => None,
         })
         .collect();
     kv("vif", format!("[ {} ]", vifs.join(", ")));
