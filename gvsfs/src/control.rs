@@ -5,19 +5,21 @@
 //!
 //! ```text
 //! /gvs/.grid/apps/NAME/{spec,ctl,state,error}   applications
-//! /gvs/.grid/vms/APP.COMP/{ctl,state,error}     VMs
+//! /gvs/.grid/vms/APP.COMP/{ctl,state,error,console}  VMs
 //! /gvs/.grid/nodes/NODE/state                   nodes (their agents)
 //! /gvs/.grid/events                             the grid's event log
 //! ```
 //!
 //! Everything lives in metad (DVM's records under `dvm/`, the event log
 //! of every service under `events/`) and goes through vmctl's library, so the tree is the same on
-//! every node. `mkdir apps/NAME` makes an empty object held in this node's
-//! memory until its `spec` is written; writing `spec` validates the
+//! every node. `mkdir apps/NAME` makes an empty object (`grid/pending/NAME`
+//! in metad) until its `spec` is written; writing `spec` validates the
 //! descriptor and creates the application at close (EINVAL from close, the
 //! reason in `error`, when it is refused). A `ctl` command runs in the
 //! write itself (EINVAL from the write when refused). `error` is kept in
-//! the memory of the node the refused write was made on.
+//! metad (`grid/error/<object>`), so it reads the same from every node.
+//! `console` is the VM's console tail as its agent copies it to metad
+//! ([`vmctl::console`]).
 //!
 //! Files have size 0 and are opened with direct I/O: their content is
 //! made when they are opened (one read of metad per record kind).
@@ -32,9 +34,10 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use metad::events::{self, clock};
+use metad::{Op, Txn};
 use vmctl::commands::{self as cmd, CmdError};
 use vmctl::model::{self, NodeRecord};
-use vmctl::store::Store;
+use vmctl::store::{at_rev, put_op, Store};
 
 /// The control directory's name at the root of /gvs.
 pub const GRID: &str = ".grid";
@@ -66,12 +69,17 @@ enum Obj {
     Events,
 }
 
+/// Keys of the tree's own state in metad.
+const PENDING: &str = "grid/pending/";
+const ERRORS: &str = "grid/error/";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum File {
     Spec,
     Ctl,
     State,
     Error,
+    Console,
 }
 
 impl File {
@@ -81,6 +89,7 @@ impl File {
             "ctl" => File::Ctl,
             "state" => File::State,
             "error" => File::Error,
+            "console" => File::Console,
             _ => return None,
         })
     }
@@ -96,7 +105,10 @@ fn parse(path: &str) -> Option<Obj> {
         [] => Obj::Root,
         ["apps"] => Obj::Apps,
         ["apps", a] => Obj::App(a.to_string()),
-        ["apps", a, f] => Obj::AppFile(a.to_string(), File::parse(f)?),
+        ["apps", a, f] => match File::parse(f)? {
+            File::Console => return None,
+            f => Obj::AppFile(a.to_string(), f),
+        },
         ["vms"] => Obj::Vms,
         ["vms", v] => Obj::Vm(v.to_string()),
         ["vms", v, f] => match File::parse(f)? {
@@ -130,10 +142,6 @@ pub struct Grid {
     store: Store,
     rt: tokio::runtime::Handle,
     paths: Mutex<Paths>,
-    /// `mkdir apps/NAME` not yet given a spec.
-    pending: Mutex<BTreeSet<String>>,
-    /// The last refusal, by object path (`apps/NAME`, `vms/VM`).
-    errors: Mutex<HashMap<String, String>>,
     open: Mutex<HashMap<u64, Open>>,
     next_fh: AtomicU64,
 }
@@ -147,8 +155,9 @@ fn refusal(e: &CmdError) -> Errno {
     match e {
         CmdError::NotFound(_) => Errno::ENOENT,
         CmdError::Timeout(_) => Errno::ETIMEDOUT,
-        CmdError::Store(_) | CmdError::Metad(_) | CmdError::Io(_) => Errno::EIO,
         CmdError::Descriptor { .. } | CmdError::Refused(_) | CmdError::Volume(_) => Errno::EINVAL,
+        // What failed below the command (metad, the store, I/O, ...).
+        _ => Errno::EIO,
     }
 }
 
@@ -164,8 +173,6 @@ impl Grid {
             store,
             rt,
             paths: Mutex::new(Paths::default()),
-            pending: Mutex::new(BTreeSet::new()),
-            errors: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         };
@@ -202,18 +209,43 @@ impl Grid {
         self.rt
             .block_on(self.store.client.get(key.as_str()))
             .map(|v| v.is_some())
-            .map_err(|e| {
-                tracing::warn!("{GRID}: metad: {e}");
-                Errno::EIO
-            })
+            .map_err(Self::metad_err)
+    }
+
+    /// A metad failure, logged, as the errno the caller sees.
+    fn metad_err(e: impl std::fmt::Display) -> Errno {
+        tracing::warn!("{GRID}: metad: {e}");
+        Errno::EIO
+    }
+
+    /// Runs a transaction; whether it applied.
+    fn txn(&self, txn: Txn) -> Result<bool, Errno> {
+        self.rt
+            .block_on(self.store.client.txn(txn))
+            .map(|r| r.succeeded)
+            .map_err(Self::metad_err)
+    }
+
+    /// Whether `mkdir apps/NAME` made an object whose spec is not written.
+    fn pending(&self, app: &str) -> Result<bool, Errno> {
+        self.exists(PENDING, app)
+    }
+
+    /// Forgets a pending object (its spec was written, or it was removed).
+    fn unpend(&self, app: &str) -> Result<(), Errno> {
+        self.txn(Txn {
+            success: vec![Op::Delete {
+                key: format!("{PENDING}{app}").into_bytes(),
+            }],
+            ..Txn::default()
+        })
+        .map(drop)
     }
 
     /// Whether the object a path names exists now.
     fn check(&self, obj: &Obj) -> Result<(), Errno> {
         let ok = match obj {
-            Obj::App(a) | Obj::AppFile(a, _) => {
-                lock(&self.pending).contains(a) || self.exists(model::APPS, a)?
-            }
+            Obj::App(a) | Obj::AppFile(a, _) => self.pending(a)? || self.exists(model::APPS, a)?,
             Obj::Vm(v) | Obj::VmFile(v, _) => self.exists(model::VMS, v)?,
             Obj::Node(n) | Obj::NodeState(n) => self.exists(model::NODES, n)?,
             _ => true,
@@ -285,10 +317,7 @@ impl Grid {
         let (kvs, _) = self
             .rt
             .block_on(self.store.client.get_prefix(prefix))
-            .map_err(|e| {
-                tracing::warn!("{GRID}: metad: {e}");
-                Errno::EIO
-            })?;
+            .map_err(Self::metad_err)?;
         Ok(kvs
             .into_iter()
             .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned())
@@ -306,13 +335,13 @@ impl Grid {
             ),
             Obj::Apps => {
                 let mut v: BTreeSet<String> = self.names(model::APPS)?.into_iter().collect();
-                v.extend(lock(&self.pending).iter().cloned());
+                v.extend(self.names(PENDING)?);
                 (v.into_iter().collect(), &[])
             }
             Obj::Vms => (self.names(model::VMS)?, &[]),
             Obj::Nodes => (self.names(model::NODES)?, &[]),
             Obj::App(_) => (vec![], &["spec", "ctl", "state", "error"]),
-            Obj::Vm(_) => (vec![], &["ctl", "state", "error"]),
+            Obj::Vm(_) => (vec![], &["ctl", "state", "error", "console"]),
             Obj::Node(_) => (vec![], &["state"]),
             _ => return Err(Errno::ENOTDIR),
         };
@@ -340,7 +369,13 @@ impl Grid {
             return Err(Errno::EPERM);
         }
         vmctl::descriptor::check_name(name).map_err(|_| Errno::EINVAL)?;
-        if self.exists(model::APPS, name)? || !lock(&self.pending).insert(name.to_string()) {
+        let key = format!("{PENDING}{name}");
+        let made = self.txn(Txn {
+            compare: vec![at_rev(&model::app_key(name), 0), at_rev(&key, 0)],
+            success: vec![put_op(&key, &vmctl::model::now_ms())],
+            failure: vec![],
+        })?;
+        if !made {
             return Err(Errno::EEXIST);
         }
         self.lookup(parent, name)
@@ -352,8 +387,9 @@ impl Grid {
         if self.path_of(parent)? != "apps" {
             return Err(Errno::EPERM);
         }
-        if lock(&self.pending).remove(name) {
-            return Ok(());
+        if self.pending(name)? {
+            self.set_error(&format!("apps/{name}"), None)?;
+            return self.unpend(name);
         }
         if self.exists(model::APPS, name)? {
             return Err(Errno::EBUSY);
@@ -404,10 +440,22 @@ impl Grid {
             })
         };
         match obj {
-            Obj::AppFile(_, File::Error) | Obj::VmFile(_, File::Error) => Ok(lock(&self.errors)
-                .get(&object_of(path))
-                .cloned()
-                .unwrap_or_default()),
+            Obj::AppFile(_, File::Error) | Obj::VmFile(_, File::Error) => {
+                let key = format!("{ERRORS}{}", object_of(path));
+                let v = self
+                    .rt
+                    .block_on(self.store.client.get(key))
+                    .map_err(Self::metad_err)?;
+                Ok(v.map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+                    .unwrap_or_default())
+            }
+            Obj::VmFile(v, File::Console) => {
+                let t = self
+                    .rt
+                    .block_on(vmctl::console::tail(&self.store, v))
+                    .map_err(Self::metad_err)?;
+                Ok(t.map(|t| t.tail).unwrap_or_default())
+            }
             Obj::AppFile(_, File::Ctl) | Obj::VmFile(_, File::Ctl) => Err(Errno::EACCES),
             Obj::AppFile(a, File::Spec) => {
                 let rec = self
@@ -417,7 +465,7 @@ impl Grid {
                 Ok(rec.map(|r| r.value.source).unwrap_or_default())
             }
             Obj::AppFile(a, File::State) => {
-                if lock(&self.pending).contains(a) && !self.exists(model::APPS, a)? {
+                if !self.exists(model::APPS, a)? && self.pending(a)? {
                     return Ok(format!("app {a}: no spec written yet\n"));
                 }
                 run(self.rt.block_on(cmd::app_show(&self.store, a, false)))
@@ -454,10 +502,7 @@ impl Grid {
         let (evs, _) = self
             .rt
             .block_on(events::list(&self.store.client))
-            .map_err(|e| {
-                tracing::warn!("{GRID}: metad: {e}");
-                Errno::EIO
-            })?;
+            .map_err(Self::metad_err)?;
         Ok(evs.iter().map(|e| e.line() + "\n").collect())
     }
 
@@ -470,16 +515,22 @@ impl Grid {
         Ok(o.data[start..end].to_vec())
     }
 
-    fn set_error(&self, object: &str, e: Option<String>) {
-        let mut errs = lock(&self.errors);
-        match e {
-            Some(e) => {
-                errs.insert(object.to_string(), e + "\n");
-            }
-            None => {
-                errs.remove(object);
-            }
-        }
+    /// Records (or clears) the reason of an object's last refusal.
+    fn set_error(&self, object: &str, e: Option<String>) -> Result<(), Errno> {
+        let key = format!("{ERRORS}{object}").into_bytes();
+        let op = match e {
+            Some(e) => Op::Put {
+                key,
+                value: (e + "\n").into_bytes(),
+                lease: 0,
+            },
+            None => Op::Delete { key },
+        };
+        self.txn(Txn {
+            success: vec![op],
+            ..Txn::default()
+        })
+        .map(drop)
     }
 
     /// Writes to `spec` (buffered until close) or `ctl` (each line runs
@@ -511,13 +562,12 @@ impl Grid {
             match r {
                 Ok(msg) => {
                     tracing::info!("{GRID}/{path}: {line}: {}", msg.trim_end());
-                    self.set_error(&object, None);
+                    self.set_error(&object, None)?;
                 }
                 Err(e) => {
                     tracing::info!("{GRID}/{path}: {line}: refused: {e}");
-                    let errno = refusal(&e);
-                    self.set_error(&object, Some(format!("{line}: {e}")));
-                    return Err(errno);
+                    self.set_error(&object, Some(format!("{line}: {e}")))?;
+                    return Err(refusal(&e));
                 }
             }
         }
@@ -531,11 +581,19 @@ impl Grid {
             ["start"] => self.rt.block_on(cmd::app_start(s, app, START_WAIT)),
             ["stop"] => self.rt.block_on(cmd::app_stop(s, app, STOP_WAIT)),
             ["destroy"] => {
-                let r = self.rt.block_on(cmd::app_destroy(s, app, false));
-                if r.is_ok() {
-                    lock(&self.pending).remove(app);
-                }
-                r
+                let r = self.rt.block_on(cmd::app_destroy(s, app, false))?;
+                // The errors of the app and its VMs go with it.
+                let gone = [format!("{ERRORS}apps/{app}"), format!("{ERRORS}vms/{app}.")];
+                let _ = self.txn(Txn {
+                    success: gone
+                        .into_iter()
+                        .map(|p| Op::DeletePrefix {
+                            prefix: p.into_bytes(),
+                        })
+                        .collect(),
+                    ..Txn::default()
+                });
+                Ok(r)
             }
             _ => Err(CmdError::Refused(format!(
                 "unknown command {line:?}; an application's ctl takes start, stop or destroy"
@@ -545,7 +603,10 @@ impl Grid {
 
     fn vm_ctl(&self, vm: &str, line: &str) -> Result<String, CmdError> {
         let words: Vec<&str> = line.split_whitespace().collect();
+        let s = &self.store;
         match words.as_slice() {
+            ["start"] => self.rt.block_on(cmd::vm_start(s, vm, START_WAIT)),
+            ["stop"] => self.rt.block_on(cmd::vm_stop(s, vm, STOP_WAIT)),
             ["migrate", node] => {
                 match self
                     .rt
@@ -557,7 +618,7 @@ impl Grid {
                 }
             }
             _ => Err(CmdError::Refused(format!(
-                "unknown command {line:?}; a VM's ctl takes migrate NODE"
+                "unknown command {line:?}; a VM's ctl takes start, stop or migrate NODE"
             ))),
         }
     }
@@ -594,13 +655,12 @@ impl Grid {
         match r {
             Ok(msg) => {
                 tracing::info!("{origin}: {}", msg.trim_end());
-                lock(&self.pending).remove(&app);
-                self.set_error(&object, None);
-                Ok(())
+                self.unpend(&app)?;
+                self.set_error(&object, None)
             }
             Err(e) => {
                 tracing::info!("{origin}: refused: {e}");
-                self.set_error(&object, Some(e.to_string()));
+                self.set_error(&object, Some(e.to_string()))?;
                 Err(refusal(&e))
             }
         }

@@ -1,6 +1,9 @@
 //! Control files under /gvs/.grid: a spec written on one node creates the
 //! application everywhere; a bad spec and a bad ctl command are refused
-//! with EINVAL and the reason in `error`; nodes, VMs and events read.
+//! with EINVAL and the reason in `error`, which reads the same on every
+//! node, as does an object made with mkdir; nodes, VMs and events read; a
+//! VM is stopped and started through its ctl and its console read from
+//! another node.
 
 mod common;
 
@@ -88,8 +91,16 @@ fn control_files_create_refuse_and_read() {
     assert!(out.contains("Invalid argument"), "{out}");
     let err = sh(&grid, 2, "cat /gvs/.grid/apps/bad/error");
     assert!(err.contains("line 5, field `components.web.mem`"), "{err}");
+    // The refusal and the spec-less object read the same on another node.
+    assert_eq!(sh(&grid, 3, "cat /gvs/.grid/apps/bad/error"), err);
+    assert!(sh(&grid, 1, "ls /gvs/.grid/apps").contains("bad"));
+    let st = sh(&grid, 1, "cat /gvs/.grid/apps/bad/state");
+    assert!(st.contains("no spec written yet"), "{st}");
+    let (ok, out) = run(&grid, 3, "mkdir /gvs/.grid/apps/bad");
+    assert!(!ok && out.contains("File exists"), "{out}");
     assert!(!sh(&grid, 1, "vmctl app list").contains("bad"));
-    sh(&grid, 2, "rmdir /gvs/.grid/apps/bad");
+    sh(&grid, 1, "rmdir /gvs/.grid/apps/bad");
+    assert!(!sh(&grid, 2, "ls /gvs/.grid/apps").contains("bad"));
 
     // A bad ctl command: EINVAL from the write, the reason in error.
     // (coreutils' echo: dash's builtin reports any failed write as "I/O
@@ -108,6 +119,14 @@ fn control_files_create_refuse_and_read() {
     assert!(!ok);
     let err = sh(&grid, 3, "cat /gvs/.grid/vms/shop.web/error");
     assert!(err.contains("node nowhere is not up"), "{err}");
+    assert_eq!(sh(&grid, 1, "cat /gvs/.grid/vms/shop.web/error"), err);
+    // A VM of an application that is not running does not start alone.
+    let (ok, _) = run(&grid, 2, "/bin/echo start > /gvs/.grid/vms/shop.web/ctl");
+    assert!(!ok);
+    let err = sh(&grid, 1, "cat /gvs/.grid/vms/shop.web/error");
+    assert!(err.contains("application shop is not running"), "{err}");
+    // Not run yet: an empty console.
+    assert_eq!(sh(&grid, 3, "cat /gvs/.grid/vms/shop.web/console"), "");
 
     // Events: the creation is there.
     let ev = sh(&grid, 3, "cat /gvs/.grid/events");
@@ -205,6 +224,32 @@ fn ctl_starts_and_a_migrate_to_a_full_node_is_refused() {
     assert!(err.contains("ticker needs"), "{err}");
     let t = sh(&grid, 1, "cat /gvs/.grid/vms/gmig.ticker/state");
     assert_eq!(node_of(&t), Some(src), "{t}");
+
+    // Its console, read on the hog's node.
+    eventually(
+        &grid,
+        full,
+        "grep -q 'VMCTL-BOOT gmig.ticker' /gvs/.grid/vms/gmig.ticker/console",
+        120,
+    );
+
+    // One VM stopped and started again through its ctl; the app goes on.
+    sh(
+        &grid,
+        full,
+        "/bin/echo stop > /gvs/.grid/vms/gmig.ticker/ctl",
+    );
+    let t = sh(&grid, 2, "cat /gvs/.grid/vms/gmig.ticker/state");
+    assert!(t.contains("vm gmig.ticker: stopped"), "{t}");
+    let h = sh(&grid, 2, "cat /gvs/.grid/vms/gmig.hog/state");
+    assert!(h.contains("vm gmig.hog: running"), "{h}");
+    sh(&grid, 1, "/bin/echo start > /gvs/.grid/vms/gmig.ticker/ctl");
+    eventually(
+        &grid,
+        3,
+        "cat /gvs/.grid/vms/gmig.ticker/state | grep 'vm gmig.ticker: running'",
+        120,
+    );
 
     // stop and destroy through ctl; a destroy of a running app is refused.
     let (ok, _) = run(&grid, 1, "/bin/echo destroy > /gvs/.grid/apps/gmig/ctl");

@@ -832,6 +832,10 @@ impl Agent {
             }
         }
         tokio::spawn(heartbeat_task(self.store.clone(), self.beat.clone()));
+        tokio::spawn(crate::console::mirror(
+            self.store.clone(),
+            self.cfg.node.clone(),
+        ));
         let mut watch = None;
         loop {
             if watch.is_none() {

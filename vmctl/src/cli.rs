@@ -131,7 +131,25 @@ pub enum VmCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print a VM's serial console (run on the VM's node).
+    /// Start one stopped (or failed) VM of a running application; refused
+    /// with the reason when no node has room.
+    Start {
+        /// VM (APP.COMPONENT).
+        name: String,
+        /// Seconds to wait for the scheduler.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Stop one VM (its application goes on).
+    Stop {
+        /// VM (APP.COMPONENT).
+        name: String,
+        /// Seconds to wait for it to stop.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Print a VM's serial console (from another node: the last 16 KiB,
+    /// copied every 2 s).
     Console {
         /// VM (APP.COMPONENT).
         name: String,

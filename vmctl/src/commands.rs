@@ -1,6 +1,7 @@
 //! What each `vmctl` command does, over the [`Store`]. Errors are one line
 //! for people; `--json` output is for scripts.
 
+use crate::console;
 use crate::controller::capacities;
 use crate::descriptor::{self, DescriptorError};
 use crate::guest::{self, GuestError};
@@ -382,6 +383,9 @@ pub async fn app_destroy(store: &Store, name: &str, force: bool) -> Result<Strin
         success.push(Op::Delete {
             key: model::status_key(k).into_bytes(),
         });
+        success.push(Op::Delete {
+            key: model::console_key(k).into_bytes(),
+        });
     }
     if !store
         .client
@@ -667,24 +671,38 @@ pub async fn vm_show(store: &Store, name: &str, json: bool) -> Result<String, Cm
     Ok(out)
 }
 
-/// `vmctl vm console NAME`: the console file is on the VM's node.
+/// `vmctl vm console NAME`: the console file itself on the VM's node;
+/// elsewhere the tail its agent copies to metad ([`console`]).
 pub async fn vm_console(store: &Store, name: &str, follow: bool) -> Result<(), CmdError> {
     let v = vm_view(store, name).await?;
     let st = v
         .status
         .ok_or_else(|| CmdError::Refused(format!("{name} has not run yet: no console")))?;
     let path = PathBuf::from(&st.console);
-    let here = nix_hostname();
-    if !path.exists() {
-        return Err(CmdError::Refused(format!(
-            "{name}'s console is on {} ({}); run vmctl vm console there (this is {here})",
-            st.node, st.console
-        )));
-    }
     use std::io::{Read, Write};
+    let mut out = std::io::stdout();
+    if !path.exists() {
+        let mut last: Option<console::ConsoleTail> = None;
+        loop {
+            if let Some(t) = console::tail(store, name).await? {
+                let _ = out.write_all(console::added(last.as_ref(), &t).as_bytes());
+                let _ = out.flush();
+                last = Some(t);
+            } else if last.is_none() && !follow {
+                return Err(CmdError::Refused(format!(
+                    "{name}'s console is on {} and not copied yet (this is {})",
+                    st.node,
+                    nix_hostname()
+                )));
+            }
+            if !follow {
+                return Ok(());
+            }
+            tokio::time::sleep(console::EVERY).await;
+        }
+    }
     let mut f =
         std::fs::File::open(&path).map_err(|e| CmdError::Io(format!("{}: {e}", path.display())))?;
-    let mut out = std::io::stdout();
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -694,6 +712,101 @@ pub async fn vm_console(store: &Store, name: &str, follow: bool) -> Result<(), C
         let _ = out.flush();
         if !follow {
             return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sets a VM's wanted state (compare-and-swap, re-read on a race).
+async fn set_desired(store: &Store, name: &str, desired: Desired) -> Result<(), CmdError> {
+    let key = model::vm_key(name);
+    loop {
+        let v = store.get::<VmRecord>(&key).await?.ok_or_else(|| {
+            CmdError::NotFound(format!("VM {name} (VMs are named APP.COMPONENT)"))
+        })?;
+        let mut nv = v.value.clone();
+        nv.desired = desired;
+        if desired == Desired::Running {
+            nv.reason = None;
+        }
+        if store.cas(&key, v.rev, &nv).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// `start` of one VM of a running application (one that was stopped, or
+/// failed): the scheduler places it next to its peers; this waits for the
+/// placement. When there is no room it is refused with the reason and
+/// stays stopped.
+pub async fn vm_start(store: &Store, name: &str, timeout: Duration) -> Result<String, CmdError> {
+    let v = vm_view(store, name).await?;
+    let app_name = &v.record.app;
+    let a = app(store, app_name).await?;
+    let placed = a
+        .value
+        .outcome
+        .as_ref()
+        .is_some_and(|o| o.gen == a.value.start_gen && o.placed);
+    if a.value.desired != Desired::Running || !placed {
+        return Err(CmdError::Refused(format!(
+            "application {app_name} is not running; start it first"
+        )));
+    }
+    if let (Desired::Running, Some(n)) = (v.desired, &v.node) {
+        return Ok(format!("{name} runs on {n} already\n"));
+    }
+    set_desired(store, name, Desired::Running).await?;
+    store.event("cli", "start", name, "start requested").await;
+    let key = model::vm_key(name);
+    let deadline = Instant::now() + timeout;
+    loop {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let v = store
+            .get::<VmRecord>(&key)
+            .await?
+            .ok_or_else(|| CmdError::NotFound(format!("VM {name}")))?;
+        if let Some(n) = &v.value.node {
+            return Ok(format!("started {name} on {n}\n"));
+        }
+        let waiting = v
+            .value
+            .reason
+            .clone()
+            .filter(|r| r.starts_with("waiting for room"));
+        if waiting.is_some() || Instant::now() > deadline {
+            // Not placed: back to stopped, unless placed meanwhile.
+            let mut nv = v.value.clone();
+            nv.desired = Desired::Stopped;
+            if !store.cas(&key, v.rev, &nv).await? {
+                continue;
+            }
+            return Err(match waiting {
+                Some(why) => CmdError::Refused(format!("cannot start {name}: {why}")),
+                None => CmdError::Timeout(format!(
+                    "no answer from the scheduler in {timeout:?} (is a vmctl agent running?)"
+                )),
+            });
+        }
+    }
+}
+
+/// `stop` of one VM: its agent stops it and the scheduler releases its
+/// reservation; this waits for the release.
+pub async fn vm_stop(store: &Store, name: &str, timeout: Duration) -> Result<String, CmdError> {
+    set_desired(store, name, Desired::Stopped).await?;
+    store.event("cli", "stop", name, "stop requested").await;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = vm_view(store, name).await?;
+        if v.node.is_none() {
+            return Ok(format!("stopped {name}\n"));
+        }
+        if Instant::now() > deadline {
+            return Err(CmdError::Timeout(format!(
+                "{name} still holds {} after {timeout:?}",
+                v.node.unwrap_or_default()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

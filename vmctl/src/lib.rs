@@ -9,6 +9,7 @@
 //! - [`controller`]: the elected scheduler loop (placement, release, failover);
 //! - [`agent`]: the node agent (heartbeat, running VMs, crash restarts);
 //! - [`backend`]: hypervisors behind one trait (QEMU with QMP, Xen's xl);
+//! - [`console`]: console tails in metad, readable from any node;
 //! - [`volumes`]: images in /gvs/catalog and cloned volumes;
 //! - [`guest`]: guests' NICs on lcmd (the application as lcmd appliances);
 //! - [`cli`] and [`commands`]: the command line and what it does.
@@ -17,6 +18,7 @@ pub mod agent;
 pub mod backend;
 pub mod cli;
 pub mod commands;
+pub mod console;
 pub mod controller;
 pub mod descriptor;
 pub mod guest;

@@ -34,6 +34,12 @@ async fn run(cli: Cli) -> Result<String, CmdError> {
         Cmd::App(AppCmd::Show { name, json }) => c::app_show(&store, &name, json).await,
         Cmd::Vm(VmCmd::List { app, json }) => c::vm_list(&store, app.as_deref(), json).await,
         Cmd::Vm(VmCmd::Show { name, json }) => c::vm_show(&store, &name, json).await,
+        Cmd::Vm(VmCmd::Start { name, timeout }) => {
+            c::vm_start(&store, &name, Duration::from_secs(timeout)).await
+        }
+        Cmd::Vm(VmCmd::Stop { name, timeout }) => {
+            c::vm_stop(&store, &name, Duration::from_secs(timeout)).await
+        }
         Cmd::Vm(VmCmd::Console { name, follow }) => c::vm_console(&store, &name, follow)
             .await
             .map(|()| String::new()),

@@ -9,6 +9,7 @@
 //! | `dvm/apps/<app>` | [`AppRecord`] | CLI; scheduler (outcome) |
 //! | `dvm/vms/<app>.<comp>` | [`VmRecord`]: desired state, reservation (`node`) | CLI; scheduler (`node`); agent (flapping) |
 //! | `dvm/status/<app>.<comp>` | [`VmStatus`]: what is true on the node | agent |
+//! | `dvm/console/<app>.<comp>` | [`crate::console::ConsoleTail`]: the console's last bytes | agent |
 
 use crate::descriptor::AppSpec;
 use crate::guest::GuestNic;
@@ -24,6 +25,8 @@ pub const APPS: &str = "dvm/apps/";
 pub const VMS: &str = "dvm/vms/";
 /// Prefix of VM status records.
 pub const STATUS: &str = "dvm/status/";
+/// Prefix of console tails.
+pub const CONSOLES: &str = "dvm/console/";
 /// The scheduler election key.
 pub const SCHEDULER: &str = "dvm/scheduler";
 
@@ -42,6 +45,10 @@ pub fn vm_key(vm: &str) -> String {
 /// Key of a VM status record.
 pub fn status_key(vm: &str) -> String {
     format!("{STATUS}{vm}")
+}
+/// Key of a VM's console tail.
+pub fn console_key(vm: &str) -> String {
+    format!("{CONSOLES}{vm}")
 }
 /// A VM's name: `app.component`.
 pub fn vm_name(app: &str, component: &str) -> String {
