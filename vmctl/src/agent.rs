@@ -165,7 +165,7 @@ impl Agent {
     pub fn new(cfg: AgentConfig, store: Store) -> Agent {
         let store = Arc::new(store);
         let limits = match Cgroups::detect(Path::new("/sys/fs/cgroup"), &cfg.node) {
-            Ok(_) => "cgroup v2 (memory.max, cpu.max, cpuset)".to_string(),
+            Ok(cg) => cg.describe().to_string(),
             Err(e) => e,
         };
         Agent {

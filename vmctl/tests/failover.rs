@@ -29,6 +29,31 @@ fn console(grid: &GridGuard, node: usize, name: &str) -> String {
     String::from_utf8_lossy(&vmctl(grid, node, &["vm", "console", name]).stdout).replace('\r', "")
 }
 
+/// The VM's QEMU runs in its own memory cgroup, limited to the guest's
+/// memory plus QEMU's overhead (this host has v1 hierarchies; on a v2
+/// host the same limit is memory.max).
+fn assert_memory_limit(pid: u64, node: usize, name: &str, mem_mib: u64) {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let want = format!("/vmctl/node{node}/{name}");
+    let line = cgroups
+        .lines()
+        .find(|l| l.contains(":memory:") || l.starts_with("0::"))
+        .unwrap_or_else(|| panic!("no memory cgroup for {pid}: {cgroups}"));
+    let path = line.splitn(3, ':').nth(2).unwrap();
+    assert!(path.ends_with(&want), "QEMU {pid} is in {path}, not {want}");
+    let (file, dir) = if line.starts_with("0::") {
+        ("memory.max", format!("/sys/fs/cgroup{path}"))
+    } else {
+        (
+            "memory.limit_in_bytes",
+            format!("/sys/fs/cgroup/memory{path}"),
+        )
+    };
+    let limit = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+    let overhead = vmctl::backend::cgroup::QEMU_OVERHEAD_MIB;
+    assert_eq!(limit.trim(), ((mem_mib + overhead) << 20).to_string());
+}
+
 #[test]
 fn a_cut_off_node_s_vms_run_again_on_the_others() {
     let grid = GridGuard::up("vmfail", 3).unwrap();
@@ -43,6 +68,7 @@ fn a_cut_off_node_s_vms_run_again_on_the_others() {
             .then_some(())
     });
     let old_pid = vm(&grid, 1, name)["status"]["pid"].as_u64().unwrap();
+    assert_memory_limit(old_pid, first, name, 128);
     let cli = if first == 1 { 2 } else { 1 };
     grid.cut(first, false).unwrap();
     let cut_at = Instant::now();

@@ -544,6 +544,7 @@ pub fn teardown(name: &str) -> Result<()> {
         process::kill_all_in_node(&probe, i);
     }
     for &i in &nodes {
+        process::remove_vm_cgroups(&format!("node{i}"));
         mountns::delete_node(&probe, i);
         network::delete_node(&probe, i);
     }

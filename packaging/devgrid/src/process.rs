@@ -183,3 +183,25 @@ fn pids() -> impl Iterator<Item = i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
+
+/// Removes the cgroups `vmctl agent` made for node `name`'s VMs
+/// (`/sys/fs/cgroup/vmctl.slice/NAME/*` on cgroup v2,
+/// `/sys/fs/cgroup/<hierarchy>/vmctl/NAME/*` on v1), once the node's
+/// processes are gone: an agent killed with its VMs cannot remove them
+/// itself. A cgroup that still holds a process (another grid's node of the
+/// same name) refuses removal and stays.
+pub(crate) fn remove_vm_cgroups(name: &str) {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut nodes = vec![root.join("vmctl.slice").join(name)];
+    for h in fs::read_dir(root).into_iter().flatten().flatten() {
+        nodes.push(h.path().join("vmctl").join(name));
+    }
+    for node in nodes.iter().filter(|n| n.is_dir()) {
+        for vm in fs::read_dir(node).into_iter().flatten().flatten() {
+            if vm.path().is_dir() {
+                let _ = fs::remove_dir(vm.path());
+            }
+        }
+        let _ = fs::remove_dir(node);
+    }
+}

@@ -1,6 +1,6 @@
 //! The QEMU backend: a command line built from the [`VmConfig`], QMP over a
 //! unix socket for status, stop and migration, the serial console to a
-//! file, a cgroup per VM where cgroup v2 allows. KVM only when a probe
+//! file, a cgroup per VM where the host's cgroups allow. KVM only when a probe
 //! shows a guest actually runs under it (on some hosts /dev/kvm exists but
 //! guests stall); TCG otherwise.
 
@@ -240,7 +240,7 @@ impl Hypervisor for QemuBackend {
     }
     fn limits(&self) -> String {
         match &self.cgroups {
-            Ok(_) => "cgroup v2 (memory.max, cpu.max, cpuset)".into(),
+            Ok(cg) => cg.describe().into(),
             Err(e) => e.clone(),
         }
     }
