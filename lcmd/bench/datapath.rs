@@ -341,6 +341,10 @@ fn main() {
         "LCM datapath benchmark: 2 nodes, one run, iperf3 -t {secs} (1 stream), \
          {pings} sequential UDP round trips"
     );
+    println!(
+        "underlay: the grid's bridge, MTU {} (every path crosses it)",
+        devgrid::UNDERLAY_MTU
+    );
     println!("tinc: {version}, router mode, default cipher/digest");
     println!();
     println!(

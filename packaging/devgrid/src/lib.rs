@@ -18,4 +18,5 @@ pub mod script;
 pub use error::{Error, Result};
 pub use grid::{teardown, DaemonSpec, Grid, GridConfig, NodeStatus};
 pub use guard::GridGuard;
+pub use network::UNDERLAY_MTU;
 pub use script::{wait_for, Run};

@@ -10,11 +10,25 @@ use crate::layout::Layout;
 /// The nftables table that holds a node's cut.
 const CUT_TABLE: &str = "devgrid_cut";
 
+/// The underlay's MTU: jumbo frames, as storage and VM networks in a
+/// cluster use them (tunnelled appliance traffic and chunk copies move in
+/// fewer, larger packets).
+pub const UNDERLAY_MTU: &str = "9000";
+
 /// Creates the bridge and gives the host an address on it, so that tools on
 /// the host (benchmarks, the operator) reach every node.
 pub(crate) fn create_bridge(l: &Layout) -> Result<()> {
     let br = l.bridge();
-    run(&["ip", "link", "add", &br, "type", "bridge"])?;
+    run(&[
+        "ip",
+        "link",
+        "add",
+        &br,
+        "mtu",
+        UNDERLAY_MTU,
+        "type",
+        "bridge",
+    ])?;
     run(&[
         "ip",
         "addr",
@@ -33,7 +47,21 @@ pub(crate) fn create_node(l: &Layout, i: usize) -> Result<()> {
     let veth = l.veth(i);
     run(&["ip", "netns", "add", &ns])?;
     run(&[
-        "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        "ip",
+        "link",
+        "add",
+        &veth,
+        "mtu",
+        UNDERLAY_MTU,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "mtu",
+        UNDERLAY_MTU,
+        "netns",
+        &ns,
     ])?;
     run(&["ip", "link", "set", &veth, "master", &l.bridge(), "up"])?;
     let addr = format!("{}/24", l.addr(i));
