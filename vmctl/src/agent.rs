@@ -148,7 +148,8 @@ pub struct Agent {
     accel: Option<Accel>,
     limits: String,
     locals: BTreeMap<String, Local>,
-    /// Crash timestamps by VM (the flapping guard).
+    /// Crash timestamps by VM (the flapping guard); kept in the VMs' status
+    /// records and read back at start ([`Agent::load_crashes`]).
     crashes: BTreeMap<String, Vec<u64>>,
     /// The last status written, by VM.
     reported: BTreeMap<String, VmStatus>,
@@ -219,6 +220,19 @@ impl Agent {
         self.beat.lease.store(self.lease, Ordering::SeqCst);
         self.beat.lost.store(false, Ordering::SeqCst);
         tracing::info!("registered {} (lease {})", self.cfg.node, self.lease);
+        Ok(())
+    }
+
+    /// Takes back the crash history of this node's VMs from their status
+    /// records (the agent writes it there with every report), so that a
+    /// restarted agent still stops a flapping VM.
+    async fn load_crashes(&mut self) -> Result<(), StoreError> {
+        let (status, _) = self.store.list::<VmStatus>(model::STATUS).await?;
+        for (vm, st) in status {
+            if st.value.node == self.cfg.node && !st.value.crashes.is_empty() {
+                self.crashes.insert(vm, st.value.crashes);
+            }
+        }
         Ok(())
     }
 
@@ -830,6 +844,10 @@ impl Agent {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
+        }
+        while let Err(e) = self.load_crashes().await {
+            tracing::warn!("reading the crash history: {e}; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         tokio::spawn(heartbeat_task(self.store.clone(), self.beat.clone()));
         tokio::spawn(crate::console::mirror(
