@@ -8,14 +8,21 @@
 //! secret, of a context string, the side, both nonces, the role and the
 //! member id, so a proof cannot be replayed on another connection or passed
 //! off for the other side.
+//!
+//! Both sides then derive a [`Session`]: one key per direction, the keyed
+//! hash of another context string, the direction and the same handshake
+//! values. Every later frame is sealed with it ([`crate::protocol::Sealer`]):
+//! a frame injected into the established TCP stream, replayed from another
+//! connection, dropped or reordered fails its tag and ends the connection.
 
-use crate::protocol::{read_msg, write_msg, FrameError, MAX_CLIENT_FRAME};
+use crate::protocol::{read_msg, write_msg, FrameError, Opener, Sealer, MAX_CLIENT_FRAME};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 const CONTEXT: &[u8] = b"metad auth v1";
+const SESSION_CONTEXT: &[u8] = b"metad session v1";
 
 /// Errors of authentication and of secret files.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +119,25 @@ impl Secret {
     }
 
     fn proof(&self, side: &[u8], h: &Hello, server_nonce: &[u8; 32]) -> [u8; 32] {
+        self.bound(CONTEXT, side, h, server_nonce)
+    }
+
+    /// The session of a handshake, as seen by the connecting side
+    /// (`connecting`) or the accepting side.
+    fn session(&self, h: &Hello, server_nonce: &[u8; 32], connecting: bool) -> Session {
+        let up = self.bound(SESSION_CONTEXT, b"to server", h, server_nonce);
+        let down = self.bound(SESSION_CONTEXT, b"to client", h, server_nonce);
+        let (send, recv) = if connecting { (up, down) } else { (down, up) };
+        Session {
+            send: Sealer::new(send),
+            recv: Opener::new(recv),
+        }
+    }
+
+    /// The keyed hash of `context` and `side` bound to one handshake.
+    fn bound(&self, context: &[u8], side: &[u8], h: &Hello, server_nonce: &[u8; 32]) -> [u8; 32] {
         let mut hasher = blake3::Hasher::new_keyed(&self.0);
-        hasher.update(CONTEXT);
+        hasher.update(context);
         hasher.update(side);
         hasher.update(&h.nonce);
         hasher.update(server_nonce);
@@ -127,6 +151,22 @@ fn nonce() -> [u8; 32] {
     let mut b = [0u8; 32];
     rand::rng().fill_bytes(&mut b);
     b
+}
+
+/// The two directions of an authenticated connection: frames written
+/// with `send`, read with `recv`. Split with the stream when its halves
+/// go to different tasks.
+pub struct Session {
+    /// Seals this side's frames.
+    pub send: Sealer,
+    /// Checks the other side's frames.
+    pub recv: Opener,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Session(..)")
+    }
 }
 
 /// What the connecting side is.
@@ -174,13 +214,14 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     blake3::Hash::from(*a) == blake3::Hash::from(*b)
 }
 
-/// Runs the connecting side of the handshake.
+/// Runs the connecting side of the handshake; the session to seal the
+/// connection's frames with.
 pub async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     secret: &Secret,
     role: Role,
     member_id: u64,
-) -> Result<(), AuthError> {
+) -> Result<Session, AuthError> {
     let hello = Hello {
         nonce: nonce(),
         role,
@@ -199,18 +240,19 @@ pub async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await?;
     match read_msg(s, MAX_CLIENT_FRAME).await? {
-        Verdict::Welcome => Ok(()),
+        Verdict::Welcome => Ok(secret.session(&hello, &ch.nonce, true)),
         Verdict::Refused(why) => Err(AuthError::Refused(why)),
     }
 }
 
 /// Runs the accepting side of the handshake; `known_peer` says whether a
-/// member id may connect as a peer. Returns the authenticated [`Hello`].
+/// member id may connect as a peer. Returns the authenticated [`Hello`]
+/// and the session to seal the connection's frames with.
 pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     secret: &Secret,
     known_peer: impl FnOnce(u64) -> bool,
-) -> Result<Hello, AuthError> {
+) -> Result<(Hello, Session), AuthError> {
     let hello: Hello = read_msg(s, MAX_CLIENT_FRAME).await?;
     let server_nonce = nonce();
     let proof = secret.proof(b"server", &hello, &server_nonce);
@@ -240,7 +282,8 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
         None => {
             write_msg(s, &Verdict::Welcome).await?;
-            Ok(hello)
+            let session = secret.session(&hello, &server_nonce, false);
+            Ok((hello, session))
         }
     }
 }
@@ -253,7 +296,10 @@ mod tests {
         server_secret: Secret,
         client_secret: Secret,
         role: Role,
-    ) -> (Result<Hello, AuthError>, Result<(), AuthError>) {
+    ) -> (
+        Result<(Hello, Session), AuthError>,
+        Result<Session, AuthError>,
+    ) {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let server =
             tokio::spawn(
@@ -274,5 +320,56 @@ mod tests {
         let (srv, cli) = pair(s.clone(), s.clone(), Role::Peer).await;
         assert!(srv.is_err() && matches!(cli, Err(AuthError::Refused(_))));
         assert_eq!(Secret::from_hex(&s.to_hex()).unwrap().0, s.0);
+    }
+
+    #[tokio::test]
+    async fn sealed_frames_pass_and_tampered_ones_fail() {
+        use crate::protocol::{write_frame, FrameError};
+        let s = Secret::generate();
+        let (srv, cli) = pair(s.clone(), s.clone(), Role::Client).await;
+        let (_, mut server) = srv.unwrap();
+        let mut client = cli.unwrap();
+        let refused = |r: Result<Vec<u8>, FrameError>| matches!(r, Err(FrameError::BadTag));
+        // Each direction opens what the other sealed, in order.
+        let mut frames = Vec::new();
+        for p in [&b"one"[..], b"two", b""] {
+            let mut f = Vec::new();
+            client.send.write(&mut f, p).await.unwrap();
+            frames.push(f);
+        }
+        for (f, p) in frames.iter().zip([&b"one"[..], b"two", b""]) {
+            assert_eq!(server.recv.read(&mut f.as_slice(), 64).await.unwrap(), p);
+        }
+        let mut back = Vec::new();
+        server.send.write(&mut back, b"answer").await.unwrap();
+        assert_eq!(
+            client.recv.read(&mut back.as_slice(), 64).await.unwrap(),
+            b"answer"
+        );
+        let mut next = Vec::new();
+        client.send.write(&mut next, b"four").await.unwrap();
+        // A replayed frame, one sealed for the other direction, a changed
+        // byte, a frame injected without a tag: all refused.
+        assert!(refused(
+            server.recv.read(&mut frames[0].as_slice(), 64).await
+        ));
+        let mut other_way = Vec::new();
+        server.send.write(&mut other_way, b"four").await.unwrap();
+        assert!(refused(
+            server.recv.read(&mut other_way.as_slice(), 64).await
+        ));
+        let mut bent = next.clone();
+        bent[5] ^= 1;
+        assert!(refused(server.recv.read(&mut bent.as_slice(), 64).await));
+        let mut injected = Vec::new();
+        write_frame(&mut injected, &[0u8; 20]).await.unwrap();
+        assert!(refused(
+            server.recv.read(&mut injected.as_slice(), 64).await
+        ));
+        // The genuine next frame still opens: a refusal consumes nothing.
+        assert_eq!(
+            server.recv.read(&mut next.as_slice(), 64).await.unwrap(),
+            b"four"
+        );
     }
 }

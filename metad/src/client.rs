@@ -21,10 +21,9 @@
 //!   first attempt applied would report a false failure. Read the keys and
 //!   decide.
 
-use crate::auth::{connect_handshake, AuthError, Role, Secret};
+use crate::auth::{connect_handshake, AuthError, Role, Secret, Session};
 use crate::protocol::{
-    decode, encode, read_frame, write_frame, ErrorReply, MemberStatus, Request, RequestBody,
-    ResponseBody, MAX_PEER_FRAME,
+    decode, encode, ErrorReply, MemberStatus, Request, RequestBody, ResponseBody, MAX_PEER_FRAME,
 };
 use crate::state::{Compare, CompareTarget, Event, KeyValue, Op, StateError, Txn, TxnResult};
 use serde::{Deserialize, Serialize};
@@ -179,7 +178,7 @@ impl Conn {
             .map_err(|_| ConnectError::Unreachable(format!("{addr}: connect timed out")))?
             .map_err(|e| ConnectError::Unreachable(format!("{addr}: {e}")))?;
         let _ = s.set_nodelay(true);
-        match tokio::time::timeout(
+        let session = match tokio::time::timeout(
             CONNECT_TIMEOUT * 2,
             connect_handshake(&mut s, secret, Role::Client, 0),
         )
@@ -194,8 +193,9 @@ impl Conn {
                 return Err(ConnectError::Unreachable(format!("{addr}: {e}")))
             }
             Ok(Err(e)) => return Err(ConnectError::Auth(e)),
-            Ok(Ok(())) => {}
-        }
+            Ok(Ok(session)) => session,
+        };
+        let Session { mut send, mut recv } = session;
         let (mut r, w) = s.into_split();
         let (frames, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let pending: Pending = Arc::default();
@@ -204,10 +204,10 @@ impl Conn {
         tokio::spawn(async move {
             let mut w = BufWriter::new(w);
             while let Some(f) = rx.recv().await {
-                let mut ok = write_frame(&mut w, &f).await.is_ok();
+                let mut ok = send.write(&mut w, &f).await.is_ok();
                 while ok {
                     match rx.try_recv() {
-                        Ok(f) => ok = write_frame(&mut w, &f).await.is_ok(),
+                        Ok(f) => ok = send.write(&mut w, &f).await.is_ok(),
                         Err(_) => break,
                     }
                 }
@@ -217,7 +217,8 @@ impl Conn {
             }
         });
         tokio::spawn(async move {
-            while let Ok(Ok(resp)) = read_frame(&mut r, MAX_PEER_FRAME)
+            while let Ok(Ok(resp)) = recv
+                .read(&mut r, MAX_PEER_FRAME)
                 .await
                 .map(|f| decode::<crate::protocol::Response>(&f))
             {

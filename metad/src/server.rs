@@ -3,11 +3,11 @@
 //! one is logged and closed before any of its frames reach the Raft loop or
 //! the state machine.
 
-use crate::auth::{accept_handshake, Role, Secret};
+use crate::auth::{accept_handshake, Role, Secret, Session};
 use crate::node::{MemberChange, NodeHandle};
 use crate::protocol::{
-    decode, read_frame, write_frame, ErrorReply, FrameError, Request, RequestBody, Response,
-    ResponseBody, MAX_CLIENT_FRAME, MAX_PEER_FRAME,
+    decode, ErrorReply, FrameError, Opener, Request, RequestBody, Response, ResponseBody,
+    MAX_CLIENT_FRAME, MAX_PEER_FRAME,
 };
 use crate::state::{check_command, check_key, Applied, Command};
 use protobuf::Message as _;
@@ -39,7 +39,7 @@ pub async fn serve(listener: TcpListener, node: NodeHandle, secret: Secret) {
 
 async fn connection(mut stream: TcpStream, addr: SocketAddr, node: NodeHandle, secret: Secret) {
     let _ = stream.set_nodelay(true);
-    let hello = match tokio::time::timeout(
+    let (hello, session) = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         accept_handshake(&mut stream, &secret, |id| node.is_member(id)),
     )
@@ -56,14 +56,20 @@ async fn connection(mut stream: TcpStream, addr: SocketAddr, node: NodeHandle, s
         }
     };
     match hello.role {
-        Role::Peer => peer(stream, addr, hello.member_id, node).await,
-        Role::Client => client(stream, addr, node).await,
+        Role::Peer => peer(stream, addr, hello.member_id, node, session.recv).await,
+        Role::Client => client(stream, addr, node, session).await,
     }
 }
 
-async fn peer(mut stream: TcpStream, addr: SocketAddr, from: u64, node: NodeHandle) {
+async fn peer(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    from: u64,
+    node: NodeHandle,
+    mut recv: Opener,
+) {
     loop {
-        let frame = match read_frame(&mut stream, MAX_PEER_FRAME).await {
+        let frame = match recv.read(&mut stream, MAX_PEER_FRAME).await {
             Ok(f) => f,
             Err(FrameError::Io(_)) => return,
             Err(e) => {
@@ -85,19 +91,22 @@ async fn peer(mut stream: TcpStream, addr: SocketAddr, from: u64, node: NodeHand
     }
 }
 
-async fn client(stream: TcpStream, addr: SocketAddr, node: NodeHandle) {
+async fn client(stream: TcpStream, addr: SocketAddr, node: NodeHandle, session: Session) {
+    let Session { mut send, mut recv } = session;
     let (mut r, w) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Response>(1024);
     let writer = tokio::spawn(async move {
         let mut w = BufWriter::new(w);
         while let Some(resp) = rx.recv().await {
-            let mut ok = write_frame(&mut w, &crate::protocol::encode(&resp))
+            let mut ok = send
+                .write(&mut w, &crate::protocol::encode(&resp))
                 .await
                 .is_ok();
             while ok {
                 match rx.try_recv() {
                     Ok(resp) => {
-                        ok = write_frame(&mut w, &crate::protocol::encode(&resp))
+                        ok = send
+                            .write(&mut w, &crate::protocol::encode(&resp))
                             .await
                             .is_ok()
                     }
@@ -110,7 +119,8 @@ async fn client(stream: TcpStream, addr: SocketAddr, node: NodeHandle) {
         }
     });
     loop {
-        let req = match read_frame(&mut r, MAX_CLIENT_FRAME)
+        let req = match recv
+            .read(&mut r, MAX_CLIENT_FRAME)
             .await
             .and_then(|f| decode::<Request>(&f))
         {

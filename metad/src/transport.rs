@@ -4,7 +4,7 @@
 //! retransmits) and the Raft loop is told, so it probes the peer gently.
 
 use crate::auth::{connect_handshake, Role, Secret};
-use crate::protocol::write_frame;
+use crate::protocol::Sealer;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use std::collections::{BTreeMap, HashMap};
@@ -120,16 +120,16 @@ impl PeerTask {
         }
     }
 
-    async fn connect(&self) -> Result<TcpStream, String> {
+    async fn connect(&self) -> Result<(TcpStream, Sealer), String> {
         let fut = async {
             let mut s = TcpStream::connect(&self.addr)
                 .await
                 .map_err(|e| e.to_string())?;
             s.set_nodelay(true).map_err(|e| e.to_string())?;
-            connect_handshake(&mut s, &self.secret, Role::Peer, self.my_id)
+            let session = connect_handshake(&mut s, &self.secret, Role::Peer, self.my_id)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(s)
+            Ok((s, session.send))
         };
         tokio::time::timeout(CONNECT_TIMEOUT, fut)
             .await
@@ -139,7 +139,7 @@ impl PeerTask {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Message>) {
         let mut warned = false;
         loop {
-            let stream = match self.connect().await {
+            let (stream, mut sealer) = match self.connect().await {
                 Ok(s) => s,
                 Err(e) => {
                     if !warned {
@@ -175,7 +175,8 @@ impl PeerTask {
                 let write = async {
                     for m in &batch {
                         let bytes = m.write_to_bytes().map_err(|e| e.to_string())?;
-                        write_frame(&mut w, &bytes)
+                        sealer
+                            .write(&mut w, &bytes)
                             .await
                             .map_err(|e| e.to_string())?;
                     }

@@ -6,7 +6,8 @@ mod common;
 use common::Cluster;
 use metad::auth::{connect_handshake, Role};
 use metad::protocol::{
-    read_msg, write_frame, ErrorReply, Response, ResponseBody, MAX_CLIENT_FRAME,
+    decode, encode, write_frame, ErrorReply, Request, RequestBody, Response, ResponseBody,
+    MAX_CLIENT_FRAME,
 };
 use metad::{ClientConfig, ClientError, Compare, CompareTarget, EventKind, Op, Secret, Txn};
 use std::time::Duration;
@@ -189,18 +190,31 @@ async fn unauthenticated_clients_are_refused() {
 async fn malformed_frames_get_an_error_and_the_server_survives() {
     let c = Cluster::start(1);
     let secret = Secret::load(&c.secret_file()).unwrap();
-    for bad in [
-        vec![0u8, 0, 0, 3, 0xff, 0xff, 0xff],
-        vec![0xff, 0xff, 0xff, 0xff],
+    // A well-formed request, but sent without its tag: what an attacker
+    // injecting into an authenticated TCP stream could send.
+    let mut injected = Vec::new();
+    let put = Request {
+        id: 1,
+        body: RequestBody::Txn(Txn::default()),
+    };
+    write_frame(&mut injected, &encode(&put)).await.unwrap();
+    for (bad, why) in [
+        (
+            vec![0u8, 0, 0, 3, 0xff, 0xff, 0xff],
+            "authentication failed",
+        ),
+        (vec![0xff, 0xff, 0xff, 0xff], "over the limit"),
+        (injected, "authentication failed"),
     ] {
         let mut s = TcpStream::connect(&c.members[0].addr).await.unwrap();
-        connect_handshake(&mut s, &secret, Role::Client, 0)
+        let mut session = connect_handshake(&mut s, &secret, Role::Client, 0)
             .await
             .unwrap();
         s.write_all(&bad).await.unwrap();
-        let resp: Response = read_msg(&mut s, MAX_CLIENT_FRAME).await.unwrap();
+        let frame = session.recv.read(&mut s, MAX_CLIENT_FRAME).await.unwrap();
+        let resp: Response = decode(&frame).unwrap();
         assert!(
-            matches!(resp.body, ResponseBody::Error(ErrorReply::Malformed(_))),
+            matches!(&resp.body, ResponseBody::Error(ErrorReply::Malformed(m)) if m.contains(why)),
             "{resp:?}"
         );
         let mut rest = Vec::new();
