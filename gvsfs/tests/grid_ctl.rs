@@ -136,9 +136,23 @@ fn control_files_create_refuse_and_read() {
         "{ev}"
     );
 
-    // destroy through ctl.
+    // destroy through ctl, seen by a `vmctl events --follow` on node 1.
+    sh(
+        &grid,
+        1,
+        &format!(
+            "mkdir -p {dir} && timeout 60 vmctl events --follow > {dir}/follow 2>&1 < /dev/null &"
+        ),
+    );
+    eventually(&grid, 1, &format!("grep -q 'create' {dir}/follow"), 30);
     sh(&grid, 2, "echo destroy > /gvs/.grid/apps/shop/ctl");
     eventually(&grid, 1, "! vmctl app list | grep -q shop", 10);
+    eventually(
+        &grid,
+        1,
+        &format!("grep -q 'shop.*destroyed' {dir}/follow"),
+        30,
+    );
 }
 
 /// Builds the tiny appliance on the host (cached) and imports it into
