@@ -3,7 +3,8 @@
 # grid that is this machine itself (grid "dev": metad, gvsfs, lcmd and the
 # vmctl agent in the host's namespaces, /gvs mounted here), then creates and
 # starts the demo application: two tiny appliances (QEMU guests), each
-# booting from its own clone of the catalog image in /gvs.
+# booting from its own clone of the catalog image in /gvs, wired by one
+# lcmd connection (web reaches db:80 by name; db:8080 is dropped).
 # Run again, it reinstalls nothing, finds the grid and the demo up, and
 # shows them. Stop it with: devgrid down   (data stays in /var/lib/grid)
 set -euo pipefail
@@ -27,24 +28,41 @@ df -h /gvs
 
 echo
 echo "== the catalog: the tiny appliance =="
-if [ ! -f /gvs/catalog/tiny/image.toml ]; then
-    "$repo/vmctl/appliance/build.sh" import /gvs/catalog/tiny
-fi
+# Copies only what changed (nothing on a second run).
+"$repo/vmctl/appliance/build.sh" import /gvs/catalog/tiny >/dev/null
 ls -ls /gvs/catalog/tiny
 getfattr -d -m gvs /gvs/catalog/tiny/root.vol
 
 echo
 echo "== the demo application =="
+# A demo made before guest NICs existed has no connection on lcmd: made again.
+if vmctl app show demo >/dev/null 2>&1 && ! lcmd appliance list | grep -q '^demo/web'; then
+    echo "up.sh: the demo predates guest NICs; making it again"
+    vmctl app destroy demo --force
+fi
 vmctl app show demo >/dev/null 2>&1 || vmctl app create "$here/demo/demo.toml"
 vmctl app start demo
-for vm in demo.web demo.db; do
+# A console line of VM $1 matching $2, waited for up to 180 s.
+console_line() {
     for _ in $(seq 1 180); do
-        vmctl vm console "$vm" 2>/dev/null | grep -q VMCTL-READY && break
+        vmctl vm console "$1" 2>/dev/null | tr -d '\r' | grep -E -m1 "$2" && return 0
         sleep 1
     done
+    echo "(no \"$2\" on $1's console after 180 s)"
+}
+for vm in demo.web demo.db; do
+    console_line "$vm" VMCTL-READY >/dev/null
     echo "-- $vm's console --"
-    vmctl vm console "$vm" | tr -d '\r' | grep -E "VMCTL|earlier boots" || true
+    vmctl vm console "$vm" | tr -d '\r' | grep -E "VMCTL-(BOOT|READY|NET|ERROR)|earlier boots" || true
 done
+echo
+echo "== the connection web.db -> db.http (tcp/80), seen from web =="
+console_line demo.web "VMCTL-REACH db:80 ok"
+console_line demo.web "VMCTL-REACH db:8080 blocked"
+lcmd conn list
+echo "-- lcmd's drops (vmctl events) --"
+vmctl events | grep -E " lcm +drop " | tail -n 2 || true
+echo
 vmctl vm list
 echo
 echo "The grid is up: /gvs is mounted here and the demo runs (vmctl vm list)."

@@ -21,7 +21,7 @@
 # VM's name with httpd on port 80 and on every port of the property
 # vmctl.listen=P1,P2, and prints "VMCTL-NET <name> <addr>". The property
 # vmctl.probe=HOST:PORT,... makes it try each target every second (a DNS
-# lookup at lcmd, then an HTTP GET with a 3 s timeout) and print
+# lookup at lcmd, then an HTTP GET given 3 s) and print
 # "VMCTL-REACH HOST:PORT ok" or "VMCTL-REACH HOST:PORT blocked".
 #
 # Needs: busybox-static, e2fsprogs, cpio, gzip, dpkg, apt (for the kernel).
@@ -31,7 +31,7 @@
 set -eu
 
 CACHE=${GRID_CACHE:-/var/cache/grid}
-VERSION=5   # bump when the appliance's contents change
+VERSION=6   # bump when the appliance's contents change
 OUT=$CACHE/appliance/tiny-v$VERSION
 ROOT_MB=${ROOT_MB:-24}
 
@@ -136,7 +136,8 @@ reach() {
         awk '/^Name:/ { n = 1 } n && /^Address/ { print $NF; exit }')
     if [ -z "$addr" ]; then
         echo "VMCTL-REACH $1 blocked (no address for $host)"
-    elif wget -q -T 3 -O /dev/null "http://$addr:$port/" 2>/dev/null; then
+    # (busybox 1.35's wget -T crashes: the timeout is timeout's.)
+    elif timeout 3 wget -q -O /dev/null "http://$addr:$port/" 2>/dev/null; then
         echo "VMCTL-REACH $1 ok"
     else
         echo "VMCTL-REACH $1 blocked"

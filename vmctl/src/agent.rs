@@ -431,10 +431,6 @@ impl Agent {
         if rec.nic.is_none() {
             return true;
         }
-        if let Err(e) = std::fs::create_dir_all(&self.cfg.nic_dir) {
-            tracing::warn!("{}: creating {}: {e}", rec.name, self.cfg.nic_dir.display());
-            return false;
-        }
         match guest::claim(&self.store.client, &rec.app, &rec.component, node).await {
             Ok(()) => true,
             Err(e) => {

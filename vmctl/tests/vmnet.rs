@@ -12,7 +12,7 @@ mod common;
 use common::{import_appliance, node_num, ok, vm, vmctl, wait_nodes};
 use devgrid::{wait_for, GridGuard};
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const APP: &str = r#"name = "net"
 
@@ -90,6 +90,7 @@ fn guests_talk_through_declared_connections_only() {
     );
 
     ok(&grid, 1, &["app", "start", "net"]);
+    let started = Instant::now();
     let (web, db) = wait_for(Duration::from_secs(30), "placement", || {
         Some((
             node_num(&vm(&grid, 1, "net.web"))?,
@@ -109,6 +110,10 @@ fn guests_talk_through_declared_connections_only() {
         let c = console(&grid, web, "net.web");
         (reach_count(&c, "db:80", "ok") > 0).then_some(c)
     });
+    eprintln!(
+        "vmnet: web reached db:80 {:?} after app start",
+        started.elapsed()
+    );
     assert!(c.contains("VMCTL-NET net.web 10.250.0.11/24"), "{c}");
     let blocked = reach_count(&c, "db:8080", "blocked");
     // db serves 8080 too (vmctl.listen), so a refusal after db:80
@@ -172,11 +177,16 @@ fn guests_talk_through_declared_connections_only() {
         "lcmd to follow the migration",
         || (lcm_node(&grid, "db")? == format!("node{third}")).then_some(()),
     );
+    let moved = Instant::now();
     let before = reach_count(&console(&grid, web, "net.web"), "db:80", "ok");
     wait_for(Duration::from_secs(60), "web to reach the moved db", || {
         let c = console(&grid, web, "net.web");
         (reach_count(&c, "db:80", "ok") > before).then_some(())
     });
+    eprintln!(
+        "vmnet: web reached the moved db {:?} after lcmd followed",
+        moved.elapsed()
+    );
 
     // Destroying the application removes it from lcmd.
     ok(&grid, 1, &["app", "destroy", "net", "--force"]);

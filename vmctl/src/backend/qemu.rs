@@ -249,6 +249,15 @@ impl Hypervisor for QemuBackend {
         fs::create_dir_all(&vm.run_dir)
             .map_err(io(format!("creating {}", vm.run_dir.display())))?;
         kill_leftover(vm);
+        // QEMU binds its end of a socket NIC; lcmd may not have made the
+        // directory yet (no appliance of this node so far).
+        for n in &vm.nics {
+            if let Nic::Socket { local, .. } = n {
+                if let Some(dir) = local.parent() {
+                    fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+                }
+            }
+        }
         let qmp_path = vm.run_dir.join("qmp.sock");
         let _ = fs::remove_file(&qmp_path);
         let log_path = vm.run_dir.join("qemu.log");
