@@ -1,7 +1,8 @@
 //! Garbage collection and scrub: deleting volumes and snapshots shrinks
 //! the chunk stores, while chunks a clone still names are kept, also with
 //! clones, deletions and collections running at once; a corrupt chunk is
-//! replaced from a mirror by the reader and by the scrub.
+//! replaced from a mirror by the reader and by the scrub (which reports
+//! its pass in the event log).
 
 mod common;
 
@@ -186,6 +187,15 @@ fn a_corrupt_chunk_is_replaced_from_a_mirror_by_the_reader_and_by_the_scrub() {
         "getfattr --only-values -n gvs.stats /gvs | grep -q '^node3: .*scrub_repaired=2'",
         30,
     );
+    // And the requested pass is in the grid's event log, with what it fixed.
+    let log = eventually(
+        &grid,
+        1,
+        "grep 'node3 *gvs scrub-done .* 2 rewritten' /gvs/.grid/events",
+        30,
+    );
+    assert!(log.contains("2 corrupt"), "{log}");
+    assert!(sh(&grid, 2, "cat /gvs/.grid/events").contains("gvs scrub-started"));
     // Bad input: the debug hook wants an offset in data.
     let (ok, text) = common::run(
         &grid,
