@@ -42,18 +42,24 @@ if vmctl app show demo >/dev/null 2>&1 && ! lcmd appliance list | grep -q '^demo
 fi
 vmctl app show demo >/dev/null 2>&1 || vmctl app create "$here/demo/demo.toml"
 vmctl app start demo
-# A console line of VM $1 matching $2, waited for up to 180 s.
+# VM $1's console since its last boot (the file keeps earlier boots).
+this_boot() {
+    vmctl vm console "$1" 2>/dev/null | tr -d '\r' |
+        awk '/VMCTL-BOOT/ { b = "" } { b = b $0 "\n" } END { printf "%s", b }'
+}
+# The first line of VM $1's console since its last boot matching $2,
+# waited for up to 180 s.
 console_line() {
     for _ in $(seq 1 180); do
-        vmctl vm console "$1" 2>/dev/null | tr -d '\r' | grep -E -m1 "$2" && return 0
+        this_boot "$1" | grep -E -m1 "$2" && return 0
         sleep 1
     done
     echo "(no \"$2\" on $1's console after 180 s)"
 }
 for vm in demo.web demo.db; do
-    console_line "$vm" VMCTL-READY >/dev/null
+    console_line "$vm" "VMCTL-(NET|ERROR)" >/dev/null
     echo "-- $vm's console --"
-    vmctl vm console "$vm" | tr -d '\r' | grep -E "VMCTL-(BOOT|READY|NET|ERROR)|earlier boots" || true
+    this_boot "$vm" | grep -E "VMCTL-(BOOT|READY|NET|ERROR)|earlier boots" || true
 done
 echo
 echo "== the connection web.db -> db.http (tcp/80), seen from web =="
