@@ -1,8 +1,9 @@
-//! The datapath of one node: frames from local TAPs and datagrams from
-//! tunnels go through the same enforcement, then to a local TAP or into a
+//! The datapath of one node: frames from local appliance NICs (TAPs and
+//! VM sockets, see [`crate::nic`]) and datagrams from tunnels go through
+//! the same enforcement, then to a local NIC or into a
 //! tunnel to the destination appliance's node; drops become events.
 //!
-//! Threads: one reader per TAP (poll with a timeout, so it stops when its
+//! Threads: one reader per NIC (poll with a timeout, so it stops when its
 //! appliance leaves), one tunnel receiver (batched with `recvmmsg`). The
 //! topology is an `Arc` swapped whole on every change of the model.
 
@@ -31,8 +32,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type Key = (String, String);
 
-struct TapHandle {
-    tap: Nic,
+/// A local appliance's NIC and what its reader thread needs.
+struct NicHandle {
+    nic: Nic,
     mac: model::Mac,
     kind: NicKind,
     stop: AtomicBool,
@@ -43,7 +45,7 @@ pub struct Engine {
     node: String,
     node_id: u64,
     topo: RwLock<Arc<Topology>>,
-    taps: RwLock<HashMap<Key, Arc<TapHandle>>>,
+    nics: RwLock<HashMap<Key, Arc<NicHandle>>>,
     ct: Mutex<Conntrack>,
     windows: Mutex<Windows>,
     stats: Mutex<BTreeMap<String, ConnStats>>,
@@ -80,7 +82,7 @@ impl Engine {
             node: node.into(),
             node_id: model::node_id(node),
             topo: RwLock::new(Arc::new(Topology::default())),
-            taps: RwLock::default(),
+            nics: RwLock::default(),
             ct: Mutex::default(),
             windows: Mutex::default(),
             stats: Mutex::default(),
@@ -100,13 +102,13 @@ impl Engine {
         self.topo.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Installs a new version of the model and makes the local TAPs match
-    /// it: a TAP for every appliance of this node, none for the others.
+    /// Installs a new version of the model and makes the local NICs match
+    /// it: a NIC for every appliance of this node, none for the others.
     pub fn install(self: &Arc<Self>, t: Topology) {
         let t = Arc::new(t);
         *self.topo.write().unwrap_or_else(|e| e.into_inner()) = t.clone();
-        let mut taps = self.taps.write().unwrap_or_else(|e| e.into_inner());
-        taps.retain(|k, h| {
+        let mut nics = self.nics.write().unwrap_or_else(|e| e.into_inner());
+        nics.retain(|k, h| {
             let keep = t
                 .appliance(&k.0, &k.1)
                 .is_some_and(|a| a.node == self.node && a.mac == h.mac && a.nic == h.kind);
@@ -116,37 +118,37 @@ impl Engine {
                     "appliance {}/{} left this node (or changed): closing NIC {}",
                     k.0,
                     k.1,
-                    h.tap.name()
+                    h.nic.name()
                 );
             }
             keep
         });
         for a in t.local(&self.node) {
             let k = (a.app.clone(), a.name.clone());
-            if taps.contains_key(&k) {
+            if nics.contains_key(&k) {
                 continue;
             }
             match Nic::open(a, &self.nic_dir) {
-                Ok(tap) => {
+                Ok(nic) => {
                     tracing::info!(
                         "appliance {}/{} ({}, {}): NIC {}",
                         a.app,
                         a.name,
                         a.ip,
                         a.mac,
-                        tap.name()
+                        nic.name()
                     );
-                    let h = Arc::new(TapHandle {
-                        tap,
+                    let h = Arc::new(NicHandle {
+                        nic,
                         mac: a.mac,
                         kind: a.nic,
                         stop: AtomicBool::new(false),
                     });
-                    taps.insert(k.clone(), h.clone());
+                    nics.insert(k.clone(), h.clone());
                     let me = self.clone();
                     std::thread::Builder::new()
-                        .name(format!("tap-{}", a.name))
-                        .spawn(move || me.tap_reader(k, h))
+                        .name(format!("nic-{}", a.name))
+                        .spawn(move || me.nic_reader(k, h))
                         .expect("spawning a thread");
                 }
                 Err(e) => tracing::error!("appliance {}/{}: {e}", a.app, a.name),
@@ -154,27 +156,27 @@ impl Engine {
         }
     }
 
-    fn tap_reader(self: Arc<Self>, k: Key, h: Arc<TapHandle>) {
+    fn nic_reader(self: Arc<Self>, k: Key, h: Arc<NicHandle>) {
         let mut buf = vec![0u8; VNET_HDR + 65536];
         while !h.stop.load(Ordering::SeqCst) {
-            match h.tap.recv(&mut buf) {
+            match h.nic.recv(&mut buf) {
                 Ok(n) if n >= VNET_HDR => {
-                    self.on_tap_frame(&k, &h, &buf[..VNET_HDR], &buf[VNET_HDR..n])
+                    self.on_nic_frame(&k, &h, &buf[..VNET_HDR], &buf[VNET_HDR..n])
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    h.tap.readable(Duration::from_millis(100));
+                    h.nic.readable(Duration::from_millis(100));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::warn!("TAP {}: {e}", h.tap.name());
+                    tracing::warn!("NIC {}: {e}", h.nic.name());
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
         }
     }
 
-    fn on_tap_frame(&self, k: &Key, h: &TapHandle, vnet: &[u8], frame: &[u8]) {
+    fn on_nic_frame(&self, k: &Key, h: &NicHandle, vnet: &[u8], frame: &[u8]) {
         let topo = self.topo();
         let Some(a) = topo.appliance(&k.0, &k.1) else {
             return;
@@ -187,7 +189,7 @@ impl Engine {
             ETH_ARP => {
                 if let Ok(req) = Arp::parse(eth.payload()) {
                     if let Some(reply) = responder::arp_reply(&req, a.ip, &app.app.range) {
-                        let _ = h.tap.send(&reply);
+                        let _ = h.nic.send(&reply);
                     }
                 }
             }
@@ -202,7 +204,7 @@ impl Engine {
         &self,
         topo: &Topology,
         a: &Appliance,
-        h: &TapHandle,
+        h: &NicHandle,
         vnet: &[u8],
         frame: &[u8],
     ) {
@@ -265,7 +267,7 @@ impl Engine {
                     (a.ip, t.sport),
                     &answer,
                 );
-                let _ = h.tap.send(&reply);
+                let _ = h.nic.send(&reply);
             }
             return;
         }
@@ -314,7 +316,7 @@ impl Engine {
     fn deliver(&self, topo: &Topology, dst: &Appliance, c: &Connection, vnet: &[u8], frame: &[u8]) {
         if dst.node == self.node {
             let tap = self
-                .taps
+                .nics
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&(dst.app.clone(), dst.name.clone()))
@@ -325,7 +327,7 @@ impl Engine {
                 }
                 let mut macs = [0u8; 12];
                 packet::set_macs(&mut macs, GATEWAY_MAC.0, dst.mac.0);
-                if h.tap.send_parts(vnet, &[&macs, &frame[12..]]).is_err() {
+                if h.nic.send_parts(vnet, &[&macs, &frame[12..]]).is_err() {
                     lock(&self.stats).entry(c.id()).or_default().drops += 1;
                 }
             }
