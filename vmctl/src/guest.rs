@@ -13,8 +13,9 @@
 //! The guest learns its address, gateway and DNS server (lcmd answers on
 //! the range's gateway address) from its kernel command line
 //! (`vmctl.ip=ADDR/PREFIX vmctl.gw=GW vmctl.dns=GW`), with the component's
-//! properties (`vmctl.NAME=VALUE`). Xen components get no NIC: a Xen
-//! domain cannot join a unix socket (and Xen never runs here).
+//! properties (`vmctl.NAME=VALUE`). Xen components get no NIC, and a
+//! connection to one is refused: a Xen domain cannot join a unix socket
+//! (and Xen never runs here).
 
 use crate::descriptor::AppSpec;
 use lcmd::bandwidth::{Bandwidth, Rate};
@@ -48,6 +49,18 @@ pub enum GuestError {
     /// lcmd's records in metad could not be read or written.
     #[error("lcmd: {0}")]
     Lcm(#[from] LcmStoreError),
+    /// A connection ends at a component that cannot have an lcmd NIC.
+    #[error("connection {from} -> {to}: {component} runs on {hypervisor}, and only QEMU guests get an lcmd NIC")]
+    NoNic {
+        /// Output terminal.
+        from: String,
+        /// Input terminal.
+        to: String,
+        /// The component.
+        component: String,
+        /// Its backend.
+        hypervisor: String,
+    },
 }
 
 /// How an application's guests are wired: the lcmd application and, per
@@ -70,6 +83,22 @@ fn mbit(n: u64) -> Option<Rate> {
 pub fn plan(spec: &AppSpec) -> Result<Option<Wiring>, GuestError> {
     if spec.connections.is_empty() {
         return Ok(None);
+    }
+    for c in &spec.connections {
+        for end in [&c.from, &c.to] {
+            let component = end.split('.').next().unwrap_or_default();
+            match spec.components.get(component) {
+                Some(comp) if comp.hypervisor != "qemu" => {
+                    return Err(GuestError::NoNic {
+                        from: c.from.clone(),
+                        to: c.to.clone(),
+                        component: component.to_string(),
+                        hypervisor: comp.hypervisor.clone(),
+                    })
+                }
+                _ => {}
+            }
+        }
     }
     let range: lcm::Range = GUEST_RANGE.parse()?;
     let mut appliances = BTreeMap::new();
@@ -229,6 +258,17 @@ to = "db.http"
             boot_cmdline("console=ttyS0", Some(&w.nics["web"].1), &web.properties),
             "console=ttyS0 vmctl.ip=10.250.0.11/24 vmctl.gw=10.250.0.1 vmctl.dns=10.250.0.1 vmctl.probe=db:80"
         );
+    }
+
+    #[test]
+    fn a_connection_to_a_xen_component_is_refused() {
+        let spec = descriptor::parse(&APP.replace(
+            "inputs = { http = \"tcp/80\" }",
+            "inputs = { http = \"tcp/80\" }\nhypervisor = \"xen\"",
+        ))
+        .unwrap();
+        let e = plan(&spec).unwrap_err().to_string();
+        assert!(e.contains("web.db -> db.http: db runs on xen"), "{e}");
     }
 
     #[test]
