@@ -4,7 +4,8 @@
 //! tunnel to the destination appliance's node; drops become events.
 //!
 //! Threads: one reader per NIC (poll with a timeout, so it stops when its
-//! appliance leaves), one tunnel receiver (batched with `recvmmsg`). The
+//! appliance leaves), one tunnel receiver (batched with `recvmmsg`). Large
+//! tunnel datagrams travel as pieces (see [`crate::pieces`]). The
 //! topology is an `Arc` swapped whole on every change of the model.
 
 use crate::bandwidth::TokenBucket;
@@ -15,6 +16,7 @@ use crate::nic::Nic;
 use crate::packet::{
     self, Arp, Eth, Ipv4, Transport, ETH_ARP, ETH_IPV4, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN,
 };
+use crate::pieces;
 use crate::policy::{self, Verdict};
 use crate::responder;
 use crate::stats::{ConnStats, NodeStats};
@@ -31,6 +33,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type Key = (String, String);
+
+thread_local! {
+    /// Each NIC reader's buffer for the pieces of large tunnel datagrams.
+    static PIECES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// A local appliance's NIC and what its reader thread needs.
 struct NicHandle {
@@ -348,7 +355,16 @@ impl Engine {
         let hb = tunnel::header_bytes(h);
         let tag = tunnel::tag(&key, &[&hb, vnet, frame]);
         let to = SocketAddrV4::new(node.addr, node.port);
-        if udp::send_parts(&self.udp, to, &[&hb, vnet, frame, &tag]).is_ok() {
+        let parts: [&[u8]; 4] = [&hb, vnet, frame, &tag];
+        // The sequence number tells a sender's datagrams apart, so it
+        // numbers their pieces too.
+        let sent = PIECES.with_borrow_mut(|buf| {
+            match pieces::split(&parts, h.seq as u32, pieces::PACKET, buf) {
+                Some(seg) => udp::send_segmented(&self.udp, to, buf, seg),
+                None => udp::send_parts(&self.udp, to, &parts),
+            }
+        });
+        if sent.is_ok() {
             self.tunnel_tx.fetch_add(1, Ordering::Relaxed);
         } else {
             lock(&self.stats).entry(c.id()).or_default().drops += 1;
@@ -537,6 +553,7 @@ impl Engine {
     /// Receives tunnel datagrams until the process ends, in batches.
     pub fn tunnel_receiver(self: Arc<Self>) {
         let mut batch = udp::RecvBatch::default();
+        let mut reassembler = pieces::Reassembler::default();
         loop {
             let n = batch.recv(&self.udp);
             if n == 0 {
@@ -550,8 +567,22 @@ impl Engine {
                 continue;
             }
             for i in 0..n {
-                let (d, from) = batch.get(i);
-                self.on_tunnel_datagram(d, from);
+                let (datagrams, from) = batch.get(i);
+                for d in datagrams {
+                    if !d.starts_with(pieces::MAGIC) {
+                        self.on_tunnel_datagram(d, from);
+                        continue;
+                    }
+                    match reassembler.push(from, d, Instant::now()) {
+                        Ok(Some(whole)) => {
+                            self.on_tunnel_datagram(&whole, from);
+                            reassembler.recycle(whole);
+                        }
+                        Ok(None) => {}
+                        // Reported like any datagram that is no tunnel packet.
+                        Err(_) => self.on_tunnel_datagram(d, from),
+                    }
+                }
             }
         }
     }

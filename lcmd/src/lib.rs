@@ -31,6 +31,7 @@ pub mod events;
 pub mod model;
 pub mod nic;
 pub mod packet;
+pub mod pieces;
 pub mod policy;
 pub mod responder;
 pub mod stats;

@@ -8,8 +8,9 @@
 //! segment of up to 62000 bytes that the receiving kernel segments or
 //! delivers whole, see [`crate::tap`]), and `tag` is the first 16 bytes of
 //! BLAKE3 keyed with the application's 32-byte key over everything before
-//! it. The datagram is fragmented by the underlay's IP when it exceeds
-//! its MTU (one MAC over the whole segment, not one per fragment).
+//! it. A datagram larger than one underlay packet is sent as pieces (see
+//! [`crate::pieces`]) and checked whole once reassembled (one MAC over the
+//! whole segment, not one per piece).
 //!
 //! Why a BLAKE3 keyed MAC and not an AEAD: what enforcement needs is
 //! integrity and authenticity (only a node holding the application's key

@@ -1,6 +1,8 @@
-//! The tunnel's UDP socket: bound with large buffers and fragmentation
-//! allowed, datagrams sent from pieces with `sendmsg` (no copy into one
-//! buffer) and received in batches with `recvmmsg`.
+//! The tunnel's UDP socket: bound with large buffers, small datagrams sent
+//! from their parts with `sendmsg` (no copy into one buffer), large ones
+//! as pieces in one `sendmsg` with UDP GSO (see [`crate::pieces`]), and
+//! everything received in batches with `recvmmsg`, UDP GRO coalescing the
+//! pieces of one datagram into one buffer.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -23,9 +25,9 @@ fn setsockopt_int(s: &UdpSocket, level: libc::c_int, opt: libc::c_int, v: libc::
 }
 
 /// Binds the tunnel socket on `port`: the kernel fragments datagrams
-/// larger than the underlay MTU rather than refuse them (a GSO segment
-/// with our header is up to 64 KiB), and the buffers are
-/// [`SOCKET_BUFFER`] (forced past the sysctl limits where lcmd may).
+/// larger than the underlay MTU rather than refuse them (only when GSO is
+/// not available), coalesces received pieces (UDP GRO), and the buffers
+/// are [`SOCKET_BUFFER`] (forced past the sysctl limits where lcmd may).
 pub fn bind(port: u16) -> std::io::Result<UdpSocket> {
     let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
     setsockopt_int(
@@ -34,10 +36,8 @@ pub fn bind(port: u16) -> std::io::Result<UdpSocket> {
         libc::IP_MTU_DISCOVER,
         libc::IP_PMTUDISC_DONT,
     );
-    // No UDP checksum (IPv4 allows it): every datagram carries a BLAKE3
-    // MAC over all of it, and a checksum over a fragmented 60 KiB datagram
-    // is computed in software, byte by byte, on both ends.
-    setsockopt_int(&s, libc::SOL_SOCKET, libc::SO_NO_CHECK, 1);
+    // Without GRO the kernel hands pieces over one by one: slower, same result.
+    setsockopt_int(&s, libc::SOL_UDP, libc::UDP_GRO, 1);
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
@@ -73,6 +73,60 @@ pub fn send_parts(s: &UdpSocket, to: SocketAddrV4, parts: &[&[u8]]) -> std::io::
     Ok(())
 }
 
+/// Sends `buf`, the pieces of one datagram back to back, each `seg`
+/// bytes but the last, to `to`: one `sendmsg` that the kernel segments
+/// (UDP GSO), or one per piece where GSO is refused.
+pub fn send_segmented(
+    s: &UdpSocket,
+    to: SocketAddrV4,
+    buf: &[u8],
+    seg: usize,
+) -> std::io::Result<()> {
+    let mut addr = sockaddr(to);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let size = seg as u16;
+    // A u64 array keeps the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: a zeroed msghdr is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as _;
+    // SAFETY: the control buffer (32 bytes, aligned) holds one cmsghdr
+    // with a u16 payload; CMSG_FIRSTHDR/CMSG_DATA point inside it; the
+    // header points at live buffers for the duration of sendmsg, which
+    // only reads them.
+    let sent = unsafe {
+        let cm = libc::CMSG_FIRSTHDR(&msg);
+        (*cm).cmsg_level = libc::SOL_UDP;
+        (*cm).cmsg_type = libc::UDP_SEGMENT;
+        (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut u16, size);
+        libc::sendmsg(s.as_raw_fd(), &msg, 0)
+    };
+    if sent >= 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+    ) {
+        return Err(e);
+    }
+    for piece in buf.chunks(seg) {
+        send_parts(s, to, &[piece])?;
+    }
+    Ok(())
+}
+
 fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     // SAFETY: a zeroed sockaddr_in is valid.
     let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -87,6 +141,10 @@ pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     lens: Vec<usize>,
     from: Vec<SocketAddrV4>,
+    /// GRO's segment size for each buffer that holds several datagrams.
+    segs: Vec<Option<usize>>,
+    /// One aligned control buffer per message (for the GRO cmsg).
+    control: Vec<[u64; 4]>,
 }
 
 impl Default for RecvBatch {
@@ -95,6 +153,8 @@ impl Default for RecvBatch {
             bufs: vec![vec![0u8; Self::SIZE]; Self::BATCH],
             lens: vec![0; Self::BATCH],
             from: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); Self::BATCH],
+            segs: vec![None; Self::BATCH],
+            control: vec![[0; 4]; Self::BATCH],
         }
     }
 }
@@ -121,6 +181,8 @@ impl RecvBatch {
             msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
             msgs[i].msg_hdr.msg_iov = &mut iovs[i];
             msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_control = self.control[i].as_mut_ptr() as *mut libc::c_void;
+            msgs[i].msg_hdr.msg_controllen = std::mem::size_of::<[u64; 4]>() as _;
         }
         // SAFETY: every header points at a live buffer and address of the
         // sizes given, for the duration of the call.
@@ -143,12 +205,33 @@ impl RecvBatch {
                 u16::from_be(a.sin_port),
             );
             self.lens[i] = msgs[i].msg_len as usize;
+            self.segs[i] = gro_size(&msgs[i].msg_hdr);
         }
         n as usize
     }
 
-    /// Datagram `i` of the last batch and its sender.
-    pub fn get(&self, i: usize) -> (&[u8], SocketAddrV4) {
-        (&self.bufs[i][..self.lens[i]], self.from[i])
+    /// The datagrams in buffer `i` of the last batch (several when GRO
+    /// coalesced them) and their sender.
+    pub fn get(&self, i: usize) -> (impl Iterator<Item = &[u8]>, SocketAddrV4) {
+        let buf = &self.bufs[i][..self.lens[i]];
+        let seg = self.segs[i].filter(|&s| s > 0).unwrap_or(buf.len().max(1));
+        (buf.chunks(seg), self.from[i])
     }
+}
+
+/// The segment size of a GRO-coalesced message, from its control data.
+fn gro_size(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: the kernel filled the control buffer of `h` (its length in
+    // msg_controllen); the CMSG macros walk only within it.
+    unsafe {
+        let mut cm = libc::CMSG_FIRSTHDR(h);
+        while !cm.is_null() {
+            if (*cm).cmsg_level == libc::SOL_UDP && (*cm).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(cm) as *const libc::c_int);
+                return usize::try_from(v).ok();
+            }
+            cm = libc::CMSG_NXTHDR(h, cm);
+        }
+    }
+    None
 }
