@@ -1,6 +1,7 @@
 //! Connection tracking: the flows a declared connection has opened, so
 //! that their replies pass and nothing else does.
 
+use crate::http::RequestStream;
 use crate::model::Connection;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -41,15 +42,13 @@ pub enum Dir {
 }
 
 /// Where a flow on an `http` connection is in its check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpState {
     /// Not an HTTP connection.
     NotChecked,
-    /// Waiting for the client's first data.
-    Pending,
-    /// The first request was well formed.
-    Passed,
-    /// It was not: the flow is dead.
+    /// Every byte the client sends is checked (see [`crate::http`]).
+    Checking(Box<RequestStream>),
+    /// A request was not well formed: the flow is dead.
     Failed,
 }
 

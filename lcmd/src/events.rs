@@ -27,6 +27,9 @@ pub enum Reason {
     SpoofedMac,
     /// A non-HTTP payload on a connection declared `http`.
     NotHttp,
+    /// A segment of an `http` connection beyond the bytes checked so far
+    /// (it could carry unchecked bytes; TCP resends it in order).
+    HttpUnordered,
     /// A tunnel packet whose MAC does not verify (or from an unknown sender).
     ForgedTunnelPacket,
     /// A tunnel packet already received (or too old for the window).
@@ -45,6 +48,7 @@ impl Reason {
             Reason::SpoofedIp => "spoofed-ip",
             Reason::SpoofedMac => "spoofed-mac",
             Reason::NotHttp => "not-http",
+            Reason::HttpUnordered => "http-unordered",
             Reason::ForgedTunnelPacket => "forged-tunnel-packet",
             Reason::ReplayedTunnelPacket => "replayed-tunnel-packet",
             Reason::Malformed => "malformed",

@@ -28,6 +28,7 @@ pub mod conntrack;
 pub mod daemon;
 pub mod engine;
 pub mod events;
+pub mod http;
 pub mod model;
 pub mod nic;
 pub mod packet;

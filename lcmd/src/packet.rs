@@ -172,6 +172,8 @@ pub struct Transport<'a> {
     pub dport: u16,
     /// TCP flags (0 for other protocols).
     pub flags: u8,
+    /// TCP sequence number (0 for other protocols).
+    pub seq: u32,
     /// Application payload.
     pub data: &'a [u8],
 }
@@ -196,6 +198,7 @@ impl<'a> Transport<'a> {
                     sport: u16::from_be_bytes([p[0], p[1]]),
                     dport: u16::from_be_bytes([p[2], p[3]]),
                     flags: p[13],
+                    seq: u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
                     data: &p[off..],
                 })
             }
@@ -207,6 +210,7 @@ impl<'a> Transport<'a> {
                     sport: u16::from_be_bytes([p[0], p[1]]),
                     dport: u16::from_be_bytes([p[2], p[3]]),
                     flags: 0,
+                    seq: 0,
                     data: &p[8..],
                 })
             }
@@ -214,6 +218,7 @@ impl<'a> Transport<'a> {
                 sport: 0,
                 dport: 0,
                 flags: 0,
+                seq: 0,
                 data: p,
             }),
         }

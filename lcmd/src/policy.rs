@@ -4,6 +4,7 @@
 
 use crate::conntrack::{Conntrack, Dir, Entry, FlowKey, HttpState};
 use crate::events::Reason;
+use crate::http::{Check, RequestStream};
 use crate::model::{self, Appliance, Connection, Protocol};
 use crate::packet::{Transport, PROTO_TCP, TCP_ACK, TCP_SYN};
 use crate::topology::Topology;
@@ -25,8 +26,7 @@ const METHODS: &[&str] = &[
 ];
 
 /// Whether `data` starts with a well-formed HTTP/1.x request line
-/// (`METHOD SP TARGET SP HTTP/1.x CRLF`), which must be complete in the
-/// client's first data segment.
+/// (`METHOD SP TARGET SP HTTP/1.x CRLF`).
 pub fn is_http_request(data: &[u8]) -> bool {
     let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
         return false;
@@ -67,12 +67,14 @@ pub fn decide(
         if topo.has_connection(&e.conn) {
             e.last = now;
             let conn = e.conn.clone();
-            if e.http == HttpState::Pending && dir == Dir::Orig && !t.data.is_empty() {
-                e.http = if is_http_request(t.data) {
-                    HttpState::Passed
-                } else {
-                    HttpState::Failed
-                };
+            if let (HttpState::Checking(s), Dir::Orig) = (&mut e.http, dir) {
+                match s.feed(t.seq, t.data) {
+                    Check::Pass => {}
+                    Check::Fail(_) => e.http = HttpState::Failed,
+                    Check::Unordered => {
+                        return Verdict::Drop(Reason::HttpUnordered, Some(conn));
+                    }
+                }
             }
             if e.http == HttpState::Failed {
                 return Verdict::Drop(Reason::NotHttp, Some(conn));
@@ -104,25 +106,31 @@ pub fn decide(
     };
     let syn = proto == PROTO_TCP && t.flags & TCP_SYN != 0 && t.flags & TCP_ACK == 0;
     // A TCP segment without SYN from the output side is picked up as a
-    // flow in progress (it may be one whose appliance just moved here);
-    // the server drops it unless it knows the connection. Its HTTP check
-    // is not redone mid-stream.
+    // flow in progress (it may be one whose appliance just moved here, or
+    // one idle past the table's memory); the server drops it unless it
+    // knows the connection. On an `http` connection its check starts with
+    // that segment, as at a request's start: a flow caught mid-request
+    // ends, rather than one left unchecked.
     let http = match c.protocol {
-        Protocol::Http if syn => HttpState::Pending,
-        Protocol::Http if !t.data.is_empty() => HttpState::Passed,
-        Protocol::Http => HttpState::Pending,
+        Protocol::Http => {
+            let first = if syn { t.seq.wrapping_add(1) } else { t.seq };
+            HttpState::Checking(Box::new(RequestStream::new(first)))
+        }
         _ => HttpState::NotChecked,
     };
     let conn = (*c).clone();
-    ct.insert(
-        key,
-        Entry {
-            conn: conn.clone(),
-            http,
-            last: now,
-            syn_at: None,
-        },
-    );
+    let mut e = Entry {
+        conn: conn.clone(),
+        http,
+        last: now,
+        syn_at: None,
+    };
+    if let HttpState::Checking(s) = &mut e.http {
+        if let Check::Fail(_) = s.feed(t.seq, t.data) {
+            return Verdict::Drop(Reason::NotHttp, Some(conn));
+        }
+    }
+    ct.insert(key, e);
     Verdict::Forward(conn)
 }
 
@@ -181,11 +189,13 @@ mod tests {
         Topology::from_kvs(&kvs).0
     }
 
+    /// A TCP segment; a SYN's sequence number is one before the data's.
     fn tcp(sport: u16, dport: u16, flags: u8, data: &[u8]) -> Transport<'_> {
         Transport {
             sport,
             dport,
             flags,
+            seq: if flags & TCP_SYN != 0 { u32::MAX } else { 0 },
             data,
         }
     }
@@ -226,6 +236,20 @@ mod tests {
                 now
             ),
             Verdict::Forward(_)
+        ));
+        // The flow's next bytes are checked too: a second request that is
+        // not HTTP kills it, and a segment past the checked bytes is refused.
+        let next = |seq, data| Transport {
+            seq,
+            ..tcp(5000, 80, TCP_ACK, data)
+        };
+        assert!(matches!(
+            decide(&t, &mut ct, &web, &db, 6, &next(40, b"x"), now),
+            Verdict::Drop(Reason::HttpUnordered, Some(_))
+        ));
+        assert!(matches!(
+            decide(&t, &mut ct, &web, &db, 6, &next(18, b"SSH-2.0-x\r\n"), now),
+            Verdict::Drop(Reason::NotHttp, Some(_))
         ));
         assert_eq!(
             decide(

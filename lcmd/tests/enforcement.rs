@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{grid, lcmd, wait_event, wait_for, Appliance};
+use common::{events, grid, lcmd, wait_event, wait_for, Appliance};
 use lcmd::model::tap_name;
 use serde_json::json;
 use std::io::Write;
@@ -134,6 +134,33 @@ fn a_declared_connection_works_by_name_and_everything_else_is_reported() {
             .iter()
             .any(|g| g.starts_with(b"HELLO")),
         "the non-HTTP payload arrived"
+    );
+    drop(s);
+
+    // A good request with something else behind it: every byte of the
+    // flow is checked, not only its first request.
+    let not_http = || {
+        events(&grid)
+            .iter()
+            .filter(|e| e["reason"] == json!("not-http"))
+            .count()
+    };
+    let before = not_http();
+    let mut s = web.connect((DB, 80)).expect("the handshake passes");
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: db\r\n\r\nSMUGGLED BYTES\r\n\r\n")
+        .unwrap();
+    wait_for(20, "a second not-http event", || {
+        (not_http() > before).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !db_http
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|g| g.windows(8).any(|w| w == b"SMUGGLED")),
+        "bytes after the first request arrived unchecked"
     );
     drop(s);
 

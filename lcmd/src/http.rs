@@ -1,0 +1,300 @@
+//! The `http` protocol checker: follows the client's side of a TCP flow,
+//! byte by byte in sequence order, and lets through only a stream of
+//! well-formed HTTP/1.x requests: each a request line, header lines, an
+//! empty line, then exactly the body its `Content-Length` or chunked
+//! `Transfer-Encoding` announces, and the next request (pipelined or on a
+//! kept-alive connection) checked the same way. Checking only the first
+//! segment would let anything through after one good request.
+//!
+//! It sees packets, not a reassembled stream: a retransmitted segment is
+//! checked only for the bytes it adds, and a segment that starts beyond
+//! the bytes checked so far is refused (it could carry bytes the check
+//! never saw; the client's TCP sends it again in order). Its state is
+//! bounded: a request head or chunk line may not exceed [`MAX_HEAD`].
+
+use crate::policy::is_http_request;
+
+/// Longest request head (request line and headers) or chunk-size line.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// What the checker says about one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Well formed so far.
+    Pass,
+    /// Not HTTP, with what was wrong.
+    Fail(&'static str),
+    /// It starts beyond the bytes checked so far.
+    Unordered,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Collecting a request head.
+    Head(Vec<u8>),
+    /// Inside a body of this many more bytes.
+    Body(u64),
+    /// Collecting a chunk-size line.
+    ChunkSize(Vec<u8>),
+    /// Inside a chunk: its bytes, then its CRLF (counted in).
+    ChunkData(u64),
+    /// Collecting trailer lines after the last chunk, up to an empty line.
+    Trailer(Vec<u8>),
+}
+
+/// One flow's client-to-server byte stream, as far as it was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestStream {
+    /// Sequence number of the next byte expected.
+    next: u32,
+    state: State,
+}
+
+/// `a` is before `b` in TCP sequence space.
+fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+/// A header field name: an HTTP token.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// What follows a complete request head: the state for its body.
+fn body_of(head: &[u8]) -> Result<State, &'static str> {
+    if !is_http_request(head) {
+        return Err("not an HTTP/1.x request line");
+    }
+    let text = std::str::from_utf8(head).map_err(|_| "request head is not text")?;
+    let mut length = None;
+    let mut chunked = false;
+    // Skip the request line; the head ends with an empty line.
+    for line in text.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').ok_or("header line without ':'")?;
+        if !is_token(name) {
+            return Err("bad header name");
+        }
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let n: u64 = value.parse().map_err(|_| "bad Content-Length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length");
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if !value.eq_ignore_ascii_case("chunked") {
+                return Err("unsupported Transfer-Encoding");
+            }
+            chunked = true;
+        }
+    }
+    match (length, chunked) {
+        (Some(_), true) => Err("both Content-Length and chunked"),
+        (_, true) => Ok(State::ChunkSize(Vec::new())),
+        (Some(n), false) if n > 0 => Ok(State::Body(n)),
+        _ => Ok(State::Head(Vec::new())),
+    }
+}
+
+impl RequestStream {
+    /// A stream whose first byte has sequence number `first` (the SYN's
+    /// sequence number plus one).
+    pub fn new(first: u32) -> RequestStream {
+        RequestStream {
+            next: first,
+            state: State::Head(Vec::new()),
+        }
+    }
+
+    /// Checks the segment with sequence number `seq` and payload `data`.
+    pub fn feed(&mut self, seq: u32, data: &[u8]) -> Check {
+        if before(self.next, seq) {
+            return Check::Unordered;
+        }
+        let seen = self.next.wrapping_sub(seq) as usize;
+        if seen >= data.len() {
+            return Check::Pass;
+        }
+        let fresh = &data[seen..];
+        self.next = self.next.wrapping_add(fresh.len() as u32);
+        match self.consume(fresh) {
+            Ok(()) => Check::Pass,
+            Err(why) => Check::Fail(why),
+        }
+    }
+
+    fn consume(&mut self, mut data: &[u8]) -> Result<(), &'static str> {
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Head(buf) => {
+                    // Look for the end of the head across the segment edge.
+                    let from = buf.len().saturating_sub(3);
+                    buf.extend_from_slice(data);
+                    // The request line is judged as soon as it is complete.
+                    if find_crlf(buf).is_some() && !is_http_request(buf) {
+                        return Err("not an HTTP/1.x request line");
+                    }
+                    let Some(end) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") else {
+                        if buf.len() > MAX_HEAD {
+                            return Err("request head over 16 KiB");
+                        }
+                        return Ok(());
+                    };
+                    let end = from + end + 4;
+                    let rest = buf.len() - end;
+                    let next = body_of(&buf[..end])?;
+                    data = &data[data.len() - rest..];
+                    self.state = next;
+                }
+                State::Body(n) => {
+                    let take = (*n).min(data.len() as u64);
+                    *n -= take;
+                    data = &data[take as usize..];
+                    if *n == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::ChunkSize(buf) => {
+                    let from = buf.len().saturating_sub(1);
+                    buf.extend_from_slice(data);
+                    let Some(end) = find_crlf(&buf[from..]).map(|e| from + e) else {
+                        if buf.len() > MAX_HEAD {
+                            return Err("chunk-size line too long");
+                        }
+                        return Ok(());
+                    };
+                    let rest = buf.len() - end - 2;
+                    let line = std::str::from_utf8(&buf[..end]).map_err(|_| "bad chunk size")?;
+                    let size = line.split(';').next().unwrap_or("").trim();
+                    let size = u64::from_str_radix(size, 16).map_err(|_| "bad chunk size")?;
+                    data = &data[data.len() - rest..];
+                    self.state = if size == 0 {
+                        State::Trailer(Vec::new())
+                    } else {
+                        State::ChunkData(size + 2)
+                    };
+                }
+                State::ChunkData(n) => {
+                    let take = (*n).min(data.len() as u64);
+                    // The last two bytes of a chunk must be its CRLF.
+                    for (i, b) in data[..take as usize].iter().enumerate() {
+                        // Bytes left in the chunk from this one on.
+                        let left = *n - i as u64;
+                        if left <= 2 && *b != b"\r\n"[(2 - left) as usize] {
+                            return Err("chunk not followed by CRLF");
+                        }
+                    }
+                    *n -= take;
+                    data = &data[take as usize..];
+                    if *n == 0 {
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                }
+                State::Trailer(buf) => {
+                    let from = buf.len().saturating_sub(3);
+                    buf.extend_from_slice(data);
+                    let end = if buf.starts_with(b"\r\n") {
+                        Some(2)
+                    } else {
+                        buf[from..]
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map(|e| from + e + 4)
+                    };
+                    let Some(end) = end else {
+                        if buf.len() > MAX_HEAD {
+                            return Err("trailer over 16 KiB");
+                        }
+                        return Ok(());
+                    };
+                    let rest = buf.len() - end;
+                    data = &data[data.len() - rest..];
+                    self.state = State::Head(Vec::new());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `stream` in segments of `size` bytes from sequence 1000.
+    fn run(stream: &[u8], size: usize) -> Check {
+        let mut s = RequestStream::new(1000);
+        let mut seq = 1000u32;
+        for seg in stream.chunks(size) {
+            match s.feed(seq, seg) {
+                Check::Pass => {}
+                other => return other,
+            }
+            seq = seq.wrapping_add(seg.len() as u32);
+        }
+        Check::Pass
+    }
+
+    const GOOD: &[u8] = b"GET / HTTP/1.1\r\nHost: db\r\n\r\n\
+        POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello\
+        PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: 1\r\n\r\n\
+        HEAD / HTTP/1.0\r\n\r\n";
+
+    #[test]
+    fn pipelined_requests_with_bodies_pass_in_any_segmentation() {
+        for size in [1, 2, 3, 7, 64, GOOD.len()] {
+            assert_eq!(run(GOOD, size), Check::Pass, "segments of {size}");
+        }
+    }
+
+    #[test]
+    fn anything_after_a_good_request_is_still_checked() {
+        let mut bad = GOOD.to_vec();
+        bad.extend_from_slice(b"SSH-2.0-OpenSSH\r\n\r\n");
+        assert!(matches!(run(&bad, 9), Check::Fail(_)));
+        // A body longer than announced runs into the next "request".
+        let smuggled = b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nabcdef\r\n\r\n";
+        assert!(matches!(run(smuggled, 5), Check::Fail(_)));
+        for bad in [
+            &b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY",
+            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            assert!(
+                matches!(run(bad, 4), Check::Fail(_)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let endless = [b"GET / HTTP/1.1\r\n".as_slice(), &[b'a'; MAX_HEAD]].concat();
+        assert!(matches!(run(&endless, 1000), Check::Fail(_)));
+    }
+
+    #[test]
+    fn retransmissions_are_checked_once_and_gaps_refused() {
+        let mut s = RequestStream::new(u32::MAX - 3);
+        let req = b"GET / HTTP/1.1\r\n\r\n";
+        let a = &req[..8];
+        assert_eq!(s.feed(u32::MAX - 3, a), Check::Pass);
+        // The same bytes again, then overlapping with new ones (and the
+        // sequence numbers wrap).
+        assert_eq!(s.feed(u32::MAX - 3, a), Check::Pass);
+        assert_eq!(
+            s.feed((u32::MAX - 3).wrapping_add(4), &req[4..]),
+            Check::Pass
+        );
+        assert_eq!(s.state, State::Head(Vec::new()));
+        // A segment beyond what was checked.
+        let next = (u32::MAX - 3).wrapping_add(req.len() as u32);
+        assert_eq!(s.feed(next.wrapping_add(10), b"junk"), Check::Unordered);
+        assert_eq!(s.feed(next, b"GET /2 HTTP/1.1\r\n\r\n"), Check::Pass);
+    }
+}
