@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::{decode_chunk, ChunkId};
+use crate::chunk::{decode_chunk, ChunkId, Delta};
 use crate::error::Result;
 
 /// Block ids per map page.
@@ -70,6 +70,9 @@ pub struct BlockMap {
     index: BTreeMap<u64, (ChunkId, u32)>,
     /// Pages read or changed since loading.
     loaded: HashMap<u64, BTreeMap<u32, ChunkId>>,
+    /// The committed bytes of the loaded pages, so that a commit can send
+    /// a changed page as a delta (a few slots) rather than whole.
+    bytes: HashMap<u64, Vec<u8>>,
     dirty: BTreeSet<u64>,
 }
 
@@ -91,10 +94,15 @@ impl BlockMap {
     fn page(&mut self, p: u64, fetch: Fetch) -> Result<&mut BTreeMap<u32, ChunkId>> {
         if !self.loaded.contains_key(&p) {
             let slots = match self.index.get(&p) {
-                Some((id, _)) => decode_chunk::<Page>(id, &fetch(id)?)?
-                    .slots
-                    .into_iter()
-                    .collect(),
+                Some((id, _)) => {
+                    let bytes = fetch(id)?;
+                    let slots = decode_chunk::<Page>(id, &bytes)?
+                        .slots
+                        .into_iter()
+                        .collect();
+                    self.bytes.insert(p, bytes);
+                    slots
+                }
                 None => BTreeMap::new(),
             };
             self.loaded.insert(p, slots);
@@ -222,13 +230,17 @@ impl BlockMap {
     }
 
     /// Writes the changed pages and a new index as chunks. Returns the new
-    /// root (`None` when the volume holds no data) and the chunks made.
-    pub fn commit(&mut self) -> Result<(Option<ChunkId>, NewChunks)> {
+    /// root (`None` when the volume holds no data), the chunks made, and
+    /// for the pages that changed in place, their deltas from the
+    /// committed page (see [`Delta`]).
+    pub fn commit(&mut self) -> Result<(Option<ChunkId>, NewChunks, Vec<Delta>)> {
         let mut new = Vec::new();
+        let mut deltas = Vec::new();
         for p in std::mem::take(&mut self.dirty) {
             let slots = self.loaded.get(&p).cloned().unwrap_or_default();
             if slots.is_empty() {
                 self.index.remove(&p);
+                self.bytes.remove(&p);
                 continue;
             }
             let n = slots.len() as u32;
@@ -236,11 +248,15 @@ impl BlockMap {
                 slots: slots.into_iter().collect(),
             })?;
             let id = ChunkId::of(&bytes);
+            if let (Some((old, _)), Some(before)) = (self.index.get(&p), self.bytes.get(&p)) {
+                deltas.extend(Delta::between(*old, before, id, &bytes));
+            }
+            self.bytes.insert(p, bytes.clone());
             new.push((id, Arc::new(bytes)));
             self.index.insert(p, (id, n));
         }
         if self.index.is_empty() {
-            return Ok((None, new));
+            return Ok((None, new, deltas));
         }
         let idx = Index {
             pages: self
@@ -252,7 +268,7 @@ impl BlockMap {
         let bytes = postcard::to_allocvec(&idx)?;
         let root = ChunkId::of(&bytes);
         new.push((root, Arc::new(bytes)));
-        Ok((Some(root), new))
+        Ok((Some(root), new, deltas))
     }
 }
 
@@ -294,7 +310,7 @@ mod tests {
             m.set(b, Some(cid(b)), &f).unwrap();
         }
         assert_eq!(m.written(), 7);
-        let (root, chunks) = m.commit().unwrap();
+        let (root, chunks, _) = m.commit().unwrap();
         mem.keep(chunks);
         let mut m2 = BlockMap::load(root, &f).unwrap();
         assert_eq!(m2.written(), 7);
@@ -308,7 +324,8 @@ mod tests {
         assert_eq!(m2.written(), 4);
         assert_eq!(m2.next_data(1024, &f).unwrap(), None);
         m2.set(0, None, &f).unwrap();
-        let (root2, chunks) = m2.commit().unwrap();
+        let (root2, chunks, deltas) = m2.commit().unwrap();
+        assert!(deltas.is_empty(), "slots removed: the pages changed length");
         mem.keep(chunks);
         let mut m3 = BlockMap::load(root2, &f).unwrap();
         assert_eq!(m3.written(), 3);
@@ -326,16 +343,51 @@ mod tests {
     }
 
     #[test]
+    fn a_page_changed_in_place_comes_with_its_delta() {
+        let mem = Mem::default();
+        let f = |id: &ChunkId| mem.fetch(id);
+        let mut m = BlockMap::load(None, &f).unwrap();
+        for b in 0..1024 {
+            m.set(b, Some(cid(b)), &f).unwrap();
+        }
+        let (root, c, _) = m.commit().unwrap();
+        mem.keep(c);
+        // Reloaded, one slot changed: the page goes as a delta of 32 bytes.
+        let mut m = BlockMap::load(root, &f).unwrap();
+        m.set(500, Some(cid(9999)), &f).unwrap();
+        let (_, c, deltas) = m.commit().unwrap();
+        assert_eq!(deltas.len(), 1);
+        assert!(deltas[0].patch_bytes() <= 32, "one chunk id's worth");
+        let page = c.iter().find(|(id, _)| *id == deltas[0].id).unwrap();
+        let old = Idx::page_of(&mem, root.unwrap());
+        assert_eq!(deltas[0].base, old);
+        let mut rebuilt = mem.fetch(&old).unwrap();
+        for (off, b) in &deltas[0].patches {
+            rebuilt[*off as usize..*off as usize + b.0.len()].copy_from_slice(&b.0);
+        }
+        assert_eq!(&rebuilt, page.1.as_ref());
+    }
+
+    /// The index's first page id, read from the store.
+    struct Idx;
+    impl Idx {
+        fn page_of(mem: &Mem, root: ChunkId) -> ChunkId {
+            let idx: Index = decode_chunk(&root, &mem.fetch(&root).unwrap()).unwrap();
+            idx.pages[0].1
+        }
+    }
+
+    #[test]
     fn unchanged_commit_keeps_root() {
         let mem = Mem::default();
         let f = |id: &ChunkId| mem.fetch(id);
         let mut m = BlockMap::load(None, &f).unwrap();
         m.set(9, Some(cid(9)), &f).unwrap();
-        let (r1, c) = m.commit().unwrap();
+        let (r1, c, _) = m.commit().unwrap();
         mem.keep(c);
         m.set(9, Some(cid(9)), &f).unwrap();
         assert!(!m.is_dirty());
-        let (r2, c2) = m.commit().unwrap();
+        let (r2, c2, _) = m.commit().unwrap();
         assert_eq!(r1, r2);
         assert_eq!(c2.len(), 1, "only the index is rewritten");
     }

@@ -32,9 +32,6 @@ pub(crate) type Source = (String, String);
 /// How often at most the metad client is replaced.
 const CLIENT_RESET_EVERY: Duration = Duration::from_secs(3);
 
-/// Threads reading the local chunk store for one request.
-const LOCAL_READERS: usize = 4;
-
 /// Runs futures concurrently on the current task; their outputs in order.
 /// (What `futures::future::join_all` does, without the dependency.)
 pub async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
@@ -734,30 +731,26 @@ impl Gvs {
         if need.is_empty() {
             return Ok(out.into_iter().map(|o| o.expect("filled")).collect());
         }
-        // The local store: several reads at once when there are several.
-        let local: Vec<(usize, Lookup)> = if need.len() < 4 {
-            need.iter()
-                .map(|&i| Ok((i, self.store.lookup(&ids[i])?)))
-                .collect::<Result<_>>()?
+        // The local store: one read per chunk, all at once, on the
+        // runtime's pool of blocking threads (reused: starting threads per
+        // request cost more than the reads of a warm store; and a cold
+        // store's disk gets every read of the request at once).
+        let local: Vec<(usize, Lookup)> = if need.len() == 1 {
+            vec![(need[0], self.store.lookup(&ids[need[0]])?)]
         } else {
-            let per = need.len().div_ceil(LOCAL_READERS);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = need
-                    .chunks(per)
-                    .map(|part| {
-                        scope.spawn(move || {
-                            part.iter()
-                                .map(|&i| Ok((i, self.store.lookup(&ids[i])?)))
-                                .collect::<Result<Vec<_>>>()
-                        })
-                    })
-                    .collect();
-                let mut all = Vec::new();
-                for h in handles {
-                    all.extend(h.join().expect("a store reader panicked")?);
-                }
-                Ok::<_, GvsError>(all)
-            })?
+            let reads = need.iter().map(|&i| {
+                let (store, id) = (self.store.clone(), ids[i]);
+                self.rt.spawn_blocking(move || store.lookup(&id))
+            });
+            let reads: Vec<_> = reads.collect();
+            let done = self.rt.block_on(join_all(reads));
+            need.iter()
+                .zip(done)
+                .map(|(&i, r)| {
+                    let r = r.map_err(|e| GvsError::Io(std::io::Error::other(e)))?;
+                    Ok((i, r?))
+                })
+                .collect::<Result<_>>()?
         };
         let mut fetched = Vec::new();
         let mut remote = Vec::new();

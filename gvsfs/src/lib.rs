@@ -61,6 +61,6 @@ pub const DEFAULT_MIRRORS: u32 = 2;
 /// Largest volume: 16 TiB (writes and truncates past it get EFBIG).
 pub const MAX_VOLUME_SIZE: u64 = 16 << 40;
 /// Blocks read ahead of a sequential reader.
-pub const READ_AHEAD_BLOCKS: u64 = 16;
+pub const READ_AHEAD_BLOCKS: u64 = 64;
 /// Default chunk server port.
 pub const CHUNK_PORT: u16 = 2390;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::chunk::{ChunkId, ChunkStore};
+use crate::chunk::{Bytes, Check, ChunkId, ChunkStore, Delta};
 use crate::error::{GvsError, Result};
 
 /// Largest frame either side accepts.
@@ -25,8 +25,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request to a chunk server.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum Request {
-    /// Store these chunks durably (each is verified against its id).
-    Put(Vec<(ChunkId, Vec<u8>)>),
+    /// Store these chunks durably: whole ones (each verified against its
+    /// id) and deltas from chunks held there (each rebuilt and verified).
+    Put(Vec<(ChunkId, Bytes)>, Vec<Delta>),
     /// Read one chunk.
     Get(ChunkId),
     /// Which of these chunks are held.
@@ -36,29 +37,32 @@ pub enum Request {
 /// A chunk server's answer.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum Response {
-    /// Done.
-    Ok,
     /// The chunk, if held.
-    Chunk(Option<Vec<u8>>),
+    Chunk(Option<Bytes>),
     /// One flag per asked chunk.
     Has(Vec<bool>),
+    /// The deltas that could not be rebuilt (their base is not held):
+    /// to be sent whole.
+    Need(Vec<ChunkId>),
     /// Refused, with the reason.
     Err(String),
 }
 
 fn handle(store: &ChunkStore, req: Request) -> Response {
     let r = match req {
-        Request::Put(chunks) => {
-            if let Some((id, _)) = chunks.iter().find(|(id, d)| !id.verifies(d)) {
+        Request::Put(whole, deltas) => {
+            if let Some((id, _)) = whole.iter().find(|(id, d)| !id.verifies(&d.0)) {
                 return Response::Err(format!("chunk {} does not match its id", id.hex()));
             }
-            let chunks: Vec<_> = chunks
+            let whole: Vec<_> = whole
                 .into_iter()
-                .map(|(id, d)| (id, Arc::new(d)))
+                .map(|(id, d)| (id, Arc::new(d.0)))
                 .collect();
-            store.put_many(&chunks, true).map(|_| Response::Ok)
+            store
+                .put(&whole, &deltas, Check::Verify, true)
+                .map(Response::Need)
         }
-        Request::Get(id) => store.get(&id).map(Response::Chunk),
+        Request::Get(id) => store.get(&id).map(|c| Response::Chunk(c.map(Bytes))),
         Request::Has(ids) => ids
             .iter()
             .map(|id| store.has(id))
@@ -118,6 +122,36 @@ pub async fn serve(listener: TcpListener, store: ChunkStore, secret: Secret) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Bytes of chunk data in one request frame at most.
+const FRAME_DATA: usize = 16 << 20;
+
+/// `items` cut into runs of at most [`FRAME_DATA`] bytes (by `size`),
+/// each holding at least one item.
+fn frames<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, it) in items.iter().enumerate() {
+        let n = size(it);
+        if i > start && bytes + n >= FRAME_DATA {
+            out.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += n;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+/// The error for an unexpected answer to `what`.
+fn refused(addr: &str, what: &str, answer: Response) -> GvsError {
+    GvsError::Peer {
+        peer: addr.to_string(),
+        why: format!("{what} refused: {answer:?}"),
     }
 }
 
@@ -207,43 +241,43 @@ impl Peers {
         Err(err("unreachable".into()))
     }
 
-    /// Stores chunks on `addr`, in frames of bounded size.
-    pub async fn put(&self, addr: &str, chunks: &[(ChunkId, Arc<Vec<u8>>)]) -> Result<()> {
-        let mut i = 0;
-        while i < chunks.len() {
-            let mut batch = Vec::new();
-            let mut bytes = 0;
-            while i < chunks.len() && (batch.is_empty() || bytes + chunks[i].1.len() < 16 << 20) {
-                bytes += chunks[i].1.len();
-                batch.push((chunks[i].0, chunks[i].1.to_vec()));
-                i += 1;
-            }
-            match self.call(addr, &Request::Put(batch)).await? {
-                Response::Ok => {}
-                other => {
-                    return Err(GvsError::Peer {
-                        peer: addr.to_string(),
-                        why: format!("put refused: {other:?}"),
-                    })
-                }
+    /// Stores chunks on `addr`: `whole` ones and `deltas` (see
+    /// [`Delta`]), in frames of bounded size. Returns the deltas it could
+    /// not rebuild (their base is not held there), to be sent whole.
+    pub async fn put(
+        &self,
+        addr: &str,
+        whole: &[(ChunkId, Arc<Vec<u8>>)],
+        deltas: &[Delta],
+    ) -> Result<Vec<ChunkId>> {
+        let whole = frames(whole, |(_, d)| d.len());
+        let deltas = frames(deltas, Delta::patch_bytes);
+        let mut need = Vec::new();
+        for i in 0..whole.len().max(deltas.len()) {
+            let w = whole.get(i).map_or_else(Vec::new, |part| {
+                part.iter()
+                    .map(|(id, d)| (*id, Bytes(d.to_vec())))
+                    .collect()
+            });
+            let d = deltas.get(i).map_or_else(Vec::new, |part| part.to_vec());
+            match self.call(addr, &Request::Put(w, d)).await? {
+                Response::Need(ids) => need.extend(ids),
+                other => return Err(refused(addr, "put", other)),
             }
         }
-        Ok(())
+        Ok(need)
     }
 
     /// Reads a chunk from `addr`, verified; `None` if absent or bad there.
     pub async fn get(&self, addr: &str, id: &ChunkId) -> Result<Option<Vec<u8>>> {
         match self.call(addr, &Request::Get(*id)).await? {
-            Response::Chunk(Some(d)) if id.verifies(&d) => Ok(Some(d)),
+            Response::Chunk(Some(Bytes(d))) if id.verifies(&d) => Ok(Some(d)),
             Response::Chunk(Some(_)) => {
                 tracing::warn!("{addr} returned a corrupt copy of chunk {}", id.hex());
                 Ok(None)
             }
             Response::Chunk(None) => Ok(None),
-            other => Err(GvsError::Peer {
-                peer: addr.to_string(),
-                why: format!("get refused: {other:?}"),
-            }),
+            other => Err(refused(addr, "get", other)),
         }
     }
 }
@@ -251,6 +285,15 @@ impl Peers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_frame_like_a_byte_vector() {
+        let v: Vec<u8> = (0..=255).cycle().take(1000).collect();
+        let ours = postcard::to_allocvec(&Bytes(v.clone())).unwrap();
+        assert_eq!(ours, postcard::to_allocvec(&v).unwrap());
+        let back: Bytes = postcard::from_bytes(&ours).unwrap();
+        assert_eq!(back.0, v);
+    }
 
     #[tokio::test]
     async fn put_get_over_tcp_and_refuse_strangers() {
@@ -264,7 +307,8 @@ mod tests {
         let peers = Peers::new(secret);
         let data = Arc::new(vec![3u8; 100_000]);
         let id = ChunkId::of(&data);
-        peers.put(&addr, &[(id, data.clone())]).await.unwrap();
+        let need = peers.put(&addr, &[(id, data.clone())], &[]).await.unwrap();
+        assert!(need.is_empty());
         assert_eq!(
             peers.get(&addr, &id).await.unwrap().as_deref(),
             Some(data.as_slice())
@@ -272,7 +316,10 @@ mod tests {
         assert_eq!(peers.get(&addr, &ChunkId::of(b"nope")).await.unwrap(), None);
         // A chunk that does not match its id is refused.
         let bad = peers
-            .call(&addr, &Request::Put(vec![(id, b"forged".to_vec())]))
+            .call(
+                &addr,
+                &Request::Put(vec![(id, Bytes(b"forged".to_vec()))], vec![]),
+            )
             .await
             .unwrap();
         assert!(matches!(bad, Response::Err(_)));

@@ -3,14 +3,14 @@
 //! a commit pushes the new chunks to every live replica in parallel, then
 //! swaps the root in metad with one transaction fenced by the lease epoch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metad::{Compare, CompareTarget, Op, Txn};
 
 use crate::blockmap::{BlockMap, NewChunks};
-use crate::chunk::ChunkId;
+use crate::chunk::{Bytes, Check, ChunkId, Delta, DELTA_SHARE};
 use crate::error::{GvsError, Result};
 use crate::gvs::Gvs;
 use crate::meta::{self, Inode, NodeInfo};
@@ -36,13 +36,68 @@ fn transient(e: &metad::ClientError) -> bool {
 /// Dirty bytes of one volume that trigger a commit.
 pub const DIRTY_LIMIT: usize = 256 << 20;
 
+/// Most separate changed ranges a dirty block keeps for a delta; past
+/// this it is sent whole.
+const MAX_PATCHES: usize = 32;
+
+/// A block written since the last commit.
+struct DirtyBlock {
+    /// Its whole new content.
+    data: Vec<u8>,
+    /// The committed chunk it was patched from and the byte ranges
+    /// changed since (sorted, disjoint), while they are few and cover at
+    /// most a quarter of the block: the commit sends mirrors a delta
+    /// instead of the block. `None`: sent whole.
+    from: Option<(ChunkId, Vec<(usize, usize)>)>,
+}
+
+impl DirtyBlock {
+    /// A block replaced as a whole.
+    fn whole(data: Vec<u8>) -> DirtyBlock {
+        DirtyBlock { data, from: None }
+    }
+
+    /// Records that bytes `[start, end)` changed.
+    fn touched(&mut self, start: usize, end: usize) {
+        let Some((_, ranges)) = &mut self.from else {
+            return;
+        };
+        let at = ranges.partition_point(|r| r.1 < start);
+        let mut merged = (start, end);
+        while at < ranges.len() && ranges[at].0 <= merged.1 {
+            let r = ranges.remove(at);
+            merged = (merged.0.min(r.0), merged.1.max(r.1));
+        }
+        ranges.insert(at, merged);
+        let bytes: usize = ranges.iter().map(|(a, b)| b - a).sum();
+        if ranges.len() > MAX_PATCHES || bytes * DELTA_SHARE > self.data.len() {
+            self.from = None;
+        }
+    }
+
+    /// The delta that makes chunk `id` (this block) from its base, if
+    /// the block keeps one.
+    fn delta(&self, id: ChunkId) -> Option<Delta> {
+        let (base, ranges) = self.from.as_ref()?;
+        Some(Delta {
+            id,
+            base: *base,
+            len: self.data.len() as u32,
+            patches: ranges
+                .iter()
+                .map(|&(a, b)| (a as u32, Bytes(self.data[a..b].to_vec())))
+                .collect(),
+        })
+    }
+}
+
 /// A volume's local state.
 pub struct Volume {
     ino: u64,
     /// The block map and the root it was loaded from.
     map: Option<(Option<ChunkId>, BlockMap)>,
-    /// Blocks written since the last commit (each a whole block).
-    dirty: BTreeMap<u64, Vec<u8>>,
+    /// Blocks written since the last commit.
+    dirty: BTreeMap<u64, DirtyBlock>,
     /// The size after the uncommitted changes.
     pending_size: Option<u64>,
     /// Whether the map changed beyond `dirty` (truncate, punch).
@@ -189,19 +244,6 @@ impl Volume {
         Ok(&mut self.map.as_mut().expect("loaded").1)
     }
 
-    /// The current bytes of block `b` (dirty, committed, or zeros).
-    fn block(&mut self, gvs: &Gvs, rec: &Inode, b: u64) -> Result<Arc<Vec<u8>>> {
-        if let Some(d) = self.dirty.get(&b) {
-            return Ok(Arc::new(d.clone()));
-        }
-        let f = fetcher(gvs, &rec.replicas);
-        let id = self.map(gvs, rec)?.get(b, &f)?;
-        match id {
-            Some(id) => gvs.fetch(&id, &rec.replicas),
-            None => Ok(Arc::new(vec![0; rec.block_size as usize])),
-        }
-    }
-
     /// Plans a read of up to `len` bytes at `off`: where each piece comes
     /// from (buffered bytes, a chunk, or zeros) and, for a sequential
     /// reader, the chunks worth reading ahead. Only the block map is
@@ -229,7 +271,7 @@ impl Volume {
             let within = (pos % bs) as usize;
             let n = ((bs - within as u64).min(end - pos)) as usize;
             let piece = match self.dirty.get(&b) {
-                Some(d) => Piece::Bytes(d[within..within + n].to_vec()),
+                Some(d) => Piece::Bytes(d.data[within..within + n].to_vec()),
                 None => match self.map(gvs, rec)?.get(b, &f)? {
                     Some(id) => Piece::Chunk { id, within, n },
                     None => Piece::Zeros(n),
@@ -372,13 +414,35 @@ impl Volume {
         }
     }
 
-    fn dirty_block(&mut self, gvs: &Gvs, rec: &Inode, b: u64) -> Result<&mut Vec<u8>> {
+    /// Block `b` in the buffer (read in from its committed chunk, or
+    /// zeros, the first time), with `[start, end)` recorded as changed
+    /// and returned for the caller to change.
+    fn dirty_range(
+        &mut self,
+        gvs: &Gvs,
+        rec: &Inode,
+        b: u64,
+        start: usize,
+        end: usize,
+    ) -> Result<&mut [u8]> {
         if !self.dirty.contains_key(&b) {
-            let mut data = self.block(gvs, rec, b)?.to_vec();
-            data.resize(rec.block_size as usize, 0);
-            self.dirty.insert(b, data);
+            let f = fetcher(gvs, &rec.replicas);
+            let blk = match self.map(gvs, rec)?.get(b, &f)? {
+                Some(id) => {
+                    let mut data = gvs.fetch(&id, &rec.replicas)?.to_vec();
+                    data.resize(rec.block_size as usize, 0);
+                    DirtyBlock {
+                        data,
+                        from: Some((id, Vec::new())),
+                    }
+                }
+                None => DirtyBlock::whole(vec![0; rec.block_size as usize]),
+            };
+            self.dirty.insert(b, blk);
         }
-        Ok(self.dirty.get_mut(&b).expect("inserted"))
+        let blk = self.dirty.get_mut(&b).expect("inserted");
+        blk.touched(start, end);
+        Ok(&mut blk.data[start..end])
     }
 
     /// Buffers a write (the lease must be held).
@@ -397,9 +461,10 @@ impl Volume {
             let within = (pos % bs) as usize;
             let n = (bs as usize - within).min(src.len());
             if within == 0 && n == bs as usize {
-                self.dirty.insert(b, src[..n].to_vec());
+                self.dirty.insert(b, DirtyBlock::whole(src[..n].to_vec()));
             } else {
-                self.dirty_block(gvs, rec, b)?[within..within + n].copy_from_slice(&src[..n]);
+                self.dirty_range(gvs, rec, b, within, within + n)?
+                    .copy_from_slice(&src[..n]);
             }
             src = &src[n..];
             pos += n as u64;
@@ -429,7 +494,8 @@ impl Volume {
                 let f = fetcher(gvs, &rec.replicas);
                 let has = self.dirty.contains_key(&b) || self.map(gvs, rec)?.get(b, &f)?.is_some();
                 if has {
-                    self.dirty_block(gvs, rec, b)?[within as usize..(within + n) as usize].fill(0);
+                    let (start, end) = (within as usize, (within + n) as usize);
+                    self.dirty_range(gvs, rec, b, start, end)?.fill(0);
                 }
             }
             pos += n;
@@ -494,9 +560,11 @@ impl Volume {
         !self.dirty.is_empty() || self.pending_size.is_some() || self.map_changed
     }
 
-    /// Bytes buffered.
+    /// Bytes buffered. Every buffered block is a whole block of the
+    /// volume's size, so this does not walk them (it runs at each write).
     pub fn dirty_bytes(&self) -> usize {
-        self.dirty.values().map(|d| d.len()).sum()
+        let bs = self.dirty.values().next().map_or(0, |d| d.data.len());
+        bs * self.dirty.len()
     }
 
     /// Fences this node's writers at once when the watched lease key no
@@ -568,17 +636,20 @@ impl Volume {
         // Which block became which chunk (None: zeros, a hole), so that the
         // buffer can be rebuilt if no replica takes the chunks.
         let mut blocks: Vec<(u64, Option<ChunkId>)> = Vec::with_capacity(dirty.len());
-        for (b, data) in dirty {
-            if data.iter().all(|x| *x == 0) {
+        // Blocks patched from a committed chunk go to the mirrors as deltas.
+        let mut deltas = Vec::new();
+        for (b, blk) in dirty {
+            if blk.data.iter().all(|x| *x == 0) {
                 blocks.push((b, None));
             } else {
-                let id = ChunkId::of(&data);
+                let id = ChunkId::of(&blk.data);
                 blocks.push((b, Some(id)));
-                chunks.push((id, Arc::new(data)));
+                deltas.extend(blk.delta(id));
+                chunks.push((id, Arc::new(blk.data)));
             }
         }
         let bs = rec.block_size as usize;
-        let rebuild = |chunks: &NewChunks| -> BTreeMap<u64, Vec<u8>> {
+        let rebuild = |chunks: &NewChunks| -> BTreeMap<u64, DirtyBlock> {
             let data: HashMap<ChunkId, &Arc<Vec<u8>>> =
                 chunks.iter().map(|(id, d)| (*id, d)).collect();
             blocks
@@ -587,7 +658,7 @@ impl Volume {
                     let d = id
                         .and_then(|id| data.get(&id).map(|d| d.to_vec()))
                         .unwrap_or_else(|| vec![0; bs]);
-                    (*b, d)
+                    (*b, DirtyBlock::whole(d))
                 })
                 .collect()
         };
@@ -598,7 +669,7 @@ impl Volume {
             }
             map.commit()
         })();
-        let (root, map_chunks) = match mapped {
+        let (root, map_chunks, map_deltas) = match mapped {
             Ok(r) => r,
             Err(e) => {
                 self.dirty = rebuild(&chunks);
@@ -606,9 +677,10 @@ impl Volume {
             }
         };
         chunks.extend(map_chunks);
+        deltas.extend(map_deltas);
         chunks.append(&mut self.unpushed);
         let written = self.map.as_ref().expect("loaded").1.written();
-        let missing = match push(gvs, &rec.replicas, &chunks) {
+        let missing = match push(gvs, &rec.replicas, &chunks, &deltas) {
             Ok(m) => m,
             Err(e) => {
                 self.dirty = rebuild(&chunks);
@@ -751,9 +823,15 @@ impl Volume {
 }
 
 /// Stores `chunks` on every live replica in parallel (locally when this
-/// node is one). Returns the replicas that missed them; fails only when
-/// no replica took them.
-pub(crate) fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result<Vec<String>> {
+/// node is one): those with a delta in `deltas` as that delta, whole when
+/// the replica cannot rebuild it, the others whole. Returns the replicas
+/// that missed them; fails only when no replica took them.
+pub(crate) fn push(
+    gvs: &Gvs,
+    replicas: &[String],
+    chunks: &NewChunks,
+    deltas: &[Delta],
+) -> Result<Vec<String>> {
     if chunks.is_empty() {
         return Ok(Vec::new());
     }
@@ -772,15 +850,36 @@ pub(crate) fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result
             }
         })
         .collect();
+    let by_delta: HashSet<ChunkId> = deltas.iter().map(|d| d.id).collect();
+    let whole: NewChunks = chunks
+        .iter()
+        .filter(|(id, _)| !by_delta.contains(id))
+        .cloned()
+        .collect();
+    // The chunks a replica could not rebuild from their delta.
+    let resend = |need: Vec<ChunkId>| -> NewChunks {
+        let need: HashSet<ChunkId> = need.into_iter().collect();
+        chunks
+            .iter()
+            .filter(|(id, _)| need.contains(id))
+            .cloned()
+            .collect()
+    };
+    let (whole, resend) = (&whole, &resend);
     // One thread per replica: the pushes run in parallel.
     let results: Vec<(String, Result<()>)> = std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for (name, addr) in &remote {
             handles.push(scope.spawn(move || {
-                let put = gvs
-                    .rt
-                    .block_on(gvs.unless_lapsed(gvs.peers.put(addr, chunks)));
-                let r = put.unwrap_or_else(|| {
+                let put = async {
+                    let need = gvs.peers.put(addr, whole, deltas).await?;
+                    if !need.is_empty() {
+                        gvs.peers.put(addr, &resend(need), &[]).await?;
+                    }
+                    Ok(())
+                };
+                let r = gvs.rt.block_on(gvs.unless_lapsed(put));
+                let r = r.unwrap_or_else(|| {
                     Err(GvsError::Peer {
                         peer: addr.clone(),
                         why: "gave up: this node's metad lease lapsed".into(),
@@ -790,17 +889,23 @@ pub(crate) fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result
             }));
         }
         if local {
-            handles.push(scope.spawn(|| (gvs.me.clone(), gvs.store.put_many(chunks, true))));
+            // Every chunk is given whole too: one batch, whatever the
+            // store cannot keep as a delta.
+            handles.push(scope.spawn(|| {
+                let put = gvs.store.put(chunks, deltas, Check::Trust, true);
+                (gvs.me.clone(), put.map(drop))
+            }));
         }
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
     });
-    let bytes: u64 = chunks.iter().map(|(_, d)| d.len() as u64).sum();
+    let bytes = whole.iter().map(|(_, d)| d.len()).sum::<usize>()
+        + deltas.iter().map(Delta::patch_bytes).sum::<usize>();
     for (name, r) in results {
         match r {
             Ok(()) => {
                 ok += 1;
                 if name != gvs.me {
-                    crate::stats::Stats::add(&gvs.stats.pushed_bytes, bytes);
+                    crate::stats::Stats::add(&gvs.stats.pushed_bytes, bytes as u64);
                 }
             }
             Err(e) => {
@@ -816,4 +921,34 @@ pub(crate) fn push(gvs: &Gvs, replicas: &[String], chunks: &NewChunks) -> Result
         });
     }
     Ok(missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_ranges_merge_and_give_up_past_a_quarter() {
+        let base = ChunkId::of(b"base");
+        let mut b = DirtyBlock {
+            data: vec![0; 65536],
+            from: Some((base, Vec::new())),
+        };
+        b.touched(8192, 12288);
+        b.touched(0, 4096);
+        b.touched(4096, 6000);
+        b.touched(5000, 8192);
+        b.touched(20000, 20010);
+        b.data[0] = 7;
+        let id = ChunkId::of(&b.data);
+        let d = b.delta(id).unwrap();
+        let ranges: Vec<(u32, usize)> = d.patches.iter().map(|(o, p)| (*o, p.0.len())).collect();
+        assert_eq!(ranges, vec![(0, 12288), (20000, 10)]);
+        assert_eq!((d.id, d.base, d.patches[0].1 .0[0]), (id, base, 7));
+        // Past a quarter of the block: sent whole.
+        b.touched(30000, 40000);
+        assert!(b.delta(id).is_none());
+        // A block replaced whole has no delta.
+        assert!(DirtyBlock::whole(vec![1; 16]).delta(id).is_none());
+    }
 }
