@@ -430,10 +430,12 @@ impl Volume {
             let blk = match self.map(gvs, rec)?.get(b, &f)? {
                 Some(id) => {
                     let mut data = gvs.fetch(&id, &rec.replicas)?.to_vec();
+                    // A delta needs a base of the block's length.
+                    let whole = data.len() == rec.block_size as usize;
                     data.resize(rec.block_size as usize, 0);
                     DirtyBlock {
                         data,
-                        from: Some((id, Vec::new())),
+                        from: whole.then(|| (id, Vec::new())),
                     }
                 }
                 None => DirtyBlock::whole(vec![0; rec.block_size as usize]),
