@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metad::auth::{accept_handshake, connect_handshake, Role};
-use metad::protocol::{read_frame, write_frame};
+use metad::auth::{accept_handshake, connect_handshake, Role, Session};
 use metad::Secret;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -74,14 +73,14 @@ fn handle(store: &ChunkStore, req: Request) -> Response {
 
 async fn serve_conn(mut s: TcpStream, store: ChunkStore, secret: Secret) -> Result<()> {
     let _ = s.set_nodelay(true);
-    accept_handshake(&mut s, &secret, |_| false)
+    let (_, mut session) = accept_handshake(&mut s, &secret, |_| false)
         .await
         .map_err(|e| GvsError::Peer {
             peer: "incoming".into(),
             why: e.to_string(),
         })?;
     loop {
-        let frame = match read_frame(&mut s, MAX_FRAME).await {
+        let frame = match session.recv.read(&mut s, MAX_FRAME).await {
             Ok(f) => f,
             Err(_) => return Ok(()),
         };
@@ -95,7 +94,9 @@ async fn serve_conn(mut s: TcpStream, store: ChunkStore, secret: Secret) -> Resu
             Err(e) => Response::Err(format!("malformed request: {e}")),
         };
         let bytes = postcard::to_allocvec(&resp)?;
-        write_frame(&mut s, &bytes)
+        session
+            .send
+            .write(&mut s, &bytes)
             .await
             .map_err(|e| GvsError::Peer {
                 peer: "incoming".into(),
@@ -155,10 +156,17 @@ fn refused(addr: &str, what: &str, answer: Response) -> GvsError {
     }
 }
 
+/// An authenticated connection to a chunk server: its frames are sealed
+/// with the session of its handshake (see [`metad::auth`]).
+struct Conn {
+    s: TcpStream,
+    session: Session,
+}
+
 /// Connections to other nodes' chunk servers, pooled per address.
 pub struct Peers {
     secret: Secret,
-    pool: Mutex<HashMap<String, Vec<TcpStream>>>,
+    pool: Mutex<HashMap<String, Vec<Conn>>>,
 }
 
 impl Peers {
@@ -170,7 +178,7 @@ impl Peers {
         }
     }
 
-    async fn connect(&self, addr: &str) -> Result<TcpStream> {
+    async fn connect(&self, addr: &str) -> Result<Conn> {
         let err = |why: String| GvsError::Peer {
             peer: addr.to_string(),
             why,
@@ -180,14 +188,14 @@ impl Peers {
             .map_err(|_| err("connect timed out".into()))?
             .map_err(|e| err(e.to_string()))?;
         let _ = s.set_nodelay(true);
-        tokio::time::timeout(
+        let session = tokio::time::timeout(
             CONNECT_TIMEOUT * 2,
             connect_handshake(&mut s, &self.secret, Role::Client, 0),
         )
         .await
         .map_err(|_| err("handshake timed out".into()))?
         .map_err(|e| err(e.to_string()))?;
-        Ok(s)
+        Ok(Conn { s, session })
     }
 
     /// Sends one request to `addr` and returns its answer.
@@ -207,16 +215,23 @@ impl Peers {
         // one retry on a fresh connection.
         let mut pooled = pooled;
         for attempt in 0..2 {
-            let mut s = match pooled.take() {
-                Some(s) => s,
+            let mut c = match pooled.take() {
+                Some(c) => c,
                 None => self.connect(addr).await?,
             };
+            // A call cut short leaves its connection dropped, never
+            // pooled: the sessions' sequence numbers would disagree.
             let r = tokio::time::timeout(CALL_TIMEOUT, async {
-                write_frame(&mut s, &bytes)
+                let Conn { s, session } = &mut c;
+                session
+                    .send
+                    .write(s, &bytes)
                     .await
                     .map_err(|e| e.to_string())?;
                 s.flush().await.map_err(|e| e.to_string())?;
-                read_frame(&mut s, MAX_FRAME)
+                session
+                    .recv
+                    .read(s, MAX_FRAME)
                     .await
                     .map_err(|e| e.to_string())
             })
@@ -231,7 +246,7 @@ impl Peers {
                         .unwrap_or_else(|e| e.into_inner())
                         .entry(addr.to_string())
                         .or_default()
-                        .push(s);
+                        .push(c);
                     return Ok(resp);
                 }
                 Err(e) if attempt == 1 => return Err(err(e)),
@@ -326,6 +341,14 @@ mod tests {
         // A client without the secret is refused.
         let stranger = Peers::new(Secret::generate());
         assert!(stranger.get(&addr, &id).await.is_err());
+        // A request injected into an authenticated connection without its
+        // tag gets no answer: the server drops the connection.
+        let mut c = peers.connect(&addr).await.unwrap();
+        let get = postcard::to_allocvec(&Request::Get(id)).unwrap();
+        metad::protocol::write_frame(&mut c.s, &get).await.unwrap();
+        c.s.flush().await.unwrap();
+        let answer = metad::protocol::read_frame(&mut c.s, MAX_FRAME).await;
+        assert!(answer.is_err(), "an untagged request was answered");
         srv.abort();
         let _ = std::fs::remove_dir_all(&dir);
     }
