@@ -37,8 +37,9 @@ pub struct MountArgs {
     /// Size of the chunk cache in MiB.
     #[arg(long, default_value_t = 256)]
     pub cache_mb: usize,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 4)]
+    /// FUSE worker threads. 8 (on 2 cores): 4 K random reads at queue
+    /// depth 16 went from 25-29 K to 33-41 K IOPS; 16 did no better.
+    #[arg(long, default_value_t = 8)]
     pub threads: usize,
     /// Use the kernel's writeback cache (writes are gathered in the page
     /// cache and reach gvsfs at fsync, close, or when the kernel flushes).
