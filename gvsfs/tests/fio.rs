@@ -37,7 +37,12 @@ fn write_then_verify_elsewhere(
         Some("0"),
         "node{writer}: fio {rw} reported errors:\n{out}"
     );
-    let (ok, out) = run(grid, reader, &format!("{args} --verify_only"));
+    // The exit status is printed: a fio killed by a signal says nothing.
+    let (ok, out) = run(
+        grid,
+        reader,
+        &format!("{args} --verify_only; rc=$?; echo \"fio exit $rc\"; exit $rc"),
+    );
     assert!(ok, "node{reader}: verifying {file} ({rw}) failed:\n{out}");
     assert!(
         !out.contains("verify: bad") && !out.contains("crc32c: verify failed"),
