@@ -11,4 +11,5 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/grid-target}
 cd "$repo"
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
-cargo test --release --workspace
+# Every test binary runs even after a failure, so one run reports them all.
+cargo test --release --workspace --no-fail-fast
