@@ -82,7 +82,9 @@ fn main() {
             dir,
             snapshot,
             prune,
-        } => gvsfs::rollback::rollback(&dir, &snapshot, prune).map(|r| {
+        } => gvsfs::rollback::refuse_if_vms_use(&dir, &cli.metad)
+            .and_then(|()| gvsfs::rollback::rollback(&dir, &snapshot, prune))
+            .map(|r| {
             println!(
                 "{}: {} volumes restored from {snapshot}, {} directories recreated, {} entries pruned",
                 dir.display(),

@@ -7,8 +7,10 @@
 //! left alone unless `prune` is set, when they are removed (their own
 //! `.snapshots/` are kept, so a directory holding snapshots stays).
 //!
-//! The volumes are restored one after another, not as one transaction:
-//! stop the writers (VMs) of DIR first.
+//! The volumes are restored one after another, not as one transaction,
+//! and a restore takes each volume's write lease (fencing a writer): so a
+//! rollback is refused while a VM the grid runs has a volume below DIR
+//! ([`refuse_if_vms_use`]); stop the application first.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +27,39 @@ pub struct Report {
     pub dirs_created: u64,
     /// Volumes (and directories) removed by `prune`.
     pub pruned: u64,
+}
+
+/// Fails, naming the VM, when a VM the grid has placed (running,
+/// starting or migrating) boots from or writes a volume below `dir`:
+/// rolling back under it would fence its writes and change its disk
+/// under the guest.
+pub fn refuse_if_vms_use(dir: &Path, metad: &metad::MetadArgs) -> Result<()> {
+    use vmctl::model::{VmRecord, VMS};
+    // A directory that does not exist: the rollback itself says so.
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return Ok(());
+    };
+    let store = vmctl::store::Store::connect(metad.endpoints.clone(), &metad.secret_file)
+        .context("checking for VMs using the directory")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (vms, _) = rt
+        .block_on(store.list::<VmRecord>(VMS))
+        .context("checking for VMs using the directory")?;
+    for (_, v) in vms {
+        let vm = v.value;
+        let Some(node) = &vm.node else { continue };
+        if let Some(disk) = vm.disks.iter().find(|d| Path::new(d).starts_with(&dir)) {
+            bail!(
+                "{}: VM {} (on {node}) uses {disk}; stop it first (vmctl app stop {})",
+                dir.display(),
+                vm.name,
+                vm.app
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Rolls `dir` back to its snapshot `name`; with `prune`, removes what

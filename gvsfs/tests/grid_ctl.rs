@@ -265,11 +265,26 @@ fn ctl_starts_and_a_migrate_to_a_full_node_is_refused() {
         120,
     );
 
+    // A snapshot of the running application (its writers flush); a
+    // rollback onto it is refused while its VMs run, naming one, and
+    // works once the application is stopped.
+    sh(&grid, 1, "mkdir /gvs/apps/gmig/.snapshots/s1");
+    let (ok, out) = run(&grid, 2, "gvsfs rollback /gvs/apps/gmig s1");
+    assert!(!ok, "{out}");
+    assert!(
+        out.trim().lines().count() == 1
+            && out.contains("VM gmig.")
+            && out.contains("stop it first"),
+        "{out}"
+    );
+
     // stop and destroy through ctl; a destroy of a running app is refused.
     let (ok, _) = run(&grid, 1, "/bin/echo destroy > /gvs/.grid/apps/gmig/ctl");
     assert!(!ok);
     assert!(sh(&grid, 1, "cat /gvs/.grid/apps/gmig/error").contains("stop it first"));
     sh(&grid, 1, "/bin/echo stop > /gvs/.grid/apps/gmig/ctl");
+    let out = sh(&grid, 2, "gvsfs rollback /gvs/apps/gmig s1");
+    assert!(out.contains("volumes restored from s1"), "{out}");
     sh(&grid, 1, "/bin/echo destroy > /gvs/.grid/apps/gmig/ctl");
     eventually(&grid, 2, "! ls /gvs/.grid/apps | grep -q gmig", 10);
 }
