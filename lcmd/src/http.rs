@@ -133,24 +133,16 @@ impl RequestStream {
         while !data.is_empty() {
             match &mut self.state {
                 State::Head(buf) => {
-                    // Look for the end of the head across the segment edge.
-                    let from = buf.len().saturating_sub(3);
-                    buf.extend_from_slice(data);
+                    let found = collect(buf, data, b"\r\n\r\n", "request head over 16 KiB")?;
                     // The request line is judged as soon as it is complete.
                     if find_crlf(buf).is_some() && !is_http_request(buf) {
                         return Err("not an HTTP/1.x request line");
                     }
-                    let Some(end) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") else {
-                        if buf.len() > MAX_HEAD {
-                            return Err("request head over 16 KiB");
-                        }
+                    let Some((end, rest)) = found else {
                         return Ok(());
                     };
-                    let end = from + end + 4;
-                    let rest = buf.len() - end;
-                    let next = body_of(&buf[..end])?;
+                    self.state = body_of(&buf[..end])?;
                     data = &data[data.len() - rest..];
-                    self.state = next;
                 }
                 State::Body(n) => {
                     let take = (*n).min(data.len() as u64);
@@ -161,21 +153,21 @@ impl RequestStream {
                     }
                 }
                 State::ChunkSize(buf) => {
-                    let from = buf.len().saturating_sub(1);
-                    buf.extend_from_slice(data);
-                    let Some(end) = find_crlf(&buf[from..]).map(|e| from + e) else {
-                        if buf.len() > MAX_HEAD {
-                            return Err("chunk-size line too long");
-                        }
+                    let Some((end, rest)) =
+                        collect(buf, data, b"\r\n", "chunk-size line too long")?
+                    else {
                         return Ok(());
                     };
-                    let rest = buf.len() - end - 2;
-                    let line = std::str::from_utf8(&buf[..end]).map_err(|_| "bad chunk size")?;
+                    let line =
+                        std::str::from_utf8(&buf[..end - 2]).map_err(|_| "bad chunk size")?;
                     let size = line.split(';').next().unwrap_or("").trim();
                     let size = u64::from_str_radix(size, 16).map_err(|_| "bad chunk size")?;
                     data = &data[data.len() - rest..];
                     self.state = if size == 0 {
-                        State::Trailer(Vec::new())
+                        // Seeded with the last chunk-size line's CRLF, so
+                        // that the empty line ending the trailer is a
+                        // CRLF CRLF whether or not trailer lines come first.
+                        State::Trailer(b"\r\n".to_vec())
                     } else {
                         State::ChunkData(size + 2)
                     };
@@ -197,29 +189,39 @@ impl RequestStream {
                     }
                 }
                 State::Trailer(buf) => {
-                    let from = buf.len().saturating_sub(3);
-                    buf.extend_from_slice(data);
-                    let end = if buf.starts_with(b"\r\n") {
-                        Some(2)
-                    } else {
-                        buf[from..]
-                            .windows(4)
-                            .position(|w| w == b"\r\n\r\n")
-                            .map(|e| from + e + 4)
-                    };
-                    let Some(end) = end else {
-                        if buf.len() > MAX_HEAD {
-                            return Err("trailer over 16 KiB");
-                        }
+                    let Some((_, rest)) = collect(buf, data, b"\r\n\r\n", "trailer over 16 KiB")?
+                    else {
                         return Ok(());
                     };
-                    let rest = buf.len() - end;
                     data = &data[data.len() - rest..];
                     self.state = State::Head(Vec::new());
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Appends `data` to `buf` (a head or line being collected) and looks for
+/// `term`, also across the segment edge: the index just past it and how
+/// many bytes of `data` follow it, or None while it has not come yet (an
+/// error, `too_long`, once `buf` passes [`MAX_HEAD`]).
+fn collect(
+    buf: &mut Vec<u8>,
+    data: &[u8],
+    term: &[u8],
+    too_long: &'static str,
+) -> Result<Option<(usize, usize)>, &'static str> {
+    // `buf` held no `term` before: only its last bytes can start one.
+    let from = buf.len().saturating_sub(term.len() - 1);
+    buf.extend_from_slice(data);
+    match buf[from..].windows(term.len()).position(|w| w == term) {
+        Some(at) => {
+            let end = from + at + term.len();
+            Ok(Some((end, buf.len() - end)))
+        }
+        None if buf.len() > MAX_HEAD => Err(too_long),
+        None => Ok(None),
     }
 }
 
@@ -244,6 +246,7 @@ mod tests {
     const GOOD: &[u8] = b"GET / HTTP/1.1\r\nHost: db\r\n\r\n\
         POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello\
         PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: 1\r\n\r\n\
+        PUT /d HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\n\r\n\
         HEAD / HTTP/1.0\r\n\r\n";
 
     #[test]
