@@ -451,16 +451,20 @@ impl Gvs {
             .collect()
     }
 
-    /// The replica set for a volume of `mirrors` copies over the live nodes.
-    pub fn placement(&self, ino: u64, mirrors: u32) -> Result<Vec<String>> {
-        let nodes: Vec<Candidate> = self
-            .nodes()
+    /// The live nodes as placement candidates (name and capacity).
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.nodes()
             .into_iter()
             .map(|(name, i)| Candidate {
                 name,
                 capacity: i.capacity,
             })
-            .collect();
+            .collect()
+    }
+
+    /// The replica set for a volume of `mirrors` copies over the live nodes.
+    pub fn placement(&self, ino: u64, mirrors: u32) -> Result<Vec<String>> {
+        let nodes = self.candidates();
         if mirrors == 0 || mirrors as usize > nodes.len() {
             return Err(GvsError::Invalid(format!(
                 "gvs.mirrors must be 1..={} (the live nodes), not {mirrors}",

@@ -87,14 +87,7 @@ pub fn replace(
 
 /// One pass over every volume.
 fn pass(gvs: &Gvs, gone_since: &mut HashMap<String, Instant>) -> Result<()> {
-    let live: Vec<Candidate> = gvs
-        .nodes()
-        .into_iter()
-        .map(|(name, i)| Candidate {
-            name,
-            capacity: i.capacity,
-        })
-        .collect();
+    let live = gvs.candidates();
     let live_names: HashSet<&str> = live.iter().map(|c| c.name.as_str()).collect();
     let mut vols = Vec::new();
     for (k, v) in gvs.mirror.range(meta::INO_PREFIX) {
