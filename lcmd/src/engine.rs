@@ -22,8 +22,8 @@ use crate::responder;
 use crate::stats::{ConnStats, NodeStats};
 use crate::tap::VNET_HDR;
 use crate::topology::Topology;
-use crate::tunnel::{self, Header, TunnelError, Windows};
-use crate::udp;
+use crate::tunnel::{self, Header, Outbound, TunnelError, Windows};
+use crate::udp::{self, Message};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -33,11 +33,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type Key = (String, String);
-
-thread_local! {
-    /// Each NIC reader's buffer for the pieces of large tunnel datagrams.
-    static PIECES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// A local appliance's NIC and what its reader thread needs.
 struct NicHandle {
@@ -164,11 +159,12 @@ impl Engine {
     }
 
     fn nic_reader(self: Arc<Self>, k: Key, h: Arc<NicHandle>) {
-        let mut buf = vec![0u8; VNET_HDR + 65536];
+        let mut out = Outbound::default();
         while !h.stop.load(Ordering::SeqCst) {
-            match h.nic.recv(&mut buf) {
+            match h.nic.recv(out.room()) {
                 Ok(n) if n >= VNET_HDR => {
-                    self.on_nic_frame(&k, &h, &buf[..VNET_HDR], &buf[VNET_HDR..n])
+                    out.set_len(n);
+                    self.on_nic_frame(&k, &h, &mut out)
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -183,7 +179,7 @@ impl Engine {
         }
     }
 
-    fn on_nic_frame(&self, k: &Key, h: &NicHandle, vnet: &[u8], frame: &[u8]) {
+    fn on_nic_frame(&self, k: &Key, h: &NicHandle, out: &mut Outbound) {
         let topo = self.topo();
         let Some(a) = topo.appliance(&k.0, &k.1) else {
             return;
@@ -191,7 +187,9 @@ impl Engine {
         let Some(app) = topo.apps.get(&a.app) else {
             return;
         };
-        let Ok(eth) = Eth::parse(frame) else { return };
+        let Ok(eth) = Eth::parse(&out.body()[VNET_HDR..]) else {
+            return;
+        };
         match eth.ethertype() {
             ETH_ARP => {
                 if let Ok(req) = Arp::parse(eth.payload()) {
@@ -200,21 +198,15 @@ impl Engine {
                     }
                 }
             }
-            ETH_IPV4 => self.ipv4_from_tap(&topo, a, h, vnet, frame),
+            ETH_IPV4 => self.ipv4_from_tap(&topo, a, h, out),
             // IPv6 (neighbour discovery, router solicitations) and other
             // link protocols are not routed; dropped without a report.
             _ => {}
         }
     }
 
-    fn ipv4_from_tap(
-        &self,
-        topo: &Topology,
-        a: &Appliance,
-        h: &NicHandle,
-        vnet: &[u8],
-        frame: &[u8],
-    ) {
+    fn ipv4_from_tap(&self, topo: &Topology, a: &Appliance, h: &NicHandle, out: &mut Outbound) {
+        let (vnet, frame) = out.body().split_at(VNET_HDR);
         let eth = Eth::parse(frame).expect("parsed before");
         let Ok(ip) = Ipv4::parse(eth.payload()) else {
             return self.report(
@@ -309,7 +301,11 @@ impl Engine {
                     e.packets += 1;
                     e.bytes += frame.len() as u64;
                 }
-                self.deliver(topo, peer, &c, vnet, frame);
+                if peer.node == self.node {
+                    self.deliver(peer, &c, vnet, frame);
+                } else {
+                    self.send_tunnel(topo, peer, &c, out);
+                }
             }
             Verdict::Drop(r, c) => {
                 if let Some(c) = &c {
@@ -320,26 +316,29 @@ impl Engine {
         }
     }
 
-    fn deliver(&self, topo: &Topology, dst: &Appliance, c: &Connection, vnet: &[u8], frame: &[u8]) {
-        if dst.node == self.node {
-            let tap = self
-                .nics
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&(dst.app.clone(), dst.name.clone()))
-                .cloned();
-            if let Some(h) = tap {
-                if !self.admit_bw(dst, true, frame.len(), Instant::now()) {
-                    return self.count_shaped(c);
-                }
-                let mut macs = [0u8; 12];
-                packet::set_macs(&mut macs, GATEWAY_MAC.0, dst.mac.0);
-                if h.nic.send_parts(vnet, &[&macs, &frame[12..]]).is_err() {
-                    lock(&self.stats).entry(c.id()).or_default().drops += 1;
-                }
+    /// Writes a frame to local appliance `dst`.
+    fn deliver(&self, dst: &Appliance, c: &Connection, vnet: &[u8], frame: &[u8]) {
+        let nic = self
+            .nics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(dst.app.clone(), dst.name.clone()))
+            .cloned();
+        if let Some(h) = nic {
+            if !self.admit_bw(dst, true, frame.len(), Instant::now()) {
+                return self.count_shaped(c);
             }
-            return;
+            let mut macs = [0u8; 12];
+            packet::set_macs(&mut macs, GATEWAY_MAC.0, dst.mac.0);
+            if h.nic.send_parts(vnet, &[&macs, &frame[12..]]).is_err() {
+                lock(&self.stats).entry(c.id()).or_default().drops += 1;
+            }
         }
+    }
+
+    /// Seals the frame in `out` and sends it to the node of appliance
+    /// `dst`.
+    fn send_tunnel(&self, topo: &Topology, dst: &Appliance, c: &Connection, out: &mut Outbound) {
         let (Some(node), Some(key)) = (
             topo.nodes.get(&dst.node),
             topo.apps.get(&dst.app).and_then(|a| a.key),
@@ -352,19 +351,10 @@ impl Engine {
             sender: self.node_id,
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
         };
-        let hb = tunnel::header_bytes(h);
-        let tag = tunnel::tag(&key, &[&hb, vnet, frame]);
         let to = SocketAddrV4::new(node.addr, node.port);
-        let parts: [&[u8]; 4] = [&hb, vnet, frame, &tag];
         // The sequence number tells a sender's datagrams apart, so it
         // numbers their pieces too.
-        let sent = PIECES.with_borrow_mut(|buf| {
-            match pieces::split(&parts, h.seq as u32, pieces::PACKET, buf) {
-                Some(seg) => udp::send_segmented(&self.udp, to, buf, seg),
-                None => udp::send_parts(&self.udp, to, &parts),
-            }
-        });
-        if sent.is_ok() {
+        if udp::send_datagram(&self.udp, to, out.seal(&key, h), h.seq as u32).is_ok() {
             self.tunnel_tx.fetch_add(1, Ordering::Relaxed);
         } else {
             lock(&self.stats).entry(c.id()).or_default().drops += 1;
@@ -439,7 +429,7 @@ impl Engine {
         match verdict {
             Verdict::Forward(c) => {
                 self.track_rtt(app, ip.proto(), &t, src, dst, false, now);
-                self.deliver(&topo, da, &c, vnet, frame)
+                self.deliver(da, &c, vnet, frame)
             }
             Verdict::Drop(r, c) => {
                 if let Some(c) = &c {
@@ -555,8 +545,7 @@ impl Engine {
         let mut batch = udp::RecvBatch::default();
         let mut reassembler = pieces::Reassembler::default();
         loop {
-            let n = batch.recv(&self.udp);
-            if n == 0 {
+            if self.receive(&mut batch, &mut reassembler) == 0 {
                 let mut p = libc::pollfd {
                     fd: self.udp.as_raw_fd(),
                     events: libc::POLLIN,
@@ -564,26 +553,40 @@ impl Engine {
                 };
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut p, 1, 1000) };
-                continue;
             }
-            for i in 0..n {
-                let (datagrams, from) = batch.get(i);
-                for d in datagrams {
-                    if !d.starts_with(pieces::MAGIC) {
-                        self.on_tunnel_datagram(d, from);
-                        continue;
-                    }
-                    match reassembler.push(from, d, Instant::now()) {
-                        Ok(Some(whole)) => {
-                            self.on_tunnel_datagram(&whole, from);
-                            reassembler.recycle(whole);
-                        }
-                        Ok(None) => {}
-                        // Reported like any datagram that is no tunnel packet.
-                        Err(_) => self.on_tunnel_datagram(d, from),
+        }
+    }
+
+    /// Receives and handles one batch of what is queued on the tunnel
+    /// socket, without waiting; how many messages.
+    fn receive(&self, batch: &mut udp::RecvBatch, reassembler: &mut pieces::Reassembler) -> usize {
+        let n = batch.recv(&self.udp);
+        for i in 0..n {
+            match batch.get(i) {
+                (Message::Whole(d), from) => self.on_tunnel_datagram(d, from),
+                (Message::Parts(parts), from) => {
+                    for d in parts {
+                        self.on_tunnel_part(d, from, reassembler);
                     }
                 }
             }
+        }
+        n
+    }
+
+    /// Handles one datagram, or piece of one, from `from`.
+    fn on_tunnel_part(&self, d: &[u8], from: SocketAddrV4, reassembler: &mut pieces::Reassembler) {
+        if !d.starts_with(pieces::MAGIC) {
+            return self.on_tunnel_datagram(d, from);
+        }
+        match reassembler.push(from, d, Instant::now()) {
+            Ok(Some(whole)) => {
+                self.on_tunnel_datagram(&whole, from);
+                reassembler.recycle(whole);
+            }
+            Ok(None) => {}
+            // Reported like any datagram that is no tunnel packet.
+            Err(_) => self.on_tunnel_datagram(d, from),
         }
     }
 
@@ -616,4 +619,104 @@ impl Engine {
 /// Binds the tunnel socket (see [`udp::bind`]).
 pub fn bind_tunnel(port: u16) -> std::io::Result<UdpSocket> {
     udp::bind(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Application, NodeRecord};
+    use crate::topology::AppView;
+
+    const KEY: [u8; 32] = [5; 32];
+
+    /// An engine on node `here` that knows application `shop` and node
+    /// `there`, both nodes on the loopback; its tunnel address and events.
+    fn engine() -> (
+        Arc<Engine>,
+        SocketAddrV4,
+        tokio::sync::mpsc::UnboundedReceiver<SecurityEvent>,
+    ) {
+        let sock = udp::bind(0).unwrap();
+        let at = SocketAddrV4::new(Ipv4Addr::LOCALHOST, sock.local_addr().unwrap().port());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let e = Engine::new(
+            "here",
+            Ipv4Addr::LOCALHOST,
+            Path::new("/nonexistent"),
+            sock,
+            tx,
+        );
+        let mut t = Topology::default();
+        let app = Application {
+            name: "shop".into(),
+            range: "10.200.1.0/24".parse().unwrap(),
+        };
+        t.apps.insert(
+            "shop".into(),
+            AppView {
+                app,
+                key: Some(KEY),
+            },
+        );
+        t.app_by_id.insert(model::app_id("shop"), "shop".into());
+        for (name, port) in [("here", at.port()), ("there", 1)] {
+            let n = NodeRecord {
+                name: name.into(),
+                addr: Ipv4Addr::LOCALHOST,
+                port,
+            };
+            t.node_by_id.insert(model::node_id(name), name.into());
+            t.nodes.insert(name.into(), n);
+        }
+        e.install(t);
+        (e, at, rx)
+    }
+
+    /// A sealed datagram from `there` of a 20000-byte body.
+    fn sealed(seq: u64) -> Vec<u8> {
+        let mut out = Outbound::default();
+        out.room()[..20_000].fill(0x5a);
+        out.set_len(20_000);
+        let h = Header {
+            app: model::app_id("shop"),
+            sender: model::node_id("there"),
+            seq,
+        };
+        out.seal(&KEY, h).to_vec()
+    }
+
+    /// Sends `d` as pieces and has the engine take one batch.
+    fn deliver_one(e: &Engine, to: SocketAddrV4, d: &[u8]) {
+        let tx = udp::bind(0).unwrap();
+        udp::send_datagram(&tx, to, d, 1).unwrap();
+        let (mut b, mut r) = (udp::RecvBatch::default(), pieces::Reassembler::default());
+        let end = Instant::now() + Duration::from_secs(1);
+        while e.receive(&mut b, &mut r) == 0 {
+            assert!(Instant::now() < end, "nothing received");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_tampered_piece_fails_the_whole_datagram_and_nothing_gets_through() {
+        let (e, at, mut events) = engine();
+        let mut forged = sealed(100);
+        // One byte of the frame, in piece 8 of 14.
+        forged[8 * pieces::PACKET] ^= 1;
+        deliver_one(&e, at, &forged);
+        assert_eq!(e.stats().tunnel_rx, 0, "a forged datagram got through");
+        let ev = events.try_recv().expect("the forgery is reported");
+        assert_eq!(ev.reason, Reason::ForgedTunnelPacket);
+        assert_eq!(ev.app.as_deref(), Some("shop"));
+        // The genuine datagram passes (and then finds no appliance here:
+        // dropped unreported), once; again, it is a replay.
+        let genuine = sealed(101);
+        deliver_one(&e, at, &genuine);
+        assert_eq!(e.stats().tunnel_rx, 1);
+        assert!(events.try_recv().is_err());
+        deliver_one(&e, at, &genuine);
+        assert_eq!(e.stats().tunnel_rx, 1);
+        let ev = events.try_recv().expect("the replay is reported");
+        assert_eq!(ev.reason, Reason::ReplayedTunnelPacket);
+    }
 }

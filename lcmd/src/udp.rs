@@ -1,9 +1,11 @@
 //! The tunnel's UDP socket: bound with large buffers, small datagrams sent
-//! from their parts with `sendmsg` (no copy into one buffer), large ones
-//! as pieces in one `sendmsg` with UDP GSO (see [`crate::pieces`]), and
+//! with `sendmsg` as they lie, large ones as pieces gathered from where
+//! they lie in one `sendmsg` with UDP GSO (see [`crate::pieces`]), and
 //! everything received in batches with `recvmmsg`, UDP GRO coalescing the
-//! pieces of one datagram into one buffer.
+//! pieces of one datagram into one message that lands with the datagram's
+//! bytes contiguous.
 
+use crate::pieces;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
@@ -50,14 +52,12 @@ pub fn bind(port: u16) -> std::io::Result<UdpSocket> {
 }
 
 /// Sends one datagram made of `parts` (at most four) to `to`.
-pub fn send_parts(s: &UdpSocket, to: SocketAddrV4, parts: &[&[u8]]) -> std::io::Result<()> {
+fn send_parts(s: &UdpSocket, to: SocketAddrV4, parts: &[&[u8]]) -> std::io::Result<()> {
     let mut addr = sockaddr(to);
-    // SAFETY: zeroed iovecs are valid; each is then set to a live slice.
-    let mut iov: [libc::iovec; 4] = unsafe { std::mem::zeroed() };
+    let mut iov = [iovec(&[]); 4];
     let n = parts.len().min(4);
     for (v, p) in iov.iter_mut().zip(&parts[..n]) {
-        v.iov_base = p.as_ptr() as *mut libc::c_void;
-        v.iov_len = p.len();
+        *v = iovec(p);
     }
     // SAFETY: a zeroed msghdr is valid.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -73,29 +73,40 @@ pub fn send_parts(s: &UdpSocket, to: SocketAddrV4, parts: &[&[u8]]) -> std::io::
     Ok(())
 }
 
-/// Sends `buf`, the pieces of one datagram back to back, each `seg`
-/// bytes but the last, to `to`: one `sendmsg` that the kernel segments
-/// (UDP GSO), or one per piece where GSO is refused.
-pub fn send_segmented(
-    s: &UdpSocket,
-    to: SocketAddrV4,
-    buf: &[u8],
-    seg: usize,
-) -> std::io::Result<()> {
-    let mut addr = sockaddr(to);
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
+/// Sends datagram `d`, numbered `id` among this sender's, to `to`: as it
+/// is when it fits in one packet, else as its pieces (see
+/// [`crate::pieces`]) gathered from it in one `sendmsg` that the kernel
+/// segments (UDP GSO), or one `sendmsg` per piece where GSO is refused.
+pub fn send_datagram(s: &UdpSocket, to: SocketAddrV4, d: &[u8], id: u32) -> std::io::Result<()> {
+    let Some(plan) = pieces::plan(d.len(), id, pieces::PACKET) else {
+        return send_parts(s, to, &[d]);
     };
-    let size = seg as u16;
+    let mut heads = [[0u8; pieces::HEADER]; pieces::MAX_PIECES];
+    let mut count = 0;
+    for p in plan {
+        heads[p.index] = p.bytes();
+        count = p.count;
+    }
+    let body = |i: usize| {
+        let at = i * (pieces::PACKET - pieces::HEADER);
+        &d[at..(at + pieces::PACKET - pieces::HEADER).min(d.len())]
+    };
+    let mut addr = sockaddr(to);
+    // SAFETY: zeroed iovecs are valid; each used one is then set to a
+    // live slice.
+    let mut iov: [libc::iovec; 2 * pieces::MAX_PIECES] = unsafe { std::mem::zeroed() };
+    for (i, head) in heads[..count].iter().enumerate() {
+        iov[2 * i] = iovec(head);
+        iov[2 * i + 1] = iovec(body(i));
+    }
     // A u64 array keeps the control buffer aligned for cmsghdr.
     let mut control = [0u64; 4];
     // SAFETY: a zeroed msghdr is valid.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
     msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = (2 * count) as _;
     msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
     // SAFETY: CMSG_SPACE is a pure size computation.
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as _;
@@ -108,7 +119,7 @@ pub fn send_segmented(
         (*cm).cmsg_level = libc::SOL_UDP;
         (*cm).cmsg_type = libc::UDP_SEGMENT;
         (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut u16, size);
+        std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut u16, pieces::PACKET as u16);
         libc::sendmsg(s.as_raw_fd(), &msg, 0)
     };
     if sent >= 0 {
@@ -121,10 +132,17 @@ pub fn send_segmented(
     ) {
         return Err(e);
     }
-    for piece in buf.chunks(seg) {
-        send_parts(s, to, &[piece])?;
+    for (i, head) in heads[..count].iter().enumerate() {
+        send_parts(s, to, &[head, body(i)])?;
     }
     Ok(())
+}
+
+fn iovec(b: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
+    }
 }
 
 fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
@@ -136,60 +154,105 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     s
 }
 
-/// Buffers for receiving up to [`RecvBatch::BATCH`] datagrams per call.
+/// Piece slots of a receive buffer: enough for the largest UDP payload.
+const SLOTS: usize = 65536usize.div_ceil(pieces::PACKET);
+/// Bytes of a piece slot that are not its header.
+const SLOT_BODY: usize = pieces::PACKET - pieces::HEADER;
+/// Bytes of one message's body buffer.
+const BODY: usize = SLOTS * SLOT_BODY;
+
+/// What one received message holds.
+pub enum Message<'a> {
+    /// All the pieces of one datagram in order (see
+    /// [`pieces::in_order`]): the datagram, as it lies in the buffer.
+    Whole(&'a [u8]),
+    /// Anything else: datagrams and pieces back to back, each of the GRO
+    /// segment size but the last (one when not coalesced).
+    Parts(std::slice::Chunks<'a, u8>),
+}
+
+/// Buffers for receiving up to [`RecvBatch::BATCH`] messages per call,
+/// laid out for pieces: the message is scattered in [`pieces::PACKET`]
+/// slots, each slot's first [`pieces::HEADER`] bytes to a header array
+/// and the rest to one body buffer, so that the pieces of a datagram
+/// leave its bytes contiguous with no copy but the kernel's.
 pub struct RecvBatch {
-    bufs: Vec<Vec<u8>>,
-    lens: Vec<usize>,
-    from: Vec<SocketAddrV4>,
-    /// GRO's segment size for each buffer that holds several datagrams.
-    segs: Vec<Option<usize>>,
+    heads: Box<[[[u8; pieces::HEADER]; SLOTS]]>,
+    bodies: Box<[u8]>,
+    addrs: Box<[libc::sockaddr_in]>,
     /// One aligned control buffer per message (for the GRO cmsg).
-    control: Vec<[u64; 4]>,
+    control: Box<[[u64; 4]]>,
+    /// The scatter list, two entries per slot, into `heads` and `bodies`.
+    iovs: Box<[libc::iovec]>,
+    /// The headers, into `iovs`, `addrs` and `control`.
+    msgs: Box<[libc::mmsghdr]>,
+    lens: Vec<usize>,
+    /// GRO's segment size for each message that holds several datagrams.
+    segs: Vec<Option<usize>>,
+    /// A message that is not one whole datagram, with its slots joined.
+    joined: Vec<u8>,
 }
 
 impl Default for RecvBatch {
     fn default() -> Self {
-        RecvBatch {
-            bufs: vec![vec![0u8; Self::SIZE]; Self::BATCH],
-            lens: vec![0; Self::BATCH],
-            from: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); Self::BATCH],
-            segs: vec![None; Self::BATCH],
-            control: vec![[0; 4]; Self::BATCH],
+        let n = Self::BATCH;
+        let mut b = RecvBatch {
+            heads: vec![[[0; pieces::HEADER]; SLOTS]; n].into_boxed_slice(),
+            bodies: vec![0; n * BODY].into_boxed_slice(),
+            // SAFETY: zeroed C structs are valid values.
+            addrs: vec![unsafe { std::mem::zeroed() }; n].into_boxed_slice(),
+            control: vec![[0; 4]; n].into_boxed_slice(),
+            iovs: vec![iovec(&[]); n * 2 * SLOTS].into_boxed_slice(),
+            // SAFETY: as above.
+            msgs: vec![unsafe { std::mem::zeroed() }; n].into_boxed_slice(),
+            lens: vec![0; n],
+            segs: vec![None; n],
+            joined: Vec::with_capacity(SLOTS * pieces::PACKET),
+        };
+        // The pointers go into the boxes' heap memory, which moving the
+        // batch does not move, and which lives as long as they do.
+        for i in 0..n {
+            for j in 0..SLOTS {
+                let iov = &mut b.iovs[(i * SLOTS + j) * 2..][..2];
+                iov[0] = libc::iovec {
+                    iov_base: b.heads[i][j].as_mut_ptr() as *mut libc::c_void,
+                    iov_len: pieces::HEADER,
+                };
+                iov[1] = libc::iovec {
+                    iov_base: b.bodies[i * BODY + j * SLOT_BODY..].as_mut_ptr()
+                        as *mut libc::c_void,
+                    iov_len: SLOT_BODY,
+                };
+            }
+            let h = &mut b.msgs[i].msg_hdr;
+            h.msg_name = &mut b.addrs[i] as *mut _ as *mut libc::c_void;
+            h.msg_iov = b.iovs[i * SLOTS * 2..].as_mut_ptr();
+            h.msg_iovlen = (2 * SLOTS) as _;
+            h.msg_control = b.control[i].as_mut_ptr() as *mut libc::c_void;
         }
+        b
     }
 }
 
 impl RecvBatch {
-    /// Datagrams per call.
+    /// Messages per call.
     pub const BATCH: usize = 32;
-    /// Bytes per datagram buffer.
-    pub const SIZE: usize = 65536;
 
     /// Receives what is queued on `s` (without waiting), up to
-    /// [`Self::BATCH`] datagrams; how many.
+    /// [`Self::BATCH`] messages; how many.
     pub fn recv(&mut self, s: &UdpSocket) -> usize {
-        // SAFETY: zeroed C structs are valid initial values.
-        let mut addrs: [libc::sockaddr_in; Self::BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut iovs: [libc::iovec; Self::BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut msgs: [libc::mmsghdr; Self::BATCH] = unsafe { std::mem::zeroed() };
-        for i in 0..Self::BATCH {
-            iovs[i].iov_base = self.bufs[i].as_mut_ptr() as *mut libc::c_void;
-            iovs[i].iov_len = Self::SIZE;
-            msgs[i].msg_hdr.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
-            msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-            msgs[i].msg_hdr.msg_iov = &mut iovs[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-            msgs[i].msg_hdr.msg_control = self.control[i].as_mut_ptr() as *mut libc::c_void;
-            msgs[i].msg_hdr.msg_controllen = std::mem::size_of::<[u64; 4]>() as _;
+        for m in self.msgs.iter_mut() {
+            // The kernel writes back the lengths it used.
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            m.msg_hdr.msg_controllen = std::mem::size_of::<[u64; 4]>() as _;
         }
-        // SAFETY: every header points at a live buffer and address of the
-        // sizes given, for the duration of the call.
+        // SAFETY: every header points at live buffers of the sizes given
+        // (set up in `default`, owned by `self`), for the duration of the
+        // call.
         let n = unsafe {
             libc::recvmmsg(
                 s.as_raw_fd(),
-                msgs.as_mut_ptr(),
+                self.msgs.as_mut_ptr(),
                 Self::BATCH as u32,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -199,23 +262,37 @@ impl RecvBatch {
             return 0;
         }
         for i in 0..n as usize {
-            let a = addrs[i];
-            self.from[i] = SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            );
-            self.lens[i] = msgs[i].msg_len as usize;
-            self.segs[i] = gro_size(&msgs[i].msg_hdr);
+            self.lens[i] = self.msgs[i].msg_len as usize;
+            self.segs[i] = gro_size(&self.msgs[i].msg_hdr);
         }
         n as usize
     }
 
-    /// The datagrams in buffer `i` of the last batch (several when GRO
-    /// coalesced them) and their sender.
-    pub fn get(&self, i: usize) -> (impl Iterator<Item = &[u8]>, SocketAddrV4) {
-        let buf = &self.bufs[i][..self.lens[i]];
-        let seg = self.segs[i].filter(|&s| s > 0).unwrap_or(buf.len().max(1));
-        (buf.chunks(seg), self.from[i])
+    /// Message `i` of the last batch, and its sender.
+    pub fn get(&mut self, i: usize) -> (Message<'_>, SocketAddrV4) {
+        let a = self.addrs[i];
+        let from = SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+            u16::from_be(a.sin_port),
+        );
+        let (len, seg) = (self.lens[i], self.segs[i]);
+        let body = &self.bodies[i * BODY..][..BODY];
+        if let Some(total) = pieces::in_order(&self.heads[i], len, seg) {
+            return (Message::Whole(&body[..total]), from);
+        }
+        self.joined.clear();
+        for (j, head) in self.heads[i].iter().enumerate() {
+            let Some(left) = len.checked_sub(j * pieces::PACKET).filter(|&l| l > 0) else {
+                break;
+            };
+            let h = left.min(pieces::HEADER);
+            self.joined.extend_from_slice(&head[..h]);
+            let b = (left - h).min(SLOT_BODY);
+            self.joined
+                .extend_from_slice(&body[j * SLOT_BODY..j * SLOT_BODY + b]);
+        }
+        let seg = seg.filter(|&s| s > 0).unwrap_or(len.max(1));
+        (Message::Parts(self.joined.chunks(seg)), from)
     }
 }
 
@@ -234,4 +311,69 @@ fn gro_size(h: &libc::msghdr) -> Option<usize> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Two tunnel sockets on the loopback: (sender, receiver, its address).
+    fn pair() -> (UdpSocket, UdpSocket, SocketAddrV4) {
+        let rx = bind(0).unwrap();
+        let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, rx.local_addr().unwrap().port());
+        (bind(0).unwrap(), rx, to)
+    }
+
+    /// The next batch on `s`, waiting up to a second for it.
+    fn next(b: &mut RecvBatch, s: &UdpSocket) -> usize {
+        let end = Instant::now() + Duration::from_secs(1);
+        loop {
+            let n = b.recv(s);
+            if n > 0 || Instant::now() > end {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn pieces_of_one_datagram_arrive_whole_and_the_rest_as_sent() {
+        let (tx, rx, to) = pair();
+        let mut b = RecvBatch::default();
+        let big: Vec<u8> = (0..62_054u32).map(|i| (i % 251) as u8).collect();
+        send_datagram(&tx, to, &big, 7).unwrap();
+        assert_eq!(next(&mut b, &rx), 1);
+        match b.get(0).0 {
+            Message::Whole(d) => assert_eq!(d, &big[..]),
+            Message::Parts(_) => panic!("GRO did not hand over the GSO send whole"),
+        }
+        // A small datagram, and the pieces of a big one in two sends (as
+        // a receiver without GRO, or another cut, would see them).
+        send_datagram(&tx, to, b"small", 8).unwrap();
+        assert_eq!(next(&mut b, &rx), 1);
+        match b.get(0).0 {
+            Message::Parts(mut p) => {
+                assert_eq!(p.next(), Some(&b"small"[..]));
+                assert_eq!(p.next(), None);
+            }
+            Message::Whole(_) => panic!("a small datagram is no pieces"),
+        }
+        let ps: Vec<Vec<u8>> = pieces::plan(big.len(), 9, pieces::PACKET)
+            .unwrap()
+            .map(|p| {
+                let end = (p.offset() + p.piece).min(p.total);
+                [&p.bytes()[..], &big[p.offset()..end]].concat()
+            })
+            .collect();
+        let (first, rest) = ps.split_at(20);
+        for half in [first, rest] {
+            send_parts(&tx, to, &[&half.concat()]).unwrap();
+            assert_eq!(next(&mut b, &rx), 1);
+            match b.get(0).0 {
+                Message::Parts(p) => assert_eq!(p.collect::<Vec<_>>(), [&half.concat()[..]]),
+                Message::Whole(_) => panic!("half a datagram taken whole"),
+            }
+        }
+    }
 }
