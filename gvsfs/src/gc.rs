@@ -1,32 +1,71 @@
 //! Garbage collection: mark and sweep, on every node, of its own chunk
-//! store. A chunk is live if any volume root or snapshot root names it.
+//! store. A node keeps the chunks of the roots it should hold: those of
+//! the volumes and snapshot entries whose replica list names it, and those
+//! of every degraded volume (see below). A node that lost a mirror to
+//! re-mirroring or a rebalance, or that came back after its mirrors were
+//! rebuilt elsewhere, gives that volume's space back.
 //!
 //! A round: (1) read the pins (`gvs/pin*`): none may exist; (2) read every
 //! inode record and every snapshot record from metad; (3) read the pins
 //! again: still none, and `gvs/pinseq` unchanged, so no clone or snapshot
 //! read a root before (2) that it commits after it; (4) mark every chunk
-//! the roots name (index, pages, data; each distinct map once); (5) delete
-//! the local chunks that are not marked and were stored before the round
-//! started minus a grace period, so that chunks pushed by a commit whose
-//! root is not in metad yet are never collected; (6) compact, so the
-//! space goes back to the file system.
+//! the roots this node holds name (index, pages, data; each distinct map
+//! once); (5) under the sweep lock, delete the local chunks that are not
+//! marked and were stored before the round started minus a grace period,
+//! so that chunks pushed by a commit whose root is not in metad yet are
+//! never collected; (6) compact, so the space goes back to the file
+//! system.
 //!
-//! Why it never collects a referenced chunk: every root that appears after
-//! (2) is made of chunks reachable at (2) or stored since: a commit adds
-//! fresh chunks to its own volume's map (the writer holds the lease, and a
-//! clone into a volume takes its lease first); a clone or snapshot copies
-//! roots it read after pinning, and no pin overlapped (1)–(3).
+//! Why it never collects a chunk this node must hold. Say a root R names
+//! chunk c after the round and this node N is an in-sync replica of R
+//! (it holds R's volume and has no missed-commit record
+//! `gvs/missing/N/<ino>` for it). Either:
 //!
-//! Every node walks every root (not only the volumes it is a replica of):
-//! a node may hold chunks of a volume whose replicas moved, and reads
-//! fall back to any node. Walking reads only map chunks, not data.
+//! - R was in metad at (2) with N in its replicas: c was marked.
+//! - R is a commit after (2) to a volume N held at (2): c is in the
+//!   previous root (marked, by induction) or was pushed by that commit, so
+//!   stored less than a grace period before the round started or after it
+//!   (the writer holds the lease, and a clone into a volume takes its
+//!   lease first).
+//! - R was made after (2) by a clone or snapshot: it copies a root it read
+//!   after pinning, and no pin overlapped (1)–(3), so it read that root
+//!   after (2): one of these cases applies to it.
+//! - N was added to R's replicas after (2) (re-mirroring, a rebalance, a
+//!   larger `gvs.mirrors`): that transaction also wrote N a missed-commit
+//!   record and marked the volume degraded, and N is in sync only once its
+//!   repair has walked the root. The repair copies each chunk N lacks
+//!   (stored now: young) and, for each chunk N has, refreshes its store
+//!   time ([`keep_held`]) under the same lock as step (5)'s check and
+//!   delete: so the sweep either deleted c before the repair looked (the
+//!   repair then copies it) or sees it young (and keeps it).
+//!
+//! Degraded volumes: while any replica of a volume misses commits, every
+//! node marks its root. The chunks a lagging replica (or a new one) must
+//! copy may then be on nodes that are no longer replicas: one the
+//! volume's mirrors were just moved off, or one that came back after
+//! re-mirroring while the surviving replica itself lagged. They are freed
+//! once the volume is in sync. (A snapshot entry of a volume taken while
+//! it was degraded stays marked everywhere.)
+//!
+//! A snapshot entry keeps the replica list the volume had when it was
+//! taken: its chunks stay on those nodes, also after the volume's mirrors
+//! move (re-mirroring and rebalancing copy the current root only).
+//!
+//! A window this does not close: a commit that pushes a chunk whose bytes
+//! an unreferenced old chunk here already has (the same data written
+//! again) refreshes its time without the sweep lock; if that happens
+//! between step (5) reading the times and deleting, the chunk goes. The
+//! write path would have to take the lock (shared) to close it.
+//!
+//! Walking reads only map chunks, not data: a node's own maps are local;
+//! a degraded volume's come from its replicas.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::blockmap;
-use crate::chunk::ChunkId;
+use crate::chunk::{Check, ChunkId, Delta};
 use crate::error::Result;
 use crate::gvs::{conf, conf_rev, Gvs};
 use crate::meta::{self, Inode, Kind, Snapshot};
@@ -62,14 +101,29 @@ fn pins(gvs: &Gvs) -> Result<(bool, u64)> {
     Ok((pinned, seq))
 }
 
-/// Every root in the grid with the replicas to read it from.
+/// Held while the sweep reads store times and deletes, and while a
+/// repair refreshes the times of chunks it found here ([`keep_held`]).
+/// One chunk store per process, so one lock.
+static SWEEP: Mutex<()> = Mutex::new(());
+
+fn sweep_lock() -> MutexGuard<'static, ()> {
+    SWEEP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether this node keeps the chunks of `i`'s root: it is one of its
+/// replicas, or the volume is degraded (see the module doc).
+fn held_here(me: &str, i: &Inode) -> bool {
+    i.kind == Kind::File && (i.degraded || i.replicas.iter().any(|r| r == me))
+}
+
+/// The roots this node holds, with the replicas to read them from.
 fn roots(gvs: &Gvs) -> Result<Vec<(ChunkId, Vec<String>)>> {
     let c = gvs.client();
     let (inos, _) = gvs.rt.block_on(c.get_prefix(meta::INO_PREFIX))?;
     let (snaps, _) = gvs.rt.block_on(c.get_prefix(meta::SNAP_PREFIX))?;
     let mut out = Vec::new();
     let mut add = |i: &Inode| {
-        if let (Kind::File, Some(r)) = (i.kind, i.root) {
+        if let (true, Some(r)) = (held_here(&gvs.me, i), i.root) {
             out.push((r, i.replicas.clone()));
         }
     };
@@ -88,6 +142,28 @@ fn roots(gvs: &Gvs) -> Result<Vec<(ChunkId, Vec<String>)>> {
         }
     }
     Ok(out)
+}
+
+/// Of `ids`, makes those held here young again (store time now), so that
+/// no sweep running or to come deletes them within the grace period, and
+/// returns the others. The repair calls it for the chunks of a volume this
+/// node just became a replica of: a chunk it finds here and does not copy
+/// must survive a round that read the roots before this node was a
+/// replica (see the module doc).
+pub fn keep_held(gvs: &Gvs, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+    // A delta of a chunk onto itself is the store's "held already?": held,
+    // its time is refreshed; not held, it is returned as needed.
+    let same: Vec<Delta> = ids
+        .iter()
+        .map(|&id| Delta {
+            id,
+            base: id,
+            len: 0,
+            patches: Vec::new(),
+        })
+        .collect();
+    let _sweep = sweep_lock();
+    gvs.store.put(&[], &same, Check::Trust, false)
 }
 
 fn now_nanos() -> u64 {
@@ -116,6 +192,7 @@ pub fn round(gvs: &Gvs, grace: Duration) -> Result<Outcome> {
         blockmap::mark(*root, &fetch, &mut walked, &mut marked)?;
     }
     let cutoff = started.saturating_sub(grace.as_nanos() as u64);
+    let sweep = sweep_lock();
     let all = gvs.store.times_list()?;
     let victims: Vec<ChunkId> = all
         .iter()
@@ -125,6 +202,7 @@ pub fn round(gvs: &Gvs, grace: Duration) -> Result<Outcome> {
     for part in victims.chunks(1024) {
         gvs.store.delete_many(part)?;
     }
+    drop(sweep);
     if !victims.is_empty() {
         gvs.store.reclaim()?;
     }

@@ -17,8 +17,8 @@
 //! `repair-*` events.
 //!
 //! A node that comes back after that is no longer a replica of those
-//! volumes: nothing is copied to it. Its old chunks stay (the collector
-//! keeps every chunk any root names, on every node; see [`crate::gc`]).
+//! volumes: nothing is copied to it, and its collector frees their chunks
+//! once the volumes are in sync again (see [`crate::gc`]).
 //!
 //! Not done: the chunks only a snapshot still references are not
 //! re-mirrored (snapshot records keep their own replica lists), and

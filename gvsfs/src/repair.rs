@@ -111,12 +111,11 @@ fn repair_one(gvs: &Gvs, ino: u64, key: &str, rev: u64, at: &mut Place) -> Resul
                 let fetch = |id: &ChunkId| Ok(gvs.fetch(id, &rec.replicas)?.to_vec());
                 let (mut walked, mut ids) = (HashSet::new(), HashSet::new());
                 blockmap::mark(root, &fetch, &mut walked, &mut ids)?;
-                let mut lacking = Vec::new();
-                for id in ids {
-                    if !gvs.store.has(&id)? {
-                        lacking.push(id);
-                    }
-                }
+                // What is here already is kept young: a collector round
+                // that read the roots before this node was a replica
+                // must not delete it (see crate::gc).
+                let ids: Vec<ChunkId> = ids.into_iter().collect();
+                let lacking = crate::gc::keep_held(gvs, &ids)?;
                 let n = lacking.len().max(1) as u64;
                 for part in lacking.chunks(BATCH) {
                     let data = gvs.fetch_many(part, &rec.replicas)?;

@@ -707,18 +707,24 @@ impl Volume {
         let mut conflicts = 0;
         while conflicts < 20 {
             let (mut cur, rev) = gvs.inode(self.ino)?;
+            // A replica added since the push (re-mirroring, a rebalance)
+            // lacks this commit's chunks: recorded, its repair copies them.
+            let missed: Vec<&String> = missing
+                .iter()
+                .chain(cur.replicas.iter().filter(|n| !rec.replicas.contains(n)))
+                .collect();
             cur.root = root;
             cur.size = size;
             cur.written = written;
             cur.mtime = meta::now();
             cur.ctime = cur.mtime;
-            cur.degraded |= !missing.is_empty();
+            cur.degraded |= !missed.is_empty();
             let mut success = vec![Op::Put {
                 key: meta::ino_key(self.ino).into_bytes(),
                 value: cur.encode(),
                 lease: 0,
             }];
-            for m in &missing {
+            for m in missed {
                 success.push(Op::Put {
                     key: meta::missing_key(m, self.ino).into_bytes(),
                     value: Vec::new(),

@@ -2,11 +2,13 @@
 //! its mirrors rebuilt on the other nodes, until every volume has its
 //! mirror count again, in sync, with its data intact; throttled to
 //! `gvs.repair.rate_mb`, `gvs.state` reading `repairing` meanwhile, and
-//! reported in the grid's event log.
+//! reported in the grid's event log. When it comes back, it is no longer
+//! a replica of those volumes: its collector frees their chunks, and the
+//! volumes read back intact from their new mirrors.
 
 mod common;
 
-use common::{md5, sh, stat, wait_mounted, xattr};
+use common::{md5, sh, stat, store_bytes, wait_mounted, xattr};
 use devgrid::GridGuard;
 
 #[test]
@@ -105,4 +107,36 @@ fn a_node_down_past_the_grace_period_has_its_mirrors_rebuilt_elsewhere() {
         done.iter().all(|e| e["volumes"].as_u64() >= Some(1)),
         "{done:?}"
     );
+
+    // The victim comes back holding its old copies of the volumes it
+    // lost; a collection round frees them (2 MiB of data each: its store
+    // shrinks by at least 1.5 MiB a volume).
+    sh(&grid, 1, "setfattr -n gvs.gc.grace_secs -v 1 /gvs");
+    let held_bytes = store_bytes(&grid, victim);
+    grid.start(victim, Some("gvsfs")).unwrap();
+    wait_mounted(&grid, 3);
+    let rounds = stat(&grid, victim, "gc_rounds");
+    sh(&grid, victim, "setfattr -n gvs.gc.now -v 1 /gvs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while stat(&grid, victim, "gc_rounds") <= rounds {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node{victim} ran no collection round"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let freed_bytes = store_bytes(&grid, victim);
+    eprintln!(
+        "node{victim} held {held} volumes: store {held_bytes} -> {freed_bytes} bytes, {} chunks deleted",
+        stat(&grid, victim, "gc_deleted")
+    );
+    assert!(
+        held_bytes >= freed_bytes + held as u64 * (3 << 19),
+        "node{victim}'s store went from {held_bytes} to {freed_bytes} bytes after a collection"
+    );
+    for i in 1..=3 {
+        for (v, want) in vols.iter().zip(&sums) {
+            assert_eq!(&md5(&grid, i, v), want, "node{i} {v} after the collection");
+        }
+    }
 }
