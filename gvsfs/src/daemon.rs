@@ -282,6 +282,8 @@ pub fn run(args: MountArgs, metad: &MetadArgs) -> anyhow::Result<()> {
         std::thread::spawn(move || crate::scrub::run(g2));
         std::thread::spawn(move || crate::repair::run(g3));
         std::thread::spawn(move || crate::remirror::run(g4));
+        let g5 = gvs.clone();
+        std::thread::spawn(move || crate::rebalance::run(g5));
     }
     let bg = session.spawn()?;
     tracing::info!("mounted {}", args.mountpoint.display());

@@ -367,6 +367,16 @@ impl GvsFs {
             "gvs.repair.rate_mb" => {
                 conf(g, "repair_rate_mb", crate::repair::DEFAULT_RATE_MB).to_string()
             }
+            "gvs.rebalance.threshold" => conf(
+                g,
+                "rebalance_threshold",
+                crate::rebalance::DEFAULT_THRESHOLD_PCT,
+            )
+            .to_string(),
+            "gvs.rebalance.rate_mb" => {
+                conf(g, "rebalance_rate_mb", crate::rebalance::DEFAULT_RATE_MB).to_string()
+            }
+            "gvs.rebalance.status" => crate::rebalance::status(g),
             "gvs.stats" => {
                 let mut out = format!(
                     "{}: {} store_bytes={} store_put_bytes={} chunks={}\n",
@@ -396,6 +406,8 @@ impl GvsFs {
             "gvs.scrub.rate" => "scrub_rate",
             "gvs.repair.grace_secs" => "repair_grace_secs",
             "gvs.repair.rate_mb" => "repair_rate_mb",
+            "gvs.rebalance.threshold" => "rebalance_threshold",
+            "gvs.rebalance.rate_mb" => "rebalance_rate_mb",
             "gvs.gc.now" => "gc_now",
             "gvs.scrub.now" => "scrub_now",
             _ => return Err(GvsError::Invalid(format!("unknown attribute {name}"))),
@@ -406,6 +418,9 @@ impl GvsFs {
             let n: u64 = text
                 .parse()
                 .map_err(|_| GvsError::Invalid(format!("{name} {text:?} is not a number")))?;
+            if key == "rebalance_threshold" {
+                crate::rebalance::check_threshold(n)?;
+            }
             n.to_string()
         };
         self.gvs.rt.block_on(
@@ -574,7 +589,8 @@ impl GvsFs {
         if ino == meta::ROOT_INO
             && (name.starts_with("gvs.gc.")
                 || name.starts_with("gvs.scrub.")
-                || name.starts_with("gvs.repair."))
+                || name.starts_with("gvs.repair.")
+                || name.starts_with("gvs.rebalance."))
         {
             return self.set_root_xattr(name, text);
         }

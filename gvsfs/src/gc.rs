@@ -61,6 +61,7 @@
 //! a degraded volume's come from its replicas.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -213,28 +214,39 @@ pub fn round(gvs: &Gvs, grace: Duration) -> Result<Outcome> {
     })
 }
 
+/// Set by [`soon`], taken by [`run`].
+static SOON: AtomicBool = AtomicBool::new(false);
+
+/// Asks this node's collector for a round now, not at the next interval:
+/// a rebalance moved a mirror off this node and wants to see the space
+/// back before it moves another.
+pub fn soon() {
+    SOON.store(true, Ordering::Relaxed);
+}
+
 /// Runs rounds every `gvs/conf/gc_interval_secs`, and at once when
-/// `gvs/conf/gc_now` changes; publishes the counters after each.
+/// `gvs/conf/gc_now` changes or [`soon`] asks; publishes the counters
+/// after each.
 pub fn run(gvs: Arc<Gvs>) {
     let mut last = Instant::now();
     let mut trigger = conf_rev(&gvs, "gc_now");
+    let mut asked = false;
     loop {
         std::thread::sleep(Duration::from_millis(300));
         let every =
             Duration::from_secs(conf(&gvs, "gc_interval_secs", DEFAULT_INTERVAL_SECS).max(1));
         let t = conf_rev(&gvs, "gc_now");
-        if t == trigger && last.elapsed() < every {
+        asked |= SOON.swap(false, Ordering::Relaxed);
+        if t == trigger && !asked && last.elapsed() < every {
             continue;
         }
         let grace = Duration::from_secs(conf(&gvs, "gc_grace_secs", DEFAULT_GRACE_SECS));
         match round(&gvs, grace) {
             Ok(Outcome::Done { deleted, kept }) => {
-                trigger = t;
+                (trigger, asked) = (t, false);
                 last = Instant::now();
                 Stats::add(&gvs.stats.gc_deleted, deleted);
-                gvs.stats
-                    .gc_kept
-                    .store(kept, std::sync::atomic::Ordering::Relaxed);
+                gvs.stats.gc_kept.store(kept, Ordering::Relaxed);
                 Stats::add(&gvs.stats.gc_rounds, 1);
                 tracing::info!("gc: {deleted} chunks deleted, {kept} kept");
                 crate::scrub::publish(&gvs);
@@ -247,7 +259,7 @@ pub fn run(gvs: Arc<Gvs>) {
             Err(e) => {
                 tracing::warn!("gc: round failed: {e}");
                 last = Instant::now();
-                trigger = t;
+                (trigger, asked) = (t, false);
             }
         }
     }

@@ -23,6 +23,7 @@
 //! - [`scrub`]: background verification and rewriting of bad chunks;
 //! - [`repair`]: bringing a replica that missed commits up to date;
 //! - [`remirror`]: rebuilding a gone node's mirrors on other nodes;
+//! - [`rebalance`]: moving mirrors off nodes fuller than the rest;
 //! - [`events`]: repairs, re-mirroring and scrubs in the grid's event log;
 //! - [`stats`]: the node's counters;
 //! - [`daemon`]: startup, registration, mount and shutdown.
@@ -42,6 +43,7 @@ pub mod meta;
 pub mod mirror;
 pub mod net;
 pub mod placement;
+pub mod rebalance;
 pub mod remirror;
 pub mod repair;
 pub mod rollback;

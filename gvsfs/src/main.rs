@@ -68,6 +68,15 @@ enum Cmd {
         #[arg(long)]
         prune: bool,
     },
+    /// Move mirrors off nodes fuller than the rest, throttled (see
+    /// `gvsfs rebalance start --help`); every node's gvsfs does the work.
+    Rebalance {
+        #[command(subcommand)]
+        action: gvsfs::rebalance::Action,
+        /// The gvs mount to act through.
+        #[arg(long, global = true, default_value = "/gvs")]
+        mountpoint: PathBuf,
+    },
 }
 
 fn main() {
@@ -78,6 +87,7 @@ fn main() {
         Cmd::Clone { src, dst, force } => gvsfs::clone::clone_path(&src, &dst, force),
         Cmd::Export { vol, output } => gvsfs::backup::export(&vol, output.as_deref()).map(|_| ()),
         Cmd::Import { file, vol, force } => gvsfs::backup::import(&file, &vol, force).map(|_| ()),
+        Cmd::Rebalance { action, mountpoint } => gvsfs::rebalance::command(&mountpoint, &action),
         Cmd::Rollback {
             dir,
             snapshot,

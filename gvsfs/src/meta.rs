@@ -9,6 +9,8 @@
 //!                               lease; the key's mod_rev is the lease epoch
 //! gvs/leasereq/<ino:016x>       node name asking the writer to hand the lease over
 //! gvs/missing/<node>/<ino:016x> empty: a volume commit that replica `node` missed
+//!                               (`repairing` while it copies; `rebalancing`: a new
+//!                               mirror a rebalance added)
 //! gvs/flush/<ino:016x>          node name asking the volume's writer to commit now
 //!                               (snapshots and clones); the writer deletes it when done
 //! gvs/snapdir/<dir:016x>/<name> decimal id of the snapshot NAME of directory DIR
@@ -19,9 +21,13 @@
 //!                               no pin came and went while it read the roots
 //! gvs/conf/<name>               decimal grid-wide setting: gc_grace_secs,
 //!                               gc_interval_secs, scrub_rate (chunks/s per node),
-//!                               repair_grace_secs, repair_rate_mb (MiB/s per node);
+//!                               repair_grace_secs, repair_rate_mb (MiB/s per node),
+//!                               rebalance_threshold (% of the mean fill; 0: off),
+//!                               rebalance_rate_mb (MiB/s per node);
 //!                               gc_now and scrub_now are triggers (any new value)
 //! gvs/stats/<node>              text `key=value ...`: the node's gc and scrub counters
+//! gvs/fill/<node>               decimal bytes the node's chunk store uses, on the node's
+//!                               metad lease: what a rebalance compares
 //! ```
 
 use std::collections::BTreeMap;
@@ -101,6 +107,12 @@ pub fn conf_key(name: &str) -> String {
 /// Key of a node's counters.
 pub fn stats_key(node: &str) -> String {
     format!("gvs/stats/{node}")
+}
+/// Prefix of the nodes' store sizes.
+pub const FILL_PREFIX: &str = "gvs/fill/";
+/// Key of a node's store size.
+pub fn fill_key(node: &str) -> String {
+    format!("{FILL_PREFIX}{node}")
 }
 
 /// Key of an inode record.

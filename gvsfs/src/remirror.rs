@@ -85,10 +85,9 @@ pub fn replace(
     Some((keep, added))
 }
 
-/// One pass over every volume.
-fn pass(gvs: &Gvs, gone_since: &mut HashMap<String, Instant>) -> Result<()> {
-    let live = gvs.candidates();
-    let live_names: HashSet<&str> = live.iter().map(|c| c.name.as_str()).collect();
+/// Every volume in the local copy of the namespace: (ino, record, mod
+/// revision), for a transaction that changes its replicas.
+pub fn volumes(gvs: &Gvs) -> Vec<(u64, Inode, u64)> {
     let mut vols = Vec::new();
     for (k, v) in gvs.mirror.range(meta::INO_PREFIX) {
         let Some(ino) = meta::ino_of_key(&k, meta::INO_PREFIX) else {
@@ -101,6 +100,14 @@ fn pass(gvs: &Gvs, gone_since: &mut HashMap<String, Instant>) -> Result<()> {
             vols.push((ino, rec, v.mod_rev));
         }
     }
+    vols
+}
+
+/// One pass over every volume.
+fn pass(gvs: &Gvs, gone_since: &mut HashMap<String, Instant>) -> Result<()> {
+    let live = gvs.candidates();
+    let live_names: HashSet<&str> = live.iter().map(|c| c.name.as_str()).collect();
+    let vols = volumes(gvs);
     let gone: HashSet<String> = vols
         .iter()
         .flat_map(|(_, r, _)| r.replicas.iter())

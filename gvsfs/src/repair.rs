@@ -13,6 +13,10 @@
 //!
 //! Rebuilding the mirrors of a node that stays down on other nodes
 //! ([`crate::remirror`]) reuses this: each new replica gets a record.
+//! So does moving a mirror off a full node ([`crate::rebalance`]): its
+//! record reads [`REBALANCING`], its copy is throttled to
+//! `gvs/conf/rebalance_rate_mb` instead, and a pass that only moves
+//! mirrors reports as `rebalance-*` events.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -33,13 +37,18 @@ const BATCH: usize = 64;
 /// Default repair rate, MiB/s per node (`gvs/conf/repair_rate_mb`).
 pub const DEFAULT_RATE_MB: u64 = 50;
 
-/// Paces the copy to the repair rate, read at each step so that a new
-/// setting applies to a repair under way.
+/// Paces the copy to the repair rate (or the rebalance rate), read at
+/// each step so that a new setting applies to a repair under way.
 struct Throttle {
     since: Instant,
     bytes: u64,
     rate_mb: u64,
 }
+
+/// The setting that limits a copy, and its default.
+type Rate = (&'static str, u64);
+const REPAIR_RATE: Rate = ("repair_rate_mb", DEFAULT_RATE_MB);
+const REBALANCE_RATE: Rate = ("rebalance_rate_mb", crate::rebalance::DEFAULT_RATE_MB);
 
 impl Throttle {
     fn new() -> Throttle {
@@ -50,9 +59,9 @@ impl Throttle {
         }
     }
 
-    /// Accounts `bytes` copied and sleeps as long as the rate asks.
-    fn pace(&mut self, gvs: &Gvs, bytes: u64) {
-        let rate = conf(gvs, "repair_rate_mb", DEFAULT_RATE_MB);
+    /// Accounts `bytes` copied and sleeps as long as `rate` asks.
+    fn pace(&mut self, gvs: &Gvs, bytes: u64, (key, default): Rate) {
+        let rate = conf(gvs, key, default);
         if rate != self.rate_mb {
             // A new rate counts from now.
             (self.since, self.bytes, self.rate_mb) = (Instant::now(), 0, rate);
@@ -76,6 +85,11 @@ struct Place<'a> {
     total: u64,
 }
 
+/// Whether a missed-commit record's value says a copy is under way.
+fn in_progress(value: &[u8]) -> bool {
+    value == REPAIRING || value == REBALANCING
+}
+
 /// Whether a volume has missed-commit records (`in_progress`: only
 /// those a returning node is repairing now).
 pub fn missing_of(gvs: &Gvs, ino: u64, in_progress: bool) -> bool {
@@ -84,22 +98,33 @@ pub fn missing_of(gvs: &Gvs, ino: u64, in_progress: bool) -> bool {
         .range(meta::MISSING_PREFIX)
         .into_iter()
         .filter(|(k, _)| k.ends_with(&suffix))
-        .any(|(_, v)| !in_progress || v.value == REPAIRING)
+        .any(|(_, v)| !in_progress || self::in_progress(&v.value))
 }
 
 /// The value of a missed-commit record whose node is repairing it (or,
 /// written by [`crate::remirror`], is about to).
 pub const REPAIRING: &[u8] = b"repairing";
 
+/// The value of the record of a node that a rebalance added as a new
+/// mirror of a volume (see [`crate::rebalance`]): it copies the volume
+/// at the rebalance rate.
+pub const REBALANCING: &[u8] = b"rebalancing";
+
 /// Repairs this node's copy of `ino` and drops its record (if it did not
 /// change meanwhile). Returns the chunks copied.
 fn repair_one(gvs: &Gvs, ino: u64, key: &str, rev: u64, at: &mut Place) -> Result<u64> {
     let mut copied = 0;
+    let rebalancing = gvs.mirror.get(key).is_some_and(|v| v.value == REBALANCING);
+    let (marker, rate) = if rebalancing {
+        (REBALANCING, REBALANCE_RATE)
+    } else {
+        (REPAIRING, REPAIR_RATE)
+    };
     // Marked as being repaired (gvs.state reads `repairing`); a commit
     // missed meanwhile rewrites the record, and the final delete fails.
     if !gvs.txn(Txn {
         compare: vec![unchanged(key, rev)],
-        success: vec![crate::gvs::put(key, REPAIRING.to_vec())],
+        success: vec![crate::gvs::put(key, marker.to_vec())],
         failure: vec![],
     })? {
         return Ok(0);
@@ -125,7 +150,7 @@ fn repair_one(gvs: &Gvs, ino: u64, key: &str, rev: u64, at: &mut Place) -> Resul
                     copied += chunks.len() as u64;
                     let percent = (100 * (at.index * n + copied) / (at.total * n)) as u8;
                     at.progress.advance(gvs, bytes, percent);
-                    at.throttle.pace(gvs, bytes);
+                    at.throttle.pace(gvs, bytes, rate);
                 }
             }
         }
@@ -171,12 +196,21 @@ pub fn run(gvs: Arc<Gvs>) {
         }
         let quiet = todo.iter().all(|(ino, _, _)| failing.contains(ino));
         let total = todo.len() as u64;
+        // Only mirrors a rebalance moves here: reported as such.
+        let moves = todo
+            .iter()
+            .all(|(_, k, _)| gvs.mirror.get(k).is_some_and(|v| v.value == REBALANCING));
+        let (work, what) = if moves {
+            ("rebalance", "copying the mirrors of")
+        } else {
+            ("repair", "bringing in sync")
+        };
         let mut progress = Progress::start(
             &gvs,
-            "repair",
+            work,
             &gvs.me,
             total,
-            format!("bringing {total} volumes in sync on {}", gvs.me),
+            format!("{what} {total} volumes on {}", gvs.me),
             quiet,
         );
         let (mut throttle, started) = (Throttle::new(), Instant::now());
