@@ -162,8 +162,9 @@ pub fn clone(gvs: &Gvs, src: &Source, dst: Target) -> Result<(u64, Inode)> {
     r
 }
 
-/// The destination's record: the source's content, its own identity.
-fn cloned(srec: &Inode, mut d: Inode) -> Inode {
+/// The destination's record: the source's content, its own identity
+/// (also what a rollback restores, see [`crate::restore`]).
+pub(crate) fn cloned(srec: &Inode, mut d: Inode) -> Inode {
     d.size = srec.size;
     d.root = srec.root;
     d.written = srec.written;

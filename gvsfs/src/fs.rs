@@ -576,6 +576,9 @@ impl GvsFs {
             })
             .to_string(),
             "gvs.block_size" => rec.block_size.to_string(),
+            "gvs.rollback" if rec.kind == Kind::Dir => {
+                crate::restore::last(ino).ok_or(GvsError::NoAttr)?
+            }
             _ => return Err(GvsError::NoAttr),
         };
         Ok(v.into_bytes())
@@ -595,6 +598,15 @@ impl GvsFs {
             return self.set_root_xattr(name, text);
         }
         match name {
+            "gvs.rollback" | "gvs.rollback.prune" => {
+                // Rolls the directory back to snapshot TEXT (owner or root).
+                let (rec, _) = self.gvs.inode(ino)?;
+                if req.uid() != 0 && req.uid() != rec.uid {
+                    return Err(GvsError::Denied);
+                }
+                let prune = name == "gvs.rollback.prune";
+                crate::restore::rollback(&self.gvs, ino, text, prune)?;
+            }
             "gvs.debug.corrupt" => {
                 // Flips a bit in this node's copy of the chunk holding byte
                 // TEXT: a test hook for the scrub and read repair (root only).

@@ -19,6 +19,8 @@
 //! - [`snapshot`]: snapshot directories (`.snapshots/`);
 //! - [`backup`]: `gvsfs export`/`import`, raw and sparse;
 //! - [`rollback`]: `gvsfs rollback` of a directory to a snapshot;
+//! - [`restore`]: the daemon's side of it, one metad transaction;
+//! - [`xattr`]: the `gvs.*` attributes the commands talk to the daemon through;
 //! - [`gc`]: mark-and-sweep garbage collection of each node's store;
 //! - [`scrub`]: background verification and rewriting of bad chunks;
 //! - [`repair`]: bringing a replica that missed commits up to date;
@@ -46,11 +48,13 @@ pub mod placement;
 pub mod rebalance;
 pub mod remirror;
 pub mod repair;
+pub mod restore;
 pub mod rollback;
 pub mod scrub;
 pub mod snapshot;
 pub mod stats;
 pub mod volume;
+pub mod xattr;
 
 pub use error::{GvsError, Result};
 

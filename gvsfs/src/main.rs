@@ -57,8 +57,8 @@ enum Cmd {
     /// Restore every volume below DIR to its state in the snapshot
     /// DIR/.snapshots/SNAPSHOT, by cloning each one back in place (no data
     /// is copied; directories missing from DIR are recreated). Volumes
-    /// created after the snapshot are kept unless --prune is given. The
-    /// volumes are restored one by one: stop DIR's writers first.
+    /// created after the snapshot are kept unless --prune is given. One
+    /// metad transaction: all of it happens, or (on error) none of it.
     Rollback {
         /// The directory the snapshot was taken of.
         dir: PathBuf,

@@ -384,6 +384,12 @@ pub enum Action {
     Status,
 }
 
+/// Sets a `gvs.rebalance.*` setting on the mount, or says why not.
+fn set(mountpoint: &std::path::Path, name: &str, value: &str) -> anyhow::Result<()> {
+    crate::xattr::set(mountpoint, name, value)
+        .map_err(|e| anyhow::anyhow!("setting {name}={value} on {}: {e}", mountpoint.display()))
+}
+
 /// Runs `gvsfs rebalance ACTION` through the mount at `mountpoint`.
 pub fn command(mountpoint: &std::path::Path, action: &Action) -> anyhow::Result<()> {
     match action {
@@ -395,63 +401,20 @@ pub fn command(mountpoint: &std::path::Path, action: &Action) -> anyhow::Result<
                 );
             }
             if let Some(r) = rate {
-                set_xattr(mountpoint, "gvs.rebalance.rate_mb", &r.to_string())?;
+                set(mountpoint, "gvs.rebalance.rate_mb", &r.to_string())?;
             }
-            set_xattr(
+            set(
                 mountpoint,
                 "gvs.rebalance.threshold",
                 &threshold.to_string(),
             )
         }
-        Action::Stop => set_xattr(mountpoint, "gvs.rebalance.threshold", "0"),
+        Action::Stop => set(mountpoint, "gvs.rebalance.threshold", "0"),
         Action::Status => {
-            print!("{}", get_xattr(mountpoint, "gvs.rebalance.status")?);
+            print!("{}", crate::xattr::get(mountpoint, "gvs.rebalance.status")?);
             Ok(())
         }
     }
-}
-
-fn c_strings(
-    path: &std::path::Path,
-    name: &str,
-) -> anyhow::Result<(std::ffi::CString, std::ffi::CString)> {
-    use std::os::unix::ffi::OsStrExt;
-    Ok((
-        std::ffi::CString::new(path.as_os_str().as_bytes())?,
-        std::ffi::CString::new(name)?,
-    ))
-}
-
-fn set_xattr(path: &std::path::Path, name: &str, value: &str) -> anyhow::Result<()> {
-    let (p, n) = c_strings(path, name)?;
-    // SAFETY: valid C strings and a buffer of the given length, alive for the call.
-    let r = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        anyhow::bail!("setting {name}={value} on {}: {e}", path.display());
-    }
-    Ok(())
-}
-
-fn get_xattr(path: &std::path::Path, name: &str) -> anyhow::Result<String> {
-    let (p, n) = c_strings(path, name)?;
-    let mut buf = vec![0u8; 64 << 10];
-    // SAFETY: valid C strings and a buffer of the given length, alive for the call.
-    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        anyhow::bail!("reading {name} of {}: {e}", path.display());
-    }
-    buf.truncate(r as usize);
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 #[cfg(test)]
