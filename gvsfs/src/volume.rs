@@ -112,6 +112,11 @@ pub struct Volume {
     pub gen: u64,
     /// End of the last read, to detect sequential reads.
     last_read_end: u64,
+    /// First block not yet asked for by read-ahead: a sequential reader
+    /// asks only for the blocks that entered its window since its last
+    /// read, so that no block is fetched twice while a read-ahead of it
+    /// is still on its way.
+    ahead_end: u64,
 }
 
 /// One piece of a planned read.
@@ -184,6 +189,7 @@ impl Volume {
             epoch: None,
             gen: 0,
             last_read_end: 0,
+            ahead_end: 0,
         }
     }
 
@@ -282,8 +288,16 @@ impl Volume {
         }
         let mut ahead = Vec::new();
         if off == self.last_read_end && off > 0 {
-            let first = end.div_ceil(bs);
-            let last = size.div_ceil(bs).min(first + crate::READ_AHEAD_BLOCKS);
+            let next = end.div_ceil(bs);
+            let last = size.div_ceil(bs).min(next + crate::READ_AHEAD_BLOCKS);
+            // Blocks already asked for stay asked for while the window
+            // moves; a jump (or a first sequential read) starts afresh.
+            let first = if (next..=last).contains(&self.ahead_end) {
+                self.ahead_end
+            } else {
+                next
+            };
+            self.ahead_end = last;
             for b in first..last {
                 if !self.dirty.contains_key(&b) {
                     if let Some(id) = self.map(gvs, rec)?.get(b, &f)? {
