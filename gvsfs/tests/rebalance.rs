@@ -43,7 +43,7 @@ fn a_rebalance_moves_mirrors_to_an_emptier_node_and_survives_its_death() {
         &grid,
         1,
         &format!(
-            "mkdir /gvs/rb && for f in {}; do head -c 4194304 /dev/urandom > $f; done && sync",
+            "mkdir /gvs/rb && for f in {}; do head -c 8388608 /dev/urandom > $f; done && sync",
             vols().join(" ")
         ),
     );
@@ -73,7 +73,8 @@ fn a_rebalance_moves_mirrors_to_an_emptier_node_and_survives_its_death() {
     assert!(!ok && text.contains("Invalid argument"), "{text}");
     assert_eq!(xattr(&grid, 3, "/gvs", "gvs.rebalance.threshold"), "0");
 
-    // 1 MiB/s: a 4 MiB copy takes seconds, long enough to kill node3 in it.
+    // 1 MiB/s: an 8 MiB copy takes 8 s (two batches of 4 MiB), long
+    // enough to kill node3 in the middle of it.
     sh(&grid, 1, "setfattr -n gvs.gc.grace_secs -v 1 /gvs");
     sh(&grid, 2, "gvsfs rebalance start --threshold 110 --rate 1");
     assert_eq!(xattr(&grid, 1, "/gvs", "gvs.rebalance.threshold"), "110");
@@ -88,6 +89,13 @@ fn a_rebalance_moves_mirrors_to_an_emptier_node_and_survives_its_death() {
         60,
     );
     let moving = moving.trim().to_string();
+    eventually(
+        &grid,
+        1,
+        "grep -q ' gvs rebalance-started' /gvs/.grid/events",
+        30,
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
     grid.kill(3, Some("gvsfs")).unwrap();
     // Mid-move: the old mirrors are still replicas and serve every byte.
     let r = xattr(&grid, 1, &moving, "gvs.replicas");
@@ -118,12 +126,12 @@ fn a_rebalance_moves_mirrors_to_an_emptier_node_and_survives_its_death() {
     // The interrupted move completed.
     let i = vols().iter().position(|v| *v == moving).unwrap();
     assert!(after[i].contains("node3"), "{moving}: {after:?}");
-    // The old mirrors gave the moved volumes' space back (4 MiB each).
+    // The old mirrors gave the moved volumes' space back (8 MiB each).
     let moved = after.iter().filter(|r| r.contains("node3")).count() as u64;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let full_after = loop {
         let now = store_bytes(&grid, 1) + store_bytes(&grid, 2);
-        if now + moved * (3 << 20) <= full_before || std::time::Instant::now() > deadline {
+        if now + moved * (7 << 20) <= full_before || std::time::Instant::now() > deadline {
             break now;
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -132,7 +140,7 @@ fn a_rebalance_moves_mirrors_to_an_emptier_node_and_survives_its_death() {
         "replicas {before:?} -> {after:?}; node1+node2 stores {full_before} -> {full_after} bytes"
     );
     assert!(
-        full_after + moved * (3 << 20) <= full_before,
+        full_after + moved * (7 << 20) <= full_before,
         "{moved} volumes moved, but node1+node2 went from {full_before} to {full_after} bytes"
     );
     for i in 1..=3 {
@@ -143,6 +151,9 @@ fn a_rebalance_moves_mirrors_to_an_emptier_node_and_survives_its_death() {
     // The story in the grid's event log: the mover's decision and switch,
     // and node3's throttled copy.
     let log = sh(&grid, 2, "cat /gvs/.grid/events");
+    for l in log.lines().filter(|l| l.contains(" gvs rebalance-")) {
+        eprintln!("{l}");
+    }
     for kind in [
         "rebalance-moving",
         "rebalance-started",
@@ -154,6 +165,12 @@ fn a_rebalance_moves_mirrors_to_an_emptier_node_and_survives_its_death() {
             "no {kind} in:\n{log}"
         );
     }
+    // node3's copy started again after its restart.
+    let copies = log
+        .lines()
+        .filter(|l| l.contains(" node3 ") && l.contains(" gvs rebalance-started"))
+        .count();
+    assert!(copies >= 2, "node3's copy did not resume:\n{log}");
     sh(&grid, 1, "gvsfs rebalance stop");
     assert!(sh(&grid, 3, "gvsfs rebalance status").starts_with("rebalance: off"));
 }
