@@ -113,9 +113,12 @@ fn reap(pid: i32) {
             Ok(nix::sys::wait::WaitStatus::StillAlive) => {}
             Ok(_) => return,
             // Not our child: its parent reaps it; wait until it is no longer
-            // running.
+            // running. A zombie leader is not enough: its other threads may
+            // still be finishing a system call (a direct write, a FUSE
+            // reply) and hold its files (a store's lock) until they end.
             Err(Errno::ECHILD) => match stat(pid) {
-                None | Some(('Z', _)) => return,
+                None => return,
+                Some(('Z', _)) if threads_left(pid) <= 1 => return,
                 Some(_) => {}
             },
             Err(_) => return,
@@ -125,6 +128,11 @@ fn reap(pid: i32) {
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// How many threads of `pid` still exist (0 once it is gone).
+fn threads_left(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
 /// Kills every process whose network or mount namespace is node `i`'s: the
