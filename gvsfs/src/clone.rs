@@ -162,6 +162,20 @@ pub fn clone(gvs: &Gvs, src: &Source, dst: Target) -> Result<(u64, Inode)> {
     r
 }
 
+/// The missed-commit records that make the repair bring a clone of a
+/// degraded volume in sync: its record says some replica lacks chunks but
+/// not which, so every replica walks the root and copies what it lacks
+/// (without them the clone stayed degraded for good).
+pub(crate) fn repairs(ino: u64, rec: &Inode) -> Vec<metad::Op> {
+    if !rec.degraded || rec.root.is_none() {
+        return Vec::new();
+    }
+    rec.replicas
+        .iter()
+        .map(|n| put(&meta::missing_key(n, ino), Vec::new()))
+        .collect()
+}
+
 /// The destination's record: the source's content, its own identity
 /// (also what a rollback restores, see [`crate::restore`]).
 pub(crate) fn cloned(srec: &Inode, mut d: Inode) -> Inode {
@@ -217,6 +231,7 @@ fn clone_new(
         put(&meta::ino_key(parent), np.encode()),
         pin.release(),
     ];
+    success.extend(repairs(ino, &rec));
     success.extend(leftovers.iter().map(|k| del(k)));
     let t = Txn {
         compare: vec![
@@ -263,6 +278,7 @@ fn clone_into(
     let rec = cloned(srec, drec);
     let k = meta::ino_key(ino);
     let mut success = vec![put(&k, rec.encode()), pin.release()];
+    success.extend(repairs(ino, &rec));
     success.extend(leftovers.iter().map(|k| del(k)));
     let t = Txn {
         compare: vec![

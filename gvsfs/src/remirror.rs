@@ -12,7 +12,8 @@
 //! chunks from the others through the ordinary catch-up ([`crate::repair`],
 //! throttled); `gvs.state` reads `repairing` from the commit on (the new
 //! records are written as being repaired), and `in-sync` once every new
-//! node has all chunks. The acting node posts `remirror-started` (volumes
+//! node has all chunks (or at once, when no node is added and only the
+//! gone node lagged). The acting node posts `remirror-started` (volumes
 //! and bytes to copy) in the event log; the copies show as the new nodes'
 //! `repair-*` events.
 //!
@@ -103,6 +104,17 @@ pub fn volumes(gvs: &Gvs) -> Vec<(u64, Inode, u64)> {
     vols
 }
 
+/// Whether a replica of `ino` other than the `expired` ones has a
+/// missed-commit record.
+fn lagging(gvs: &Gvs, ino: u64, expired: &HashSet<String>) -> bool {
+    let gone: HashSet<String> = expired.iter().map(|n| meta::missing_key(n, ino)).collect();
+    let suffix = format!("/{ino:016x}");
+    gvs.mirror
+        .range(meta::MISSING_PREFIX)
+        .into_iter()
+        .any(|(k, _)| k.ends_with(&suffix) && !gone.contains(&k))
+}
+
 /// One pass over every volume.
 fn pass(gvs: &Gvs, gone_since: &mut HashMap<String, Instant>) -> Result<()> {
     let live = gvs.candidates();
@@ -147,6 +159,9 @@ fn pass(gvs: &Gvs, gone_since: &mut HashMap<String, Instant>) -> Result<()> {
         new.replicas = keep.iter().chain(added.iter()).cloned().collect();
         if !added.is_empty() && rec.root.is_some() {
             new.degraded = true;
+        } else if added.is_empty() && !lagging(gvs, ino, &expired) {
+            // Only the gone node lagged: the others hold every chunk.
+            new.degraded = false;
         }
         let key = meta::ino_key(ino);
         let mut success = vec![put(&key, new.encode())];

@@ -185,6 +185,7 @@ fn lay(
                     plan.compare.push(unchanged(&dk, 0));
                 }
                 let kind = rec.kind;
+                plan.success.extend(crate::clone::repairs(ino, &rec));
                 plan.success.push(put(&meta::ino_key(ino), rec.encode()));
                 plan.success.push(put(&dk, Dirent { ino, kind }.encode()));
                 if kind == Kind::Dir {
@@ -268,6 +269,7 @@ fn commit(gvs: &Gvs, mut plan: Plan, pin_compare: Compare, pin_release: Op) -> R
             target: CompareTarget::ModRev(epoch),
         });
         plan.compare.push(unchanged(&k, d_rev));
+        plan.success.extend(crate::clone::repairs(*ino, &rec));
         plan.success.push(put(&k, rec.encode()));
         recs.push(rec);
     }

@@ -200,6 +200,17 @@ fn a_mirror_killed_during_writes_leaves_the_volume_degraded_and_data_intact_and_
         "degraded"
     );
     let want = md5(&grid, 1, "/tmp/ab");
+    // A clone of the degraded volume is degraded too, and is repaired
+    // with it once the mirror is back (below).
+    sh(&grid, 1, "gvsfs clone /gvs/v.vol /gvs/c.vol");
+    let state = |i: usize, f: &str| {
+        sh(
+            &grid,
+            i,
+            &format!("getfattr --absolute-names --only-values -n gvs.state {f}"),
+        )
+    };
+    assert_eq!(state(1, "/gvs/c.vol"), "degraded");
     let reader = if victim == 2 { 3 } else { 2 };
     assert_eq!(md5(&grid, 1, "/gvs/v.vol"), want);
     assert_eq!(md5(&grid, reader, "/gvs/v.vol"), want);
@@ -233,4 +244,12 @@ fn a_mirror_killed_during_writes_leaves_the_volume_degraded_and_data_intact_and_
     )
     .ends_with(" intact"));
     assert_eq!(md5(&grid, victim, "/gvs/v.vol"), want);
+    eventually(
+        &grid,
+        victim,
+        "test \"$(getfattr --absolute-names --only-values -n gvs.state /gvs/c.vol)\" = in-sync",
+        30,
+    );
+    assert_eq!(state(victim, "/gvs/c.vol"), "in-sync");
+    assert_eq!(md5(&grid, victim, "/gvs/c.vol"), want);
 }

@@ -25,10 +25,13 @@ fn a_node_down_past_the_grace_period_has_its_mirrors_rebuilt_elsewhere() {
     sh(
         &grid,
         1,
-        "mkdir -p /gvs/rm && for i in 1 2 3 4 5 6; do head -c 2097152 /dev/urandom > /gvs/rm/v$i.vol; done && sync",
+        "mkdir -p /gvs/rm && for i in 1 2 3 4 5 6; do head -c 2097152 /dev/urandom > /gvs/rm/v$i.vol; done \
+         && touch /gvs/rm/v7.vol && setfattr -n gvs.mirrors -v 3 /gvs/rm/v7.vol \
+         && head -c 2097152 /dev/urandom > /gvs/rm/v7.vol && sync",
     );
-    let vols: Vec<String> = (1..=6).map(|i| format!("/gvs/rm/v{i}.vol")).collect();
-    let sums: Vec<String> = vols.iter().map(|v| md5(&grid, 1, v)).collect();
+    // v7 is on every node: re-mirroring only drops the gone one.
+    let vols: Vec<String> = (1..=7).map(|i| format!("/gvs/rm/v{i}.vol")).collect();
+    let mut sums: Vec<String> = vols.iter().map(|v| md5(&grid, 1, v)).collect();
     // The victim: a replica of the first volume other than node1.
     let replicas = xattr(&grid, 1, &vols[0], "gvs.replicas");
     let victim: usize = replicas
@@ -51,6 +54,14 @@ fn a_node_down_past_the_grace_period_has_its_mirrors_rebuilt_elsewhere() {
         .sum();
 
     grid.kill(victim, Some("gvsfs")).unwrap();
+    // A write the victim misses leaves v7 degraded; once the victim is
+    // dropped, the others hold everything: v7 is in sync again.
+    sh(
+        &grid,
+        others[0],
+        "head -c 65536 /dev/urandom | dd of=/gvs/rm/v7.vol conv=notrunc,fsync status=none",
+    );
+    sums[6] = md5(&grid, others[0], &vols[6]);
     // While the new mirrors copy, a volume reads `repairing`.
     let seen = common::eventually(
         &grid,

@@ -65,7 +65,11 @@ fn a_rollback_is_all_or_nothing() {
     );
     let out = sh(&grid, 1, "gvsfs rollback /gvs/app s1");
     assert!(out.contains("0 entries pruned"), "{out}");
-    sh(&grid, 3, "test -f /gvs/app/c.vol && test -f /gvs/app/newdir/d.vol");
+    sh(
+        &grid,
+        3,
+        "test -f /gvs/app/c.vol && test -f /gvs/app/newdir/d.vol",
+    );
     let out = sh(&grid, 1, "gvsfs rollback --prune /gvs/app s1");
     assert!(out.contains("3 entries pruned"), "{out}");
     sh(
