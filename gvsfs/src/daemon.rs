@@ -43,6 +43,8 @@ pub struct MountArgs {
     pub threads: usize,
     /// Use the kernel's writeback cache (writes are gathered in the page
     /// cache and reach gvsfs at fsync, close, or when the kernel flushes).
+    /// Off by default: in that mode the kernel keeps its own idea of a
+    /// file's size and times, so changes made on other nodes would not show.
     #[arg(long, env = "GVSFS_WRITEBACK", default_value_t = false)]
     pub writeback: bool,
     /// Commit buffered writes in the background this often (milliseconds;
