@@ -146,7 +146,9 @@ pub struct Agent {
     beat: Arc<Beat>,
     qemu: Option<QemuBackend>,
     accel: Option<Accel>,
-    limits: String,
+    /// Where the VMs' cgroups go (or why limits cannot be enforced here),
+    /// found once at start: the heartbeat reports it and the backend uses it.
+    cgroups: Result<Cgroups, String>,
     locals: BTreeMap<String, Local>,
     /// Crash timestamps by VM (the flapping guard); kept in the VMs' status
     /// records and read back at start ([`Agent::load_crashes`]).
@@ -165,10 +167,7 @@ impl Agent {
     /// An agent; nothing happens until [`Agent::run`].
     pub fn new(cfg: AgentConfig, store: Store) -> Agent {
         let store = Arc::new(store);
-        let limits = match Cgroups::detect(Path::new("/sys/fs/cgroup"), &cfg.node) {
-            Ok(cg) => cg.describe().to_string(),
-            Err(e) => e,
-        };
+        let cgroups = Cgroups::detect(Path::new("/sys/fs/cgroup"), &cfg.node);
         Agent {
             cfg,
             store,
@@ -176,7 +175,7 @@ impl Agent {
             beat: Arc::default(),
             qemu: None,
             accel: None,
-            limits,
+            cgroups,
             locals: BTreeMap::new(),
             crashes: BTreeMap::new(),
             reported: BTreeMap::new(),
@@ -202,7 +201,7 @@ impl Agent {
             bw_mbit: self.cfg.bw_mbit,
             accel: self.accel.map_or("unprobed".into(), |a| a.as_str().into()),
             hypervisors: vec!["qemu".into()],
-            limits: self.limits.clone(),
+            limits: self.limits(),
             since_ms: model::now_ms(),
         }
     }
@@ -282,12 +281,19 @@ impl Agent {
             .await;
     }
 
+    /// How VM limits are enforced on this node, for the node record.
+    fn limits(&self) -> String {
+        match &self.cgroups {
+            Ok(cg) => cg.describe().to_string(),
+            Err(e) => e.clone(),
+        }
+    }
+
     fn backend(&mut self, vm: &VmRecord) -> &dyn Hypervisor {
         if self.qemu.is_none() {
             let accel = choose_accel(Some(Path::new(&vm.boot.kernel)), &self.cfg.accel_cache);
             self.accel = Some(accel);
-            let cg = Cgroups::detect(Path::new("/sys/fs/cgroup"), &self.cfg.node);
-            self.qemu = Some(QemuBackend::new(accel, cg));
+            self.qemu = Some(QemuBackend::new(accel, self.cgroups.clone()));
         }
         self.qemu.as_ref().expect("set")
     }
@@ -361,7 +367,7 @@ impl Agent {
                 .to_string(),
             crashes: self.crashes.get(vm).cloned().unwrap_or_default(),
             reason,
-            limits: self.limits.clone(),
+            limits: self.limits(),
             since_ms: model::now_ms(),
             last_migration: self.migrations.get(vm).cloned(),
         }
