@@ -31,8 +31,11 @@
 //!   after pinning, and no pin overlapped (1)–(3), so it read that root
 //!   after (2): one of these cases applies to it.
 //! - N was added to R's replicas after (2) (re-mirroring, a rebalance, a
-//!   larger `gvs.mirrors`): that transaction also wrote N a missed-commit
-//!   record and marked the volume degraded, and N is in sync only once its
+//!   larger `gvs.mirrors`, a clone of a degraded volume): that change
+//!   marked the volume degraded and wrote N a missed-commit record (in the
+//!   same transaction; `gvs.mirrors` writes it right after, while the
+//!   degraded volume is kept by every node), and so does a commit that
+//!   pushed its chunks before N was added; N is in sync only once its
 //!   repair has walked the root. The repair copies each chunk N lacks
 //!   (stored now: young) and, for each chunk N has, refreshes its store
 //!   time ([`keep_held`]) under the same lock as step (5)'s check and
