@@ -5,8 +5,11 @@
 //! VM is stopped and started through its ctl and its console read from
 //! another node.
 
+#[path = "../../vmctl/tests/common/appliance.rs"]
+mod appliance;
 mod common;
 
+use appliance::import_appliance;
 use common::{eventually, run, sh, wait_mounted};
 use devgrid::GridGuard;
 
@@ -153,22 +156,6 @@ fn control_files_create_refuse_and_read() {
         &format!("grep -q 'shop.*destroyed' {dir}/follow"),
         30,
     );
-}
-
-/// Builds the tiny appliance on the host (cached) and imports it into
-/// /gvs/catalog/tiny from node 1.
-fn import_appliance(grid: &GridGuard) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../vmctl/appliance/build.sh");
-    let out = std::process::Command::new("sh")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    sh(grid, 1, &format!("sh {script} import /gvs/catalog/tiny"));
 }
 
 const MIG: &str = r#"name = "gmig"

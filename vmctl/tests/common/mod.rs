@@ -5,35 +5,12 @@
 
 use devgrid::GridGuard;
 use serde_json::Value;
-use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-/// Builds the appliance on the host (cached) and imports it into
-/// /gvs/catalog/tiny from node 1.
-pub fn import_appliance(grid: &GridGuard) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/build.sh");
-    let out = std::process::Command::new("sh")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = grid
-        .command(1, "sh")
-        .arg(&script)
-        .args(["import", "/gvs/catalog/tiny"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+// Shared with gvsfs's control-file tests, which start VMs too.
+mod appliance;
+pub use appliance::import_appliance;
 
 /// Runs `vmctl ARGS` in node `node`.
 pub fn vmctl(grid: &GridGuard, node: usize, args: &[&str]) -> Output {
