@@ -361,8 +361,9 @@ impl Engine {
         }
     }
 
-    /// Handles one tunnel datagram from `from`.
-    pub fn on_tunnel_datagram(&self, d: &[u8], from: SocketAddrV4) {
+    /// Handles the tunnel datagram in `buf[..len]` from `from`; `buf` has
+    /// room to open it in place (see [`tunnel::open`]).
+    fn on_tunnel_datagram(&self, buf: &mut [u8], len: usize, from: SocketAddrV4) {
         let topo = self.topo();
         let outer = (*from.ip(), from.port());
         let me = (self.local_addr, model::TUNNEL_PORT);
@@ -373,7 +374,7 @@ impl Engine {
             ev.app = app.map(String::from);
             self.emit(ev);
         };
-        let h = match tunnel::peek(d) {
+        let h = match tunnel::peek(&buf[..len]) {
             Ok(h) => h,
             Err(e) => return forged(None, e),
         };
@@ -391,7 +392,7 @@ impl Engine {
         let Some(sender) = sender else {
             return forged(Some(app), TunnelError::UnknownSender(h.sender));
         };
-        let (vnet, frame) = match tunnel::open(&key, d) {
+        let (vnet, frame) = match tunnel::open(&key, buf, len) {
             Ok(body) => body.split_at(tunnel::VNET),
             Err(e) => return forged(Some(app), e),
         };
@@ -542,10 +543,9 @@ impl Engine {
 
     /// Receives tunnel datagrams until the process ends, in batches.
     pub fn tunnel_receiver(self: Arc<Self>) {
-        let mut batch = udp::RecvBatch::default();
-        let mut reassembler = pieces::Reassembler::default();
+        let mut rx = Receiver::default();
         loop {
-            if self.receive(&mut batch, &mut reassembler) == 0 {
+            if self.receive(&mut rx) == 0 {
                 let mut p = libc::pollfd {
                     fd: self.udp.as_raw_fd(),
                     events: libc::POLLIN,
@@ -559,14 +559,14 @@ impl Engine {
 
     /// Receives and handles one batch of what is queued on the tunnel
     /// socket, without waiting; how many messages.
-    fn receive(&self, batch: &mut udp::RecvBatch, reassembler: &mut pieces::Reassembler) -> usize {
-        let n = batch.recv(&self.udp);
+    fn receive(&self, rx: &mut Receiver) -> usize {
+        let n = rx.batch.recv(&self.udp);
         for i in 0..n {
-            match batch.get(i) {
-                (Message::Whole(d), from) => self.on_tunnel_datagram(d, from),
+            match rx.batch.get(i) {
+                (Message::Whole { buf, len }, from) => self.on_tunnel_datagram(buf, len, from),
                 (Message::Parts(parts), from) => {
                     for d in parts {
-                        self.on_tunnel_part(d, from, reassembler);
+                        self.on_tunnel_part(d, from, &mut rx.reassembler, &mut rx.spare);
                     }
                 }
             }
@@ -574,19 +574,34 @@ impl Engine {
         n
     }
 
-    /// Handles one datagram, or piece of one, from `from`.
-    fn on_tunnel_part(&self, d: &[u8], from: SocketAddrV4, reassembler: &mut pieces::Reassembler) {
+    /// Handles one datagram, or piece of one, from `from`; `spare` is a
+    /// buffer to open a datagram in.
+    fn on_tunnel_part(
+        &self,
+        d: &[u8],
+        from: SocketAddrV4,
+        reassembler: &mut pieces::Reassembler,
+        spare: &mut Vec<u8>,
+    ) {
+        let mut open_copy = |d: &[u8]| {
+            spare.clear();
+            spare.extend_from_slice(d);
+            spare.resize(tunnel::open_room(d.len()), 0);
+            self.on_tunnel_datagram(spare, d.len(), from)
+        };
         if !d.starts_with(pieces::MAGIC) {
-            return self.on_tunnel_datagram(d, from);
+            return open_copy(d);
         }
         match reassembler.push(from, d, Instant::now()) {
-            Ok(Some(whole)) => {
-                self.on_tunnel_datagram(&whole, from);
+            Ok(Some(mut whole)) => {
+                let len = whole.len();
+                whole.resize(tunnel::open_room(len), 0);
+                self.on_tunnel_datagram(&mut whole, len, from);
                 reassembler.recycle(whole);
             }
             Ok(None) => {}
             // Reported like any datagram that is no tunnel packet.
-            Err(_) => self.on_tunnel_datagram(d, from),
+            Err(_) => open_copy(d),
         }
     }
 
@@ -614,6 +629,15 @@ impl Engine {
             flows,
         }
     }
+}
+
+/// What the tunnel receiver keeps between batches.
+#[derive(Default)]
+struct Receiver {
+    batch: udp::RecvBatch,
+    reassembler: pieces::Reassembler,
+    /// A buffer to open datagrams that do not arrive whole in.
+    spare: Vec<u8>,
 }
 
 /// Binds the tunnel socket (see [`udp::bind`]).
@@ -689,9 +713,9 @@ mod tests {
     fn deliver_one(e: &Engine, to: SocketAddrV4, d: &[u8]) {
         let tx = udp::bind(0).unwrap();
         udp::send_datagram(&tx, to, d, 1).unwrap();
-        let (mut b, mut r) = (udp::RecvBatch::default(), pieces::Reassembler::default());
+        let mut rx = Receiver::default();
         let end = Instant::now() + Duration::from_secs(1);
-        while e.receive(&mut b, &mut r) == 0 {
+        while e.receive(&mut rx) == 0 {
             assert!(Instant::now() < end, "nothing received");
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -8,8 +8,9 @@
 //! segment of up to 62000 bytes that the receiving kernel segments or
 //! delivers whole, see [`crate::tap`]), and `tag` is the first 16 bytes of
 //! BLAKE3 keyed with the application's 32-byte key over everything before
-//! it. A datagram larger than one underlay packet is sent as pieces (see
-//! [`crate::pieces`]) and checked whole once reassembled (one MAC over the
+//! it, padded (not on the wire) when longer than [`PAD`] (see
+//! [`mac_len`]). A datagram larger than one underlay packet is sent as
+//! pieces (see [`crate::pieces`]) and checked whole (one MAC over the
 //! whole segment, not one per piece).
 //!
 //! Why a BLAKE3 keyed MAC and not an AEAD: what enforcement needs is
@@ -28,13 +29,19 @@
 use std::collections::HashMap;
 
 /// Magic at the start of every tunnel datagram.
-pub const MAGIC: &[u8; 4] = b"LCM2";
+pub const MAGIC: &[u8; 4] = b"LCM3";
 /// Header length.
 pub const HEADER: usize = 4 + 8 + 8 + 8;
 /// Tag length.
 pub const TAG: usize = 16;
 /// Length of the vnet header in the body.
 pub const VNET: usize = crate::tap::VNET_HDR;
+/// The MAC input of a datagram longer than this is padded to a multiple
+/// of it: BLAKE3 hashes 16 chunks at once only in whole, aligned
+/// subtrees, and hashes the rest one block at a time, ten times slower.
+/// Measured here: 60,920 bytes (a full TCP segment) in 10.4 us, the same
+/// padded to 65,536 in 6.4 us.
+pub const PAD: usize = 8192;
 /// Replay window, in sequence numbers.
 pub const WINDOW: u64 = 128;
 
@@ -69,13 +76,45 @@ pub struct Header {
     pub seq: u64,
 }
 
-/// The tag over `parts`, concatenated.
-pub fn tag(key: &[u8; 32], parts: &[&[u8]]) -> [u8; TAG] {
-    let mut h = blake3::Hasher::new_keyed(key);
-    for p in parts {
-        h.update(p);
+/// How many bytes the MAC covers for `len` bytes of header and body: `len`
+/// up to [`PAD`]; beyond, `len` and zeros up to a multiple of [`PAD`] whose
+/// last 8 bytes are `len` (little-endian), so that two inputs that differ
+/// only in trailing zeros never pad to the same bytes.
+pub const fn mac_len(len: usize) -> usize {
+    if len <= PAD {
+        len
+    } else {
+        (len + 8).div_ceil(PAD) * PAD
     }
-    h.finalize().as_bytes()[..TAG].try_into().expect("16 bytes")
+}
+
+/// Pads `buf[..len]` in place for the MAC (see [`mac_len`]); the MAC input.
+/// `buf` must hold [`mac_len`]`(len)` bytes.
+fn padded(buf: &mut [u8], len: usize) -> &[u8] {
+    let m = mac_len(len);
+    if m > len {
+        buf[len..m - 8].fill(0);
+        buf[m - 8..m].copy_from_slice(&(len as u64).to_le_bytes());
+    }
+    &buf[..m]
+}
+
+/// The tag over `input`.
+fn tag(key: &[u8; 32], input: &[u8]) -> [u8; TAG] {
+    blake3::keyed_hash(key, input).as_bytes()[..TAG]
+        .try_into()
+        .expect("16 bytes")
+}
+
+/// Room a buffer holding a datagram of `len` bytes needs to be opened in
+/// place (see [`open`]).
+pub const fn open_room(len: usize) -> usize {
+    let m = mac_len(len.saturating_sub(TAG));
+    if m > len {
+        m
+    } else {
+        len
+    }
 }
 
 /// The header's bytes on the wire.
@@ -101,7 +140,7 @@ pub struct Outbound {
 impl Default for Outbound {
     fn default() -> Self {
         Outbound {
-            buf: vec![0; HEADER + Self::BODY + TAG],
+            buf: vec![0; open_room(HEADER + Self::BODY + TAG)],
             len: 0,
         }
     }
@@ -131,7 +170,7 @@ impl Outbound {
     pub fn seal(&mut self, key: &[u8; 32], h: Header) -> &[u8] {
         let end = HEADER + self.len;
         self.buf[..HEADER].copy_from_slice(&header_bytes(h));
-        let t = tag(key, &[&self.buf[..end]]);
+        let t = tag(key, padded(&mut self.buf, end));
         self.buf[end..end + TAG].copy_from_slice(&t);
         &self.buf[..end + TAG]
     }
@@ -150,17 +189,20 @@ pub fn peek(d: &[u8]) -> Result<Header, TunnelError> {
     })
 }
 
-/// Verifies the tag (in constant time) and returns the body: the vnet
-/// header (its first [`VNET`] bytes) and the frame.
-pub fn open<'a>(key: &[u8; 32], d: &'a [u8]) -> Result<&'a [u8], TunnelError> {
-    peek(d)?;
-    let (body, t) = d.split_at(d.len() - TAG);
-    let want = tag(key, &[body]);
+/// Verifies the tag (in constant time) of the datagram in `buf[..len]`
+/// and returns its body: the vnet header (its first [`VNET`] bytes) and
+/// the frame. `buf` must hold [`open_room`]`(len)` bytes: the MAC input is
+/// padded in place, over the tag and beyond.
+pub fn open<'a>(key: &[u8; 32], buf: &'a mut [u8], len: usize) -> Result<&'a [u8], TunnelError> {
+    peek(&buf[..len])?;
+    let end = len - TAG;
+    let t: [u8; TAG] = buf[end..len].try_into().expect("16 bytes");
+    let want = tag(key, padded(buf, end));
     let diff = want.iter().zip(t).fold(0u8, |acc, (a, b)| acc | (a ^ b));
     if diff != 0 {
         return Err(TunnelError::BadMac);
     }
-    Ok(&body[HEADER..])
+    Ok(&buf[HEADER..end])
 }
 
 /// A sliding window over one sender's sequence numbers.
@@ -235,18 +277,58 @@ mod tests {
         assert_eq!(out.body(), [&vnet[..], &frame].concat());
         let d = out.seal(&key, h).to_vec();
         assert_eq!(peek(&d).unwrap(), h);
-        let body = open(&key, &d).unwrap();
+        let open_copy = |key: &[u8; 32], d: &[u8]| {
+            let mut buf = d.to_vec();
+            buf.resize(open_room(d.len()), 0xee);
+            open(key, &mut buf, d.len()).map(|b| b.to_vec())
+        };
+        let body = open_copy(&key, &d).unwrap();
         assert_eq!(&body[..VNET], &vnet[..]);
         assert_eq!(&body[VNET..], &frame[..]);
-        let split = [header_bytes(h).as_slice(), &vnet, &frame].concat();
-        assert_eq!(tag(&key, &[&split]), tag(&key, &[&split[..7], &split[7..]]));
         let mut bad = d.clone();
         bad[HEADER + 5] ^= 1;
-        assert_eq!(open(&key, &bad), Err(TunnelError::BadMac));
-        assert_eq!(open(&[8u8; 32], &d), Err(TunnelError::BadMac));
+        assert_eq!(open_copy(&key, &bad), Err(TunnelError::BadMac));
+        assert_eq!(open_copy(&[8u8; 32], &d), Err(TunnelError::BadMac));
         let mut bad_seq = d.clone();
         bad_seq[20] ^= 1;
-        assert_eq!(open(&key, &bad_seq), Err(TunnelError::BadMac));
+        assert_eq!(open_copy(&key, &bad_seq), Err(TunnelError::BadMac));
+    }
+
+    #[test]
+    fn long_datagrams_are_padded_for_the_mac_and_their_length_counts() {
+        assert_eq!(mac_len(100), 100);
+        assert_eq!(mac_len(PAD), PAD);
+        assert_eq!(mac_len(PAD + 1), 2 * PAD);
+        assert_eq!(mac_len(2 * PAD - 8), 2 * PAD);
+        assert_eq!(mac_len(2 * PAD - 7), 3 * PAD);
+        let key = [7u8; 32];
+        let h = Header {
+            app: 1,
+            sender: 2,
+            seq: 3,
+        };
+        let sealed = |body: &[u8]| {
+            let mut out = Outbound::default();
+            out.room()[..body.len()].copy_from_slice(body);
+            out.set_len(body.len());
+            out.seal(&key, h).to_vec()
+        };
+        let body = vec![0u8; 20_000];
+        let d = sealed(&body);
+        // Opened in a buffer with stale bytes past the datagram.
+        let mut buf = d.clone();
+        buf.resize(open_room(d.len()), 0xee);
+        assert_eq!(open(&key, &mut buf, d.len()).unwrap(), &body[..]);
+        // One more zero byte: the same bytes once padded but for the
+        // length, so another tag.
+        let longer = sealed(&vec![0u8; 20_001]);
+        assert_ne!(d[d.len() - TAG..], longer[longer.len() - TAG..]);
+        let mut forged = d[..d.len() - TAG].to_vec();
+        forged.push(0);
+        forged.extend_from_slice(&d[d.len() - TAG..]);
+        let len = forged.len();
+        forged.resize(open_room(len), 0);
+        assert_eq!(open(&key, &mut forged, len), Err(TunnelError::BadMac));
     }
 
     #[test]

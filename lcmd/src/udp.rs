@@ -5,7 +5,7 @@
 //! pieces of one datagram into one message that lands with the datagram's
 //! bytes contiguous.
 
-use crate::pieces;
+use crate::{pieces, tunnel};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
@@ -158,14 +158,23 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 const SLOTS: usize = 65536usize.div_ceil(pieces::PACKET);
 /// Bytes of a piece slot that are not its header.
 const SLOT_BODY: usize = pieces::PACKET - pieces::HEADER;
-/// Bytes of one message's body buffer.
+/// Bytes of one message's body buffer that the kernel fills.
 const BODY: usize = SLOTS * SLOT_BODY;
+/// Bytes of one message's body buffer, with room to open a datagram in
+/// place (see [`tunnel::open`]).
+const STRIDE: usize = tunnel::open_room(BODY);
 
 /// What one received message holds.
 pub enum Message<'a> {
     /// All the pieces of one datagram in order (see
-    /// [`pieces::in_order`]): the datagram, as it lies in the buffer.
-    Whole(&'a [u8]),
+    /// [`pieces::in_order`]): the datagram, as it lies in the buffer
+    /// (its first `len` bytes), with room to open it in place.
+    Whole {
+        /// The buffer.
+        buf: &'a mut [u8],
+        /// The datagram's length.
+        len: usize,
+    },
     /// Anything else: datagrams and pieces back to back, each of the GRO
     /// segment size but the last (one when not coalesced).
     Parts(std::slice::Chunks<'a, u8>),
@@ -198,7 +207,7 @@ impl Default for RecvBatch {
         let n = Self::BATCH;
         let mut b = RecvBatch {
             heads: vec![[[0; pieces::HEADER]; SLOTS]; n].into_boxed_slice(),
-            bodies: vec![0; n * BODY].into_boxed_slice(),
+            bodies: vec![0; n * STRIDE].into_boxed_slice(),
             // SAFETY: zeroed C structs are valid values.
             addrs: vec![unsafe { std::mem::zeroed() }; n].into_boxed_slice(),
             control: vec![[0; 4]; n].into_boxed_slice(),
@@ -219,7 +228,7 @@ impl Default for RecvBatch {
                     iov_len: pieces::HEADER,
                 };
                 iov[1] = libc::iovec {
-                    iov_base: b.bodies[i * BODY + j * SLOT_BODY..].as_mut_ptr()
+                    iov_base: b.bodies[i * STRIDE + j * SLOT_BODY..].as_mut_ptr()
                         as *mut libc::c_void,
                     iov_len: SLOT_BODY,
                 };
@@ -276,9 +285,10 @@ impl RecvBatch {
             u16::from_be(a.sin_port),
         );
         let (len, seg) = (self.lens[i], self.segs[i]);
-        let body = &self.bodies[i * BODY..][..BODY];
+        let body = &mut self.bodies[i * STRIDE..][..STRIDE];
         if let Some(total) = pieces::in_order(&self.heads[i], len, seg) {
-            return (Message::Whole(&body[..total]), from);
+            let buf = &mut body[..tunnel::open_room(total)];
+            return (Message::Whole { buf, len: total }, from);
         }
         self.joined.clear();
         for (j, head) in self.heads[i].iter().enumerate() {
@@ -345,7 +355,7 @@ mod tests {
         send_datagram(&tx, to, &big, 7).unwrap();
         assert_eq!(next(&mut b, &rx), 1);
         match b.get(0).0 {
-            Message::Whole(d) => assert_eq!(d, &big[..]),
+            Message::Whole { buf, len } => assert_eq!(&buf[..len], &big[..]),
             Message::Parts(_) => panic!("GRO did not hand over the GSO send whole"),
         }
         // A small datagram, and the pieces of a big one in two sends (as
@@ -357,7 +367,7 @@ mod tests {
                 assert_eq!(p.next(), Some(&b"small"[..]));
                 assert_eq!(p.next(), None);
             }
-            Message::Whole(_) => panic!("a small datagram is no pieces"),
+            Message::Whole { .. } => panic!("a small datagram is no pieces"),
         }
         let ps: Vec<Vec<u8>> = pieces::plan(big.len(), 9, pieces::PACKET)
             .unwrap()
@@ -372,7 +382,7 @@ mod tests {
             assert_eq!(next(&mut b, &rx), 1);
             match b.get(0).0 {
                 Message::Parts(p) => assert_eq!(p.collect::<Vec<_>>(), [&half.concat()[..]]),
-                Message::Whole(_) => panic!("half a datagram taken whole"),
+                Message::Whole { .. } => panic!("half a datagram taken whole"),
             }
         }
     }
