@@ -92,6 +92,14 @@ pub struct Gvs {
 /// leases and its place among the live replicas.
 pub const NODE_TTL: Duration = Duration::from_secs(5);
 
+/// How long the node's lease may go unconfirmed before its writers give
+/// up on metad and the mirrors ([`Gvs::lease_lapsed`]): two TTLs, because
+/// a new metad leader restarts every lease's TTL when it is elected, so
+/// one TTL without an answer may be only an election (seen under load),
+/// after which the lease, and the writes waiting on it, are still good.
+/// Safety does not hang on it: a commit is fenced by the lease epoch.
+pub const LAPSE_AFTER: Duration = Duration::from_secs(10);
+
 /// How long a snapshot or clone waits for other nodes' writers to flush.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
@@ -882,16 +890,16 @@ impl Gvs {
             .unwrap_or_else(|e| e.into_inner()) = Some(asked);
     }
 
-    /// True when metad has not confirmed the node's lease for a whole
-    /// TTL: every write lease hanging on it may have expired and been
-    /// taken by another node, so waiting for metad to commit is pointless
-    /// (and would keep writers, and the processes killed while writing,
-    /// stuck in the kernel for as long as the node is cut off).
+    /// True when metad has not confirmed the node's lease for
+    /// [`LAPSE_AFTER`]: every write lease hanging on it may have expired
+    /// and been taken by another node, so waiting for metad to commit is
+    /// pointless (and would keep writers, and the processes killed while
+    /// writing, stuck in the kernel for as long as the node is cut off).
     pub fn lease_lapsed(&self) -> bool {
         self.lease_confirmed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|t| t.elapsed() >= NODE_TTL)
+            .is_some_and(|t| t.elapsed() >= LAPSE_AFTER)
     }
 
     /// Runs `work` (a chunk push, a metad commit) unless the node's lease

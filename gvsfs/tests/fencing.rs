@@ -206,13 +206,13 @@ fn a_writer_cut_off_from_metad_gets_eio_once_its_node_lease_lapses() {
     assert_eq!(w1.ask("fsync"), "ok");
     grid.cut(1, false).unwrap();
     // The write is only buffered; the fsync needs metad, which node1
-    // cannot reach. Once node1's own lease has lapsed (5 s TTL) its write
-    // lease may be gone: the fsync fails with EIO then, instead of
-    // holding the writer in the kernel, unkillable, for as long as
-    // metad is out of reach.
+    // cannot reach. Once node1's own lease has lapsed (unconfirmed for
+    // 10 s) its write lease may be gone: the fsync fails with EIO then,
+    // instead of holding the writer in the kernel, unkillable, for as
+    // long as metad is out of reach.
     assert_eq!(w1.ask("write B 1"), "ok");
     let asked = std::time::Instant::now();
-    assert_eq!(w1.ask_within("fsync", Duration::from_secs(15)), "EIO");
+    assert_eq!(w1.ask_within("fsync", Duration::from_secs(20)), "EIO");
     eprintln!("fsync on the cut node failed after {:?}", asked.elapsed());
     grid.heal(1).unwrap();
     // Nothing after the last good fsync landed, on any node.
