@@ -191,6 +191,11 @@ pub struct ChunkStore {
     db: Arc<rocksdb::DB>,
     /// Bytes stored since start (puts, including rewrites), for `gvs.stats`.
     pub put_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Every put holds it shared; [`ChunkStore::delete_stale`] holds it
+    /// alone while it re-reads the times of what it deletes, so a chunk
+    /// stored again after a collector listed it as old (a commit writing
+    /// the same bytes) is never deleted.
+    sweeping: Arc<std::sync::RwLock<()>>,
 }
 
 fn now_nanos() -> u64 {
@@ -248,6 +253,7 @@ impl ChunkStore {
         Ok(ChunkStore {
             db: Arc::new(db),
             put_bytes: Arc::default(),
+            sweeping: Arc::default(),
         })
     }
 
@@ -303,6 +309,7 @@ impl ChunkStore {
         check: Check,
         sync: bool,
     ) -> Result<Vec<ChunkId>> {
+        let _put = self.sweeping.read().unwrap_or_else(|e| e.into_inner());
         let mut batch = rocksdb::WriteBatch::default();
         let t = now_nanos().to_le_bytes();
         let mut bytes = 0;
@@ -480,12 +487,24 @@ impl ChunkStore {
         Ok(out)
     }
 
-    /// Deletes chunks (and their times) in one batch. The deltas still
-    /// based on a deleted chunk are stored whole first, in the same batch.
-    pub fn delete_many(&self, ids: &[ChunkId]) -> Result<()> {
-        let gone: std::collections::HashSet<ChunkId> = ids.iter().copied().collect();
-        let mut batch = rocksdb::WriteBatch::default();
+    /// Deletes, in one batch, those of `ids` (and their times) last stored
+    /// before `cutoff` (ns since the epoch), as their times read now, with
+    /// every put held off: a chunk stored again since the caller listed it
+    /// stays. The deltas still based on a deleted chunk are stored whole
+    /// first, in the same batch. Returns how many were deleted.
+    pub fn delete_stale(&self, ids: &[ChunkId], cutoff: u64) -> Result<u64> {
+        let _sweep = self.sweeping.write().unwrap_or_else(|e| e.into_inner());
+        let mut stale = Vec::with_capacity(ids.len());
         for id in ids {
+            let t = self.db.get_pinned_cf(self.times(), id.0)?;
+            let t = t.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok());
+            if t.is_some_and(|t| u64::from_le_bytes(t) < cutoff) {
+                stale.push(*id);
+            }
+        }
+        let gone: std::collections::HashSet<ChunkId> = stale.iter().copied().collect();
+        let mut batch = rocksdb::WriteBatch::default();
+        for id in &stale {
             if let Some(d) = self.delta(id).unwrap_or(None) {
                 batch.delete_cf(self.cf(DELTAS_CF), id.0);
                 batch.delete_cf(self.cf(BASES_CF), [d.base.0, id.0].concat());
@@ -512,7 +531,7 @@ impl ChunkStore {
             batch.delete_cf(self.times(), id.0);
         }
         self.db.write(batch)?;
-        Ok(())
+        Ok(stale.len() as u64)
     }
 
     /// Gives the space of deleted chunks back to the file system: a full
@@ -663,7 +682,7 @@ mod tests {
             vec![forged.id]
         );
         // Deleting the base stores its deltas whole first.
-        s.delete_many(&[base_id]).unwrap();
+        assert_eq!(s.delete_stale(&[base_id], u64::MAX).unwrap(), 1);
         assert!(!s.has(&base_id).unwrap());
         assert_eq!(s.get(&d1.id).unwrap().as_deref(), Some(&v1[..]));
         assert_eq!(s.get(&d2.id).unwrap().as_deref(), Some(&v2[..]));
@@ -710,8 +729,14 @@ mod tests {
         assert!(s.corrupt(&id).unwrap());
         assert_eq!(s.get(&id).unwrap(), None);
         assert_eq!(s.lookup(&id).unwrap(), Lookup::Corrupt);
-        assert_eq!(s.times_list().unwrap().len(), 1);
-        s.delete_many(&[id]).unwrap();
+        let listed = s.times_list().unwrap();
+        assert_eq!(listed.len(), 1);
+        // Stored again after a collector listed it as old: kept.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        s.put_many(&[(id, data.clone())], true).unwrap();
+        assert_eq!(s.delete_stale(&[id], listed[0].1 + 1).unwrap(), 0);
+        assert!(s.has(&id).unwrap());
+        assert_eq!(s.delete_stale(&[id], u64::MAX).unwrap(), 1);
         assert!(!s.has(&id).unwrap());
         assert!(s.times_list().unwrap().is_empty());
         s.reclaim().unwrap();

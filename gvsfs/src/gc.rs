@@ -10,11 +10,12 @@
 //! again: still none, and `gvs/pinseq` unchanged, so no clone or snapshot
 //! read a root before (2) that it commits after it; (4) mark every chunk
 //! the roots this node holds name (index, pages, data; each distinct map
-//! once); (5) under the sweep lock, delete the local chunks that are not
-//! marked and were stored before the round started minus a grace period,
-//! so that chunks pushed by a commit whose root is not in metad yet are
-//! never collected; (6) compact, so the space goes back to the file
-//! system.
+//! once); (5) delete the local chunks that are not marked and were
+//! stored before the round started minus a grace period, so that chunks
+//! pushed by a commit whose root is not in metad yet are never collected
+//! (the store re-reads each time as it deletes, with puts held off:
+//! [`crate::chunk::ChunkStore::delete_stale`]); (6) compact, so the space
+//! goes back to the file system.
 //!
 //! Why it never collects a chunk this node must hold. Say a root R names
 //! chunk c after the round and this node N is an in-sync replica of R
@@ -38,9 +39,11 @@
 //!   pushed its chunks before N was added; N is in sync only once its
 //!   repair has walked the root. The repair copies each chunk N lacks
 //!   (stored now: young) and, for each chunk N has, refreshes its store
-//!   time ([`keep_held`]) under the same lock as step (5)'s check and
-//!   delete: so the sweep either deleted c before the repair looked (the
-//!   repair then copies it) or sees it young (and keeps it).
+//!   time ([`keep_held`], a put): the delete of step (5) holds puts off
+//!   while it re-reads times, so it either deleted c before the repair
+//!   looked (the repair then copies it) or sees it young (and keeps it).
+//!   The same holds for a commit that stores bytes an unreferenced old
+//!   chunk here already has: stored again, it is young.
 //!
 //! Degraded volumes: while any replica of a volume misses commits, every
 //! node marks its root. The chunks a lagging replica (or a new one) must
@@ -54,18 +57,12 @@
 //! taken: its chunks stay on those nodes, also after the volume's mirrors
 //! move (re-mirroring and rebalancing copy the current root only).
 //!
-//! A window this does not close: a commit that pushes a chunk whose bytes
-//! an unreferenced old chunk here already has (the same data written
-//! again) refreshes its time without the sweep lock; if that happens
-//! between step (5) reading the times and deleting, the chunk goes. The
-//! write path would have to take the lock (shared) to close it.
-//!
 //! Walking reads only map chunks, not data: a node's own maps are local;
 //! a degraded volume's come from its replicas.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::blockmap;
@@ -103,15 +100,6 @@ fn pins(gvs: &Gvs) -> Result<(bool, u64)> {
         .map_or(0, |kv| kv.mod_rev);
     let pinned = kvs.iter().any(|kv| kv.key.starts_with(b"gvs/pin/"));
     Ok((pinned, seq))
-}
-
-/// Held while the sweep reads store times and deletes, and while a
-/// repair refreshes the times of chunks it found here ([`keep_held`]).
-/// One chunk store per process, so one lock.
-static SWEEP: Mutex<()> = Mutex::new(());
-
-fn sweep_lock() -> MutexGuard<'static, ()> {
-    SWEEP.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether this node keeps the chunks of `i`'s root: it is one of its
@@ -166,7 +154,6 @@ pub fn keep_held(gvs: &Gvs, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
             patches: Vec::new(),
         })
         .collect();
-    let _sweep = sweep_lock();
     gvs.store.put(&[], &same, Check::Trust, false)
 }
 
@@ -196,24 +183,24 @@ pub fn round(gvs: &Gvs, grace: Duration) -> Result<Outcome> {
         blockmap::mark(*root, &fetch, &mut walked, &mut marked)?;
     }
     let cutoff = started.saturating_sub(grace.as_nanos() as u64);
-    let sweep = sweep_lock();
     let all = gvs.store.times_list()?;
     let victims: Vec<ChunkId> = all
         .iter()
         .filter(|(id, t)| *t < cutoff && !marked.contains(id))
         .map(|(id, _)| *id)
         .collect();
+    // The store re-reads each victim's time as it deletes: one stored
+    // again since the listing (a commit, a repair) stays.
+    let mut deleted = 0;
     for part in victims.chunks(1024) {
-        gvs.store.delete_many(part)?;
+        deleted += gvs.store.delete_stale(part, cutoff)?;
     }
-    drop(sweep);
-    if !victims.is_empty() {
+    if deleted > 0 {
         gvs.store.reclaim()?;
     }
-    let kept = (all.len() - victims.len()) as u64;
     Ok(Outcome::Done {
-        deleted: victims.len() as u64,
-        kept,
+        deleted,
+        kept: all.len() as u64 - deleted,
     })
 }
 
