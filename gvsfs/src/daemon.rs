@@ -160,8 +160,30 @@ fn background_commits(gvs: &Gvs, every: Duration) {
     }
 }
 
+/// Tells glibc's allocator to keep the memory the daemon frees: the write
+/// path allocates and frees a block buffer per written block, and with
+/// glibc's defaults freed heap tops go back to the kernel and come back as
+/// page faults (a tenth of a sequential writer's CPU in perf). With these,
+/// 1 GiB sequential writes went from 238 to 267 MiB/s (mean of three
+/// alternating runs each). The cost: the daemon keeps its peak heap.
+fn keep_freed_memory() {
+    const KEEP: [(libc::c_int, libc::c_int); 3] = [
+        (libc::M_MMAP_THRESHOLD, 32 << 20),
+        (libc::M_TRIM_THRESHOLD, 1 << 30),
+        (libc::M_TOP_PAD, 256 << 20),
+    ];
+    for (param, value) in KEEP {
+        // SAFETY: mallopt only sets allocator tunables; it is called
+        // before the daemon starts any thread.
+        if unsafe { libc::mallopt(param, value) } != 1 {
+            tracing::warn!("mallopt({param}, {value}) refused");
+        }
+    }
+}
+
 /// Runs `gvsfs mount` until unmounted or signalled.
 pub fn run(args: MountArgs, metad: &MetadArgs) -> anyhow::Result<()> {
+    keep_freed_memory();
     let cfg = metad
         .client_config()
         .with_context(|| format!("reading the cluster secret {}", metad.secret_file.display()))?;
