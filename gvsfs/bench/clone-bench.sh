@@ -38,7 +38,8 @@ command -v getfattr >/dev/null || apt-get install -y attr >/dev/null
 
 DEVGRID="$BIN/devgrid"
 log() { echo "[$(date +%T)] $*" >&2; }
-gx() { "$DEVGRID" exec --name "$GRID" "$@"; }
+# shellcheck source=gvsfs/bench/grid.sh
+. "$(dirname "$0")/grid.sh"
 cleanup() {
     set +e
     "$DEVGRID" down --name "$GRID" >/dev/null 2>&1
@@ -70,15 +71,8 @@ node_median() {
 
 rm -rf "$WORK"
 mkdir -p "$WORK"
-"$DEVGRID" down --name "$GRID" >/dev/null 2>&1 || true
 log "bringing up a 3-node grid"
-"$DEVGRID" up --name "$GRID" --nodes 3 >/dev/null
-for n in node1 node2 node3; do
-    for _ in $(seq 300); do
-        gx "$n" -- sh -c 'mountpoint -q /gvs && ls /gvs >/dev/null' 2>/dev/null && break
-        sleep 0.2
-    done
-done
+grid_up
 
 # ---- clone and snapshot -------------------------------------------------
 # A sparse volume of $1 GiB with 1 MiB of random data at every GiB, written

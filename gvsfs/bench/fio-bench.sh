@@ -40,6 +40,8 @@ fi
 
 DEVGRID="$BIN/devgrid"
 log() { echo "[$(date +%T)] $*" >&2; }
+# shellcheck source=gvsfs/bench/grid.sh
+. "$(dirname "$0")/grid.sh"
 
 gl_started=0
 gl_mount() {
@@ -77,18 +79,7 @@ mkdir -p "$WORK/json" "$LOCALDIR" "$GLMNT" "$WORK/bricks"
 
 # ---- the three systems ---------------------------------------------------
 log "bringing up a 3-node grid"
-"$DEVGRID" down --name "$GRID" >/dev/null 2>&1 || true
-"$DEVGRID" up --name "$GRID" --nodes 3 >/dev/null
-gx() { "$DEVGRID" exec --name "$GRID" "$@"; }
-wait_gvs() {
-    for n in node1 node2 node3; do
-        for _ in $(seq 300); do
-            gx "$n" -- sh -c 'mountpoint -q /gvs && ls /gvs >/dev/null' 2>/dev/null && break
-            sleep 0.2
-        done
-    done
-}
-wait_gvs
+grid_up
 
 if pgrep -x glusterd >/dev/null; then
     echo "fio-bench: a glusterd runs already; stop it first (this script starts and stops its own)" >&2

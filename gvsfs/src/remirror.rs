@@ -108,11 +108,9 @@ pub fn volumes(gvs: &Gvs) -> Vec<(u64, Inode, u64)> {
 /// missed-commit record.
 fn lagging(gvs: &Gvs, ino: u64, expired: &HashSet<String>) -> bool {
     let gone: HashSet<String> = expired.iter().map(|n| meta::missing_key(n, ino)).collect();
-    let suffix = format!("/{ino:016x}");
-    gvs.mirror
-        .range(meta::MISSING_PREFIX)
-        .into_iter()
-        .any(|(k, _)| k.ends_with(&suffix) && !gone.contains(&k))
+    crate::repair::records_of(gvs, ino)
+        .iter()
+        .any(|(k, _)| !gone.contains(k))
 }
 
 /// One pass over every volume.

@@ -30,6 +30,7 @@ use crate::error::{GvsError, Result};
 use crate::events::{mib, Progress};
 use crate::gvs::{conf, del, unchanged, Gvs};
 use crate::meta::{self, Kind};
+use crate::mirror::Versioned;
 use crate::stats::Stats;
 
 /// Chunks fetched at a time.
@@ -90,15 +91,26 @@ fn in_progress(value: &[u8]) -> bool {
     value == REPAIRING || value == REBALANCING
 }
 
+/// The missed-commit records of volume `ino`, one per lagging replica:
+/// (key, record).
+pub fn records_of(gvs: &Gvs, ino: u64) -> Vec<(String, Versioned)> {
+    let suffix = format!("/{ino:016x}");
+    let mut records = gvs.mirror.range(meta::MISSING_PREFIX);
+    records.retain(|(k, _)| k.ends_with(&suffix));
+    records
+}
+
 /// Whether a volume has missed-commit records (`in_progress`: only
 /// those a returning node is repairing now).
 pub fn missing_of(gvs: &Gvs, ino: u64, in_progress: bool) -> bool {
-    let suffix = format!("/{ino:016x}");
-    gvs.mirror
-        .range(meta::MISSING_PREFIX)
-        .into_iter()
-        .filter(|(k, _)| k.ends_with(&suffix))
+    records_of(gvs, ino)
+        .iter()
         .any(|(_, v)| !in_progress || self::in_progress(&v.value))
+}
+
+/// Whether the missed-commit record `key` is a rebalance's copy.
+fn rebalancing(gvs: &Gvs, key: &str) -> bool {
+    gvs.mirror.get(key).is_some_and(|v| v.value == REBALANCING)
 }
 
 /// The value of a missed-commit record whose node is repairing it (or,
@@ -114,8 +126,7 @@ pub const REBALANCING: &[u8] = b"rebalancing";
 /// change meanwhile). Returns the chunks copied.
 fn repair_one(gvs: &Gvs, ino: u64, key: &str, rev: u64, at: &mut Place) -> Result<u64> {
     let mut copied = 0;
-    let rebalancing = gvs.mirror.get(key).is_some_and(|v| v.value == REBALANCING);
-    let (marker, rate) = if rebalancing {
+    let (marker, rate) = if rebalancing(gvs, key) {
         (REBALANCING, REBALANCE_RATE)
     } else {
         (REPAIRING, REPAIR_RATE)
@@ -197,9 +208,7 @@ pub fn run(gvs: Arc<Gvs>) {
         let quiet = todo.iter().all(|(ino, _, _)| failing.contains(ino));
         let total = todo.len() as u64;
         // Only mirrors a rebalance moves here: reported as such.
-        let moves = todo
-            .iter()
-            .all(|(_, k, _)| gvs.mirror.get(k).is_some_and(|v| v.value == REBALANCING));
+        let moves = todo.iter().all(|(_, k, _)| rebalancing(&gvs, k));
         let (work, what) = if moves {
             ("rebalance", "copying the mirrors of")
         } else {
