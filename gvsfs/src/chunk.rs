@@ -292,16 +292,8 @@ impl ChunkStore {
         self.put(chunks, &[], Check::Verify, sync).map(drop)
     }
 
-    /// Stores whole chunks (already verified by the caller) and chunks
-    /// sent as deltas (see [`Delta`]; rebuilt and verified here if
-    /// `check` says so) in one atomic batch, with their store time (a
-    /// chunk stored again is young again); `sync` makes the batch durable
-    /// before returning. A delta whose base is itself a delta here is
-    /// folded onto that one's base; past a quarter of the chunk it is
-    /// stored whole (when rebuilt here) or from `whole`. A chunk in
-    /// `whole` that was stored as its delta is not stored again. Returns
-    /// the deltas stored neither way (base absent or bad here, or grown
-    /// too large, and not in `whole`): the caller sends those whole.
+    /// Stores whole chunks and deltas in one atomic batch (see
+    /// [`Ingest::part`]); `sync` makes the batch durable before returning.
     pub fn put(
         &self,
         whole: &[(ChunkId, Arc<Vec<u8>>)],
@@ -309,101 +301,18 @@ impl ChunkStore {
         check: Check,
         sync: bool,
     ) -> Result<Vec<ChunkId>> {
-        let _put = self.sweeping.read().unwrap_or_else(|e| e.into_inner());
-        let mut batch = rocksdb::WriteBatch::default();
-        let t = now_nanos().to_le_bytes();
-        let mut bytes = 0;
-        let mut need = Vec::new();
-        let mut stored = std::collections::HashSet::new();
-        for d in deltas {
-            if d.id == d.base {
-                // Unchanged: held already, or asked for.
-                if self.db.get_pinned_cf(self.times(), d.id.0)?.is_some() {
-                    batch.put_cf(self.times(), d.id.0, t);
-                    stored.insert(d.id);
-                } else {
-                    need.push(d.id);
-                }
-                continue;
-            }
-            // A delta of a delta here is folded onto that one's (whole) base.
-            let folded = match self.delta(&d.base)? {
-                Some(under) => Delta {
-                    id: d.id,
-                    base: under.base,
-                    len: d.len,
-                    patches: under
-                        .patches
-                        .into_iter()
-                        .chain(d.patches.iter().cloned())
-                        .collect(),
-                },
-                None => d.clone(),
-            };
-            let whole_instead = |len: usize| folded.patch_bytes() * DELTA_SHARE > len;
-            match check {
-                Check::Verify => {
-                    // Only the result is verified: a bad base cannot make it match.
-                    let rebuilt = self.get_raw(&folded.base)?.and_then(|b| folded.apply(b));
-                    let Some(full) = rebuilt.filter(|full| d.id.verifies(full)) else {
-                        need.push(d.id);
-                        continue;
-                    };
-                    if whole_instead(full.len()) {
-                        bytes += full.len() as u64;
-                        batch.put(d.id.0, &full);
-                        batch.put_cf(self.times(), d.id.0, t);
-                        continue;
-                    }
-                }
-                Check::Trust => {
-                    let held = self
-                        .db
-                        .get_pinned_cf(self.times(), folded.base.0)?
-                        .is_some();
-                    if !held || whole_instead(d.len as usize) {
-                        need.push(d.id);
-                        continue;
-                    }
-                }
-            }
-            let enc = postcard::to_allocvec(&folded)?;
-            bytes += enc.len() as u64;
-            batch.put_cf(self.cf(DELTAS_CF), d.id.0, enc);
-            batch.put_cf(self.cf(BASES_CF), [folded.base.0, d.id.0].concat(), []);
-            batch.put_cf(self.times(), d.id.0, t);
-            stored.insert(d.id);
+        self.ingest(sync).part(whole, deltas, check, true)
+    }
+
+    /// Starts a put that arrives in parts (see [`Ingest`]); `durable`:
+    /// its last part returns only once every part is on disk.
+    pub fn ingest(&self, durable: bool) -> Ingest {
+        Ingest {
+            store: self.clone(),
+            durable,
+            logged: false,
+            unlogged: false,
         }
-        for (id, data) in whole.iter().filter(|(id, _)| !stored.contains(id)) {
-            batch.put(id.0, data.as_slice());
-            batch.put_cf(self.times(), id.0, t);
-            bytes += data.len() as u64;
-        }
-        let given: std::collections::HashSet<ChunkId> = whole.iter().map(|(id, _)| *id).collect();
-        need.retain(|id| !given.contains(id));
-        // A large durable batch skips the write-ahead log and is flushed
-        // instead: its bytes reach the disk once (blob files), not twice
-        // (log, then blob files at the next flush).
-        let flush = sync && bytes >= FLUSH_INSTEAD_OF_LOG;
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(sync && !flush);
-        wo.disable_wal(flush);
-        self.db.write_opt(batch, &wo)?;
-        if flush {
-            let mut fo = rocksdb::FlushOptions::default();
-            fo.set_wait(true);
-            let cfs = [
-                rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
-                TIMES_CF,
-                DELTAS_CF,
-                BASES_CF,
-            ]
-            .map(|n| self.cf(n));
-            self.db.flush_cfs_opt(&cfs, &fo)?;
-        }
-        self.put_bytes
-            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-        Ok(need)
     }
 
     /// What the store holds for `id`, verified; nothing is changed.
@@ -602,6 +511,148 @@ impl ChunkStore {
         }
         self.db.put(id.0, v)?;
         Ok(true)
+    }
+}
+
+/// A put that arrives in parts (a commit streamed by its writer, or
+/// pushed from this node in pieces): each part is written as it comes,
+/// so that receiving the next overlaps writing this one, and the last
+/// makes them all durable at once instead of one sync per part.
+pub struct Ingest {
+    store: ChunkStore,
+    /// Whether the last part waits until every part is on disk.
+    durable: bool,
+    /// Some part went through the write-ahead log.
+    logged: bool,
+    /// Some part skipped it: only a flush makes that one durable.
+    unlogged: bool,
+}
+
+impl Ingest {
+    /// Stores one part: whole chunks (already verified by the caller) and
+    /// chunks sent as deltas (see [`Delta`]; rebuilt and verified here if
+    /// `check` says so) in one atomic batch, with their store time (a
+    /// chunk stored again is young again). A delta whose base is itself a
+    /// delta here is folded onto that one's base; past a quarter of the
+    /// chunk it is stored whole (when rebuilt here) or from `whole`. A
+    /// chunk in `whole` that was stored as its delta is not stored again.
+    /// Returns the deltas stored neither way (base absent or bad here, or
+    /// grown too large, and not in `whole`): the caller sends those whole.
+    /// `last`: the put's last part; a durable put returns from it only
+    /// once every part is on disk.
+    pub fn part(
+        &mut self,
+        whole: &[(ChunkId, Arc<Vec<u8>>)],
+        deltas: &[Delta],
+        check: Check,
+        last: bool,
+    ) -> Result<Vec<ChunkId>> {
+        let store = &self.store;
+        let _put = store.sweeping.read().unwrap_or_else(|e| e.into_inner());
+        let mut batch = rocksdb::WriteBatch::default();
+        let t = now_nanos().to_le_bytes();
+        let mut bytes = 0;
+        let mut need = Vec::new();
+        let mut stored = std::collections::HashSet::new();
+        for d in deltas {
+            if d.id == d.base {
+                // Unchanged: held already, or asked for.
+                if store.db.get_pinned_cf(store.times(), d.id.0)?.is_some() {
+                    batch.put_cf(store.times(), d.id.0, t);
+                    stored.insert(d.id);
+                } else {
+                    need.push(d.id);
+                }
+                continue;
+            }
+            // A delta of a delta here is folded onto that one's (whole) base.
+            let folded = match store.delta(&d.base)? {
+                Some(under) => Delta {
+                    id: d.id,
+                    base: under.base,
+                    len: d.len,
+                    patches: under
+                        .patches
+                        .into_iter()
+                        .chain(d.patches.iter().cloned())
+                        .collect(),
+                },
+                None => d.clone(),
+            };
+            let whole_instead = |len: usize| folded.patch_bytes() * DELTA_SHARE > len;
+            match check {
+                Check::Verify => {
+                    // Only the result is verified: a bad base cannot make it match.
+                    let rebuilt = store.get_raw(&folded.base)?.and_then(|b| folded.apply(b));
+                    let Some(full) = rebuilt.filter(|full| d.id.verifies(full)) else {
+                        need.push(d.id);
+                        continue;
+                    };
+                    if whole_instead(full.len()) {
+                        bytes += full.len() as u64;
+                        batch.put(d.id.0, &full);
+                        batch.put_cf(store.times(), d.id.0, t);
+                        continue;
+                    }
+                }
+                Check::Trust => {
+                    let held = store
+                        .db
+                        .get_pinned_cf(store.times(), folded.base.0)?
+                        .is_some();
+                    if !held || whole_instead(d.len as usize) {
+                        need.push(d.id);
+                        continue;
+                    }
+                }
+            }
+            let enc = postcard::to_allocvec(&folded)?;
+            bytes += enc.len() as u64;
+            batch.put_cf(store.cf(DELTAS_CF), d.id.0, enc);
+            batch.put_cf(store.cf(BASES_CF), [folded.base.0, d.id.0].concat(), []);
+            batch.put_cf(store.times(), d.id.0, t);
+            stored.insert(d.id);
+        }
+        for (id, data) in whole.iter().filter(|(id, _)| !stored.contains(id)) {
+            batch.put(id.0, data.as_slice());
+            batch.put_cf(store.times(), id.0, t);
+            bytes += data.len() as u64;
+        }
+        let given: std::collections::HashSet<ChunkId> = whole.iter().map(|(id, _)| *id).collect();
+        need.retain(|id| !given.contains(id));
+        // A large part of a durable put skips the write-ahead log and is
+        // flushed at the end instead: its bytes reach the disk once (blob
+        // files), not twice (log, then blob files at the next flush).
+        let skip_log = self.durable && bytes >= FLUSH_INSTEAD_OF_LOG;
+        let empty = batch.is_empty();
+        self.unlogged |= skip_log;
+        self.logged |= !skip_log && !empty;
+        let settle = last && self.durable;
+        let mut wo = rocksdb::WriteOptions::default();
+        // A synced write syncs the log records of the earlier parts too.
+        wo.set_sync(settle && !self.unlogged && !empty);
+        wo.disable_wal(skip_log);
+        if !empty {
+            store.db.write_opt(batch, &wo)?;
+        }
+        if settle && self.unlogged {
+            let mut fo = rocksdb::FlushOptions::default();
+            fo.set_wait(true);
+            let cfs = [
+                rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
+                TIMES_CF,
+                DELTAS_CF,
+                BASES_CF,
+            ]
+            .map(|n| store.cf(n));
+            store.db.flush_cfs_opt(&cfs, &fo)?;
+        } else if settle && empty && self.logged {
+            store.db.flush_wal(true)?;
+        }
+        store
+            .put_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        Ok(need)
     }
 }
 

@@ -15,6 +15,7 @@ use crate::chunk::ChunkStore;
 use crate::fs::{on_event, run_invalidations, GvsFs};
 use crate::gvs::{Gvs, NODE_TTL};
 use crate::meta::{self, NodeInfo};
+use crate::volume::VolumeSlot;
 
 /// `gvsfs mount` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -138,10 +139,34 @@ fn unmount_stale(mountpoint: &Path) {
 
 /// Commits every volume with buffered writes, every `every`: what a
 /// writer that never calls fsync has written reaches the mirrors and
-/// becomes visible to other nodes within about that long.
-fn background_commits(gvs: &Gvs, every: Duration) {
+/// becomes visible to other nodes within about that long. In between,
+/// commits the volumes writers ask for (`asks`, see
+/// [`crate::volume::COMMIT_AHEAD`]).
+fn background_commits(gvs: &Gvs, every: Duration, asks: mpsc::Receiver<u64>) {
+    let commit = |v: &VolumeSlot| {
+        let due = {
+            let v = v.lock().unwrap_or_else(|e| e.into_inner());
+            v.leased() && v.is_dirty()
+        };
+        if due {
+            if let Err(e) = v.commit(gvs, None) {
+                tracing::warn!("background commit: {e}");
+            }
+        }
+    };
+    let mut next = Instant::now() + every;
     loop {
-        std::thread::sleep(every);
+        match asks.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Ok(ino) => {
+                if let Some(v) = gvs.volume_if_any(ino) {
+                    commit(&v);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        next = Instant::now() + every;
         let vols: Vec<_> = gvs
             .volumes
             .lock()
@@ -150,12 +175,7 @@ fn background_commits(gvs: &Gvs, every: Duration) {
             .cloned()
             .collect();
         for v in vols {
-            let mut v = v.lock().unwrap_or_else(|e| e.into_inner());
-            if v.leased() && v.is_dirty() {
-                if let Err(e) = v.commit(gvs) {
-                    tracing::warn!("background commit: {e}");
-                }
-            }
+            commit(&v);
         }
     }
 }
@@ -298,7 +318,9 @@ pub fn run(args: MountArgs, metad: &MetadArgs) -> anyhow::Result<()> {
     if args.commit_ms > 0 {
         let gvs = gvs.clone();
         let every = Duration::from_millis(args.commit_ms);
-        std::thread::spawn(move || background_commits(&gvs, every));
+        let (tx, asks) = mpsc::channel();
+        *gvs.commit_asks.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        std::thread::spawn(move || background_commits(&gvs, every, asks));
     }
     {
         let (g1, g2, g3, g4) = (gvs.clone(), gvs.clone(), gvs.clone(), gvs.clone());
@@ -337,7 +359,7 @@ pub fn run(args: MountArgs, metad: &MetadArgs) -> anyhow::Result<()> {
         .cloned()
         .collect();
     for v in vols {
-        if let Err(e) = v.lock().unwrap_or_else(|e| e.into_inner()).commit(&gvs) {
+        if let Err(e) = v.commit(&gvs, None) {
             tracing::warn!("commit at shutdown: {e}");
         }
     }

@@ -27,6 +27,7 @@ use crate::error::{GvsError, Result};
 use crate::gvs::{conf, Gvs};
 use crate::meta::{self, Inode, Kind};
 use crate::snapshot::{self, classify, entry_ino, snapdir_ino, Virt, SNAPSHOTS};
+use crate::volume::VolumeSlot;
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -293,11 +294,12 @@ impl GvsFs {
         }
         crate::clone::clone(&self.gvs, &source, Target::Existing(dst))?;
         if end < srec.size {
-            let v = self.gvs.volume(dst);
-            let mut v = v.lock().unwrap_or_else(|e| e.into_inner());
+            let vol = self.gvs.volume(dst);
             let (rec, _) = self.gvs.inode(dst)?;
-            v.truncate(&self.gvs, &rec, end)?;
-            v.commit(&self.gvs)?;
+            vol.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .truncate(&self.gvs, &rec, end)?;
+            vol.commit(&self.gvs, None)?;
         }
         let (after, _) = self.gvs.inode(dst)?;
         self.tags.lock().unwrap_or_else(|e| e.into_inner()).insert(
@@ -480,8 +482,15 @@ impl GvsFs {
         }
         let (rec, _) = self.gvs.inode(ino)?;
         let r = f(&mut v, &rec)?;
-        if v.dirty_bytes() > crate::volume::DIRTY_LIMIT {
-            v.commit(&self.gvs)?;
+        let dirty = v.dirty_bytes();
+        if dirty > crate::volume::DIRTY_LIMIT {
+            // The commit asked for earlier is not done yet: this writer
+            // waits for it, and commits the rest itself.
+            let gen = v.gen;
+            drop(v);
+            vol.commit(&self.gvs, Some(gen))?;
+        } else if dirty > crate::volume::COMMIT_AHEAD {
+            VolumeSlot::commit_soon(&mut v, &self.gvs);
         }
         Ok(r)
     }
@@ -490,7 +499,6 @@ impl GvsFs {
         let Some(vol) = self.gvs.volume_if_any(ino) else {
             return Ok(());
         };
-        let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
         let prior = fh.and_then(|fh| {
             self.fhs
                 .lock()
@@ -498,12 +506,7 @@ impl GvsFs {
                 .get(&fh)
                 .and_then(|h| h.gen)
         });
-        if let Some(g) = prior {
-            if g != v.gen {
-                return Err(GvsError::Fenced(ino));
-            }
-        }
-        v.commit(&self.gvs)
+        vol.commit(&self.gvs, prior)
     }
 
     #[allow(clippy::too_many_arguments)] // the FUSE request, plus what a new inode needs
@@ -1563,14 +1566,12 @@ pub fn on_event(gvs: &Arc<Gvs>, e: &Event) {
                 let gvs = gvs.clone();
                 let rev = e.kv.mod_rev;
                 std::thread::spawn(move || {
-                    let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
-                    if !v.leased() {
+                    if !vol.lock().unwrap_or_else(|e| e.into_inner()).leased() {
                         return;
                     }
-                    if let Err(e) = v.commit(&gvs) {
+                    if let Err(e) = vol.commit(&gvs, None) {
                         tracing::warn!("volume {ino:#x}: flush on request: {e}");
                     }
-                    drop(v);
                     let k = meta::flush_key(ino);
                     let _ = gvs.txn(metad::Txn {
                         compare: vec![crate::gvs::unchanged(&k, rev)],
@@ -1586,9 +1587,7 @@ pub fn on_event(gvs: &Arc<Gvs>, e: &Event) {
                 let gvs = gvs.clone();
                 let tx = inval.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 std::thread::spawn(move || {
-                    vol.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .hand_over(&gvs);
+                    vol.hand_over(&gvs);
                     if let Some(tx) = tx {
                         let _ = tx.send(Inval::Inode(ino));
                     }

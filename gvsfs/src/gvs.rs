@@ -21,7 +21,7 @@ use crate::mirror::{settle, Mirror};
 use crate::net::Peers;
 use crate::placement::{place, Candidate};
 use crate::stats::Stats;
-use crate::volume::Volume;
+use crate::volume::VolumeSlot;
 
 /// Inode numbers taken from `gvs/next_ino` at a time.
 const INO_BATCH: u64 = 1024;
@@ -57,6 +57,9 @@ pub async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
     out.into_iter().map(|o| o.expect("ready")).collect()
 }
 
+/// Chunks of commits under way, each with how many commits carry it.
+type InFlight = HashMap<ChunkId, (Arc<Vec<u8>>, usize)>;
+
 /// Everything a node's gvsfs shares between FUSE threads and tasks.
 pub struct Gvs {
     /// This node's name (its hostname).
@@ -80,7 +83,13 @@ pub struct Gvs {
     /// until the node registers.
     lease_confirmed: Mutex<Option<Instant>>,
     /// Volumes with local state (open, written or leased here).
-    pub volumes: Mutex<HashMap<u64, Arc<Mutex<Volume>>>>,
+    pub volumes: Mutex<HashMap<u64, Arc<VolumeSlot>>>,
+    /// Chunks of commits under way, with how many commits carry each:
+    /// readers find them here until they are stored and cached.
+    in_flight: Mutex<InFlight>,
+    /// Where writers ask the background committer to commit a volume
+    /// (set once it runs).
+    pub commit_asks: Mutex<Option<mpsc::Sender<u64>>>,
     inos: Mutex<(u64, u64)>,
     /// The node's counters.
     pub stats: Stats,
@@ -170,6 +179,8 @@ impl Gvs {
             node_lease: AtomicU64::new(0),
             lease_confirmed: Mutex::new(None),
             volumes: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            commit_asks: Mutex::new(None),
             inos: Mutex::new((0, 0)),
             stats: Stats::default(),
             inval: Mutex::new(None),
@@ -293,9 +304,8 @@ impl Gvs {
             };
             if l.value == self.me.as_bytes() {
                 if let Some(vol) = self.volume_if_any(ino) {
-                    let mut v = vol.lock().unwrap_or_else(|e| e.into_inner());
-                    if v.leased() {
-                        if let Err(e) = v.commit(self) {
+                    if vol.lock().unwrap_or_else(|e| e.into_inner()).leased() {
+                        if let Err(e) = vol.commit(self, None) {
                             tracing::warn!(
                                 "volume {ino:#x}: commit before a snapshot or clone: {e}"
                             );
@@ -733,8 +743,9 @@ impl Gvs {
         let mut need = Vec::new();
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let flying = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             for (i, id) in ids.iter().enumerate() {
-                match cache.get(id) {
+                match cache.get(id).or_else(|| flying.get(id).map(|f| &f.0)) {
                     Some(c) => out[i] = Some(c.clone()),
                     None => need.push(i),
                 }
@@ -857,18 +868,46 @@ impl Gvs {
         Err(GvsError::ChunkUnavailable(id.hex()))
     }
 
+    /// Makes a commit's chunks readable while it stores them.
+    pub fn take_off(&self, chunks: &[(ChunkId, Arc<Vec<u8>>)]) {
+        let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, d) in chunks {
+            f.entry(*id).or_insert_with(|| (d.clone(), 0)).1 += 1;
+        }
+    }
+
+    /// Ends [`Gvs::take_off`] once the commit is done with its chunks.
+    pub fn land(&self, chunks: &[(ChunkId, Arc<Vec<u8>>)]) {
+        let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, _) in chunks {
+            if let Some(e) = f.get_mut(id) {
+                e.1 -= 1;
+                if e.1 == 0 {
+                    f.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Asks the background committer to commit volume `ino` soon.
+    pub fn ask_commit(&self, ino: u64) {
+        if let Some(tx) = &*self.commit_asks.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(ino);
+        }
+    }
+
     /// The local state of a volume (made on first use).
-    pub fn volume(&self, ino: u64) -> Arc<Mutex<Volume>> {
+    pub fn volume(&self, ino: u64) -> Arc<VolumeSlot> {
         self.volumes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(ino)
-            .or_insert_with(|| Arc::new(Mutex::new(Volume::new(ino))))
+            .or_insert_with(|| Arc::new(VolumeSlot::new(ino)))
             .clone()
     }
 
     /// The volume's local state if it exists already.
-    pub fn volume_if_any(&self, ino: u64) -> Option<Arc<Mutex<Volume>>> {
+    pub fn volume_if_any(&self, ino: u64) -> Option<Arc<VolumeSlot>> {
         self.volumes
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -1,36 +1,58 @@
 //! The chunk protocol between nodes: each gvsfs serves its chunk store on
 //! TCP (port 2390). Connections are authenticated with the cluster secret
-//! (metad's mutual challenge-response); then each request is one
-//! length-prefixed postcard frame answered by one frame.
+//! (metad's mutual challenge-response); then each request is one sealed
+//! length-prefixed postcard frame answered by one frame. A put's chunk
+//! bytes follow its frame raw (see [`Put`]), and a put in several parts
+//! is streamed: the writer sends every part before it reads the answers,
+//! and the server stores one part while it receives the next.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metad::auth::{accept_handshake, connect_handshake, Role, Session};
+use metad::protocol::Opener;
 use metad::Secret;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::chunk::{Bytes, Check, ChunkId, ChunkStore, Delta};
+use crate::chunk::{Bytes, Check, ChunkId, ChunkStore, Delta, Ingest};
 use crate::error::{GvsError, Result};
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a call may make no progress (one frame or one part's bytes
+/// sent, or an answer read) before the peer is taken for gone.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request to a chunk server.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum Request {
-    /// Store these chunks durably: whole ones (each verified against its
-    /// id) and deltas from chunks held there (each rebuilt and verified).
-    Put(Vec<(ChunkId, Bytes)>, Vec<Delta>),
+    /// One part of storing chunks durably.
+    Put(Put),
     /// Read one chunk.
     Get(ChunkId),
     /// Which of these chunks are held.
     Has(Vec<ChunkId>),
+}
+
+/// One part of a put: whole chunks (each verified there against its id)
+/// and deltas from chunks held there (each rebuilt and verified). The
+/// frame names the whole chunks and their lengths; their bytes follow it
+/// on the stream in that order, unsealed: the sealed frame authenticates
+/// the ids and the ids authenticate the bytes, so the bytes are neither
+/// copied into a frame nor hashed a second time for a tag.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Put {
+    /// The whole chunks whose bytes follow, with their lengths.
+    pub whole: Vec<(ChunkId, u32)>,
+    /// The deltas.
+    pub deltas: Vec<Delta>,
+    /// The put's last part: answered only once every part is durable.
+    pub last: bool,
 }
 
 /// A chunk server's answer.
@@ -47,20 +69,22 @@ pub enum Response {
     Err(String),
 }
 
+/// What a connection's reader hands its worker.
+enum Job {
+    /// A put's part with the bytes of its whole chunks.
+    Put(Put, Vec<(ChunkId, Arc<Vec<u8>>)>),
+    /// Any other request.
+    Other(Request),
+    /// A frame that is no request, or a part that cannot be read: it is
+    /// answered with the reason and the connection ends (what follows
+    /// it on the stream cannot be told apart).
+    Refused(String),
+}
+
+/// Answers a request other than a put.
 fn handle(store: &ChunkStore, req: Request) -> Response {
     let r = match req {
-        Request::Put(whole, deltas) => {
-            if let Some((id, _)) = whole.iter().find(|(id, d)| !id.verifies(&d.0)) {
-                return Response::Err(format!("chunk {} does not match its id", id.hex()));
-            }
-            let whole: Vec<_> = whole
-                .into_iter()
-                .map(|(id, d)| (id, Arc::new(d.0)))
-                .collect();
-            store
-                .put(&whole, &deltas, Check::Verify, true)
-                .map(Response::Need)
-        }
+        Request::Put(_) => return Response::Err("a put's bytes were not read".into()),
         Request::Get(id) => store.get(&id).map(|c| Response::Chunk(c.map(Bytes))),
         Request::Has(ids) => ids
             .iter()
@@ -71,39 +95,119 @@ fn handle(store: &ChunkStore, req: Request) -> Response {
     r.unwrap_or_else(|e| Response::Err(e.to_string()))
 }
 
+/// Stores one part of a put into `ingest`.
+fn store_part(ingest: &mut Ingest, put: &Put, whole: &[(ChunkId, Arc<Vec<u8>>)]) -> Response {
+    if let Some((id, _)) = whole.iter().find(|(id, d)| !id.verifies(d)) {
+        return Response::Err(format!("chunk {} does not match its id", id.hex()));
+    }
+    ingest
+        .part(whole, &put.deltas, Check::Verify, put.last)
+        .map_or_else(|e| Response::Err(e.to_string()), Response::Need)
+}
+
+/// Reads the next request and, for a put's part, the bytes after it.
+async fn read_job<R: AsyncRead + Unpin>(rd: &mut R, recv: &mut Opener) -> std::io::Result<Job> {
+    let frame = recv
+        .read(rd, MAX_FRAME)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let put = match postcard::from_bytes::<Request>(&frame) {
+        Ok(Request::Put(put)) => put,
+        Ok(req) => return Ok(Job::Other(req)),
+        Err(e) => return Ok(Job::Refused(format!("malformed request: {e}"))),
+    };
+    let mut whole = Vec::with_capacity(put.whole.len());
+    for &(id, len) in &put.whole {
+        if len > crate::MAX_BLOCK_SIZE {
+            return Ok(Job::Refused(format!(
+                "chunk {} of {len} bytes: larger than any block",
+                id.hex()
+            )));
+        }
+        let len = len as usize;
+        let mut d = Vec::with_capacity(len);
+        while d.len() < len {
+            let left = (len - d.len()) as u64;
+            if (&mut *rd).take(left).read_buf(&mut d).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        whole.push((id, Arc::new(d)));
+    }
+    Ok(Job::Put(put, whole))
+}
+
 async fn serve_conn(mut s: TcpStream, store: ChunkStore, secret: Secret) -> Result<()> {
     let _ = s.set_nodelay(true);
-    let (_, mut session) = accept_handshake(&mut s, &secret, |_| false)
+    let (_, session) = accept_handshake(&mut s, &secret, |_| false)
         .await
         .map_err(|e| GvsError::Peer {
             peer: "incoming".into(),
             why: e.to_string(),
         })?;
-    loop {
-        let frame = match session.recv.read(&mut s, MAX_FRAME).await {
-            Ok(f) => f,
-            Err(_) => return Ok(()),
-        };
-        let resp = match postcard::from_bytes::<Request>(&frame) {
-            Ok(req) => {
-                let st = store.clone();
-                tokio::task::spawn_blocking(move || handle(&st, req))
-                    .await
-                    .unwrap_or_else(|e| Response::Err(e.to_string()))
+    let Session { mut send, mut recv } = session;
+    let (mut rd, mut wr) = s.into_split();
+    // The reader runs ahead of the worker by one job: a put's next part
+    // arrives while this one is stored.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        while let Ok(job) = read_job(&mut rd, &mut recv).await {
+            let end = matches!(job, Job::Refused(_));
+            if tx.send(job).await.is_err() || end {
+                break;
             }
-            Err(e) => Response::Err(format!("malformed request: {e}")),
-        };
-        let bytes = postcard::to_allocvec(&resp)?;
-        session
-            .send
-            .write(&mut s, &bytes)
-            .await
-            .map_err(|e| GvsError::Peer {
-                peer: "incoming".into(),
-                why: e.to_string(),
-            })?;
-        s.flush().await?;
-    }
+        }
+    });
+    // The put whose parts are arriving.
+    let mut ingest: Option<Ingest> = None;
+    let served = async {
+        while let Some(job) = rx.recv().await {
+            let end = matches!(job, Job::Refused(_));
+            let resp = match job {
+                Job::Put(put, whole) => {
+                    let mut ing = ingest.take().unwrap_or_else(|| store.ingest(true));
+                    let done = tokio::task::spawn_blocking(move || {
+                        let r = store_part(&mut ing, &put, &whole);
+                        (ing, put.last, r)
+                    })
+                    .await;
+                    match done {
+                        Ok((ing, last, r)) => {
+                            // A refused part ends its put: what comes after
+                            // it starts a new one.
+                            if !last && !matches!(r, Response::Err(_)) {
+                                ingest = Some(ing);
+                            }
+                            r
+                        }
+                        Err(e) => Response::Err(e.to_string()),
+                    }
+                }
+                Job::Other(req) => {
+                    let st = store.clone();
+                    tokio::task::spawn_blocking(move || handle(&st, req))
+                        .await
+                        .unwrap_or_else(|e| Response::Err(e.to_string()))
+                }
+                Job::Refused(why) => Response::Err(why),
+            };
+            let bytes = postcard::to_allocvec(&resp)?;
+            send.write(&mut wr, &bytes)
+                .await
+                .map_err(|e| GvsError::Peer {
+                    peer: "incoming".into(),
+                    why: e.to_string(),
+                })?;
+            wr.flush().await?;
+            if end {
+                break;
+            }
+        }
+        Ok(())
+    };
+    let r = served.await;
+    reader.abort();
+    r
 }
 
 /// Serves the chunk store on `listener` until the task is dropped.
@@ -126,12 +230,12 @@ pub async fn serve(listener: TcpListener, store: ChunkStore, secret: Secret) {
     }
 }
 
-/// Bytes of chunk data in one request frame at most.
+/// Bytes of chunk data in one part of a put at most.
 const FRAME_DATA: usize = 16 << 20;
 
 /// `items` cut into runs of at most [`FRAME_DATA`] bytes (by `size`),
 /// each holding at least one item.
-fn frames<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+pub(crate) fn frames<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, it) in items.iter().enumerate() {
@@ -161,6 +265,53 @@ fn refused(addr: &str, what: &str, answer: Response) -> GvsError {
 struct Conn {
     s: TcpStream,
     session: Session,
+}
+
+/// `io` within [`CALL_TIMEOUT`], its error as text.
+async fn within<T, E: std::fmt::Display>(
+    io: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, io).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("no progress in time".into()),
+    }
+}
+
+/// Most buffers one `writev` gathers (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+impl Conn {
+    /// Writes one sealed frame (not flushed).
+    async fn send(&mut self, payload: &[u8]) -> std::result::Result<(), String> {
+        within(self.session.send.write(&mut self.s, payload)).await
+    }
+
+    /// Writes chunks' bytes back to back, gathered straight from where
+    /// they lie.
+    async fn send_raw(
+        &mut self,
+        chunks: &[(ChunkId, Arc<Vec<u8>>)],
+    ) -> std::result::Result<(), String> {
+        let mut bufs: Vec<IoSlice> = chunks.iter().map(|(_, d)| IoSlice::new(d)).collect();
+        let mut rest = &mut bufs[..];
+        while !rest.is_empty() {
+            let k = rest.len().min(IOV_MAX);
+            match within(self.s.write_vectored(&rest[..k])).await? {
+                0 => return Err("connection closed".into()),
+                n => IoSlice::advance_slices(&mut rest, n),
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::result::Result<(), String> {
+        within(self.s.flush()).await
+    }
+
+    /// Reads one sealed frame's payload.
+    async fn recv(&mut self) -> std::result::Result<Vec<u8>, String> {
+        within(self.session.recv.read(&mut self.s, MAX_FRAME)).await
+    }
 }
 
 /// Connections to other nodes' chunk servers, pooled per address.
@@ -198,67 +349,67 @@ impl Peers {
         Ok(Conn { s, session })
     }
 
-    /// Sends one request to `addr` and returns its answer.
-    pub async fn call(&self, addr: &str, req: &Request) -> Result<Response> {
-        let err = |why: String| GvsError::Peer {
-            peer: addr.to_string(),
-            why,
-        };
-        let pooled = self
+    /// Runs `talk` on a connection to `addr` (pooled, or new) and pools
+    /// the connection again when it succeeds. A pooled connection may
+    /// have been closed by a restarted peer: one retry on a fresh one.
+    async fn exchange<T>(
+        &self,
+        addr: &str,
+        mut talk: impl AsyncFnMut(&mut Conn) -> std::result::Result<T, String>,
+    ) -> Result<T> {
+        let mut pooled = self
             .pool
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(addr)
             .and_then(|v| v.pop());
-        let bytes = postcard::to_allocvec(req)?;
-        // A pooled connection may have been closed by a restarted peer:
-        // one retry on a fresh connection.
-        let mut pooled = pooled;
-        for attempt in 0..2 {
+        let mut why = String::new();
+        for _ in 0..2 {
             let mut c = match pooled.take() {
                 Some(c) => c,
                 None => self.connect(addr).await?,
             };
             // A call cut short leaves its connection dropped, never
             // pooled: the sessions' sequence numbers would disagree.
-            let r = tokio::time::timeout(CALL_TIMEOUT, async {
-                let Conn { s, session } = &mut c;
-                session
-                    .send
-                    .write(s, &bytes)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                s.flush().await.map_err(|e| e.to_string())?;
-                session
-                    .recv
-                    .read(s, MAX_FRAME)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|_| Err("no answer in time".into()));
-            match r {
-                Ok(f) => {
-                    let resp: Response = postcard::from_bytes(&f)
-                        .map_err(|e| err(format!("malformed answer: {e}")))?;
+            match talk(&mut c).await {
+                Ok(t) => {
                     self.pool
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .entry(addr.to_string())
                         .or_default()
                         .push(c);
-                    return Ok(resp);
+                    return Ok(t);
                 }
-                Err(e) if attempt == 1 => return Err(err(e)),
-                Err(_) => continue,
+                Err(e) => why = e,
             }
         }
-        Err(err("unreachable".into()))
+        Err(GvsError::Peer {
+            peer: addr.to_string(),
+            why,
+        })
     }
 
-    /// Stores chunks on `addr`: `whole` ones and `deltas` (see
-    /// [`Delta`]), in frames of bounded size. Returns the deltas it could
-    /// not rebuild (their base is not held there), to be sent whole.
+    /// Sends one request to `addr` and returns its answer.
+    pub async fn call(&self, addr: &str, req: &Request) -> Result<Response> {
+        let bytes = postcard::to_allocvec(req)?;
+        let frame = self
+            .exchange(addr, async |c| {
+                c.send(&bytes).await?;
+                c.flush().await?;
+                c.recv().await
+            })
+            .await?;
+        postcard::from_bytes(&frame).map_err(|e| GvsError::Peer {
+            peer: addr.to_string(),
+            why: format!("malformed answer: {e}"),
+        })
+    }
+
+    /// Stores chunks on `addr` durably: `whole` ones and `deltas` (see
+    /// [`Delta`]), streamed in parts of bounded size. Returns the deltas
+    /// it could not rebuild (their base is not held there), to be sent
+    /// whole.
     pub async fn put(
         &self,
         addr: &str,
@@ -267,17 +418,37 @@ impl Peers {
     ) -> Result<Vec<ChunkId>> {
         let whole = frames(whole, |(_, d)| d.len());
         let deltas = frames(deltas, Delta::patch_bytes);
-        let mut need = Vec::new();
-        for i in 0..whole.len().max(deltas.len()) {
-            let w = whole.get(i).map_or_else(Vec::new, |part| {
-                part.iter()
-                    .map(|(id, d)| (*id, Bytes(d.to_vec())))
-                    .collect()
+        let n = whole.len().max(deltas.len());
+        let mut heads = Vec::with_capacity(n);
+        for i in 0..n {
+            let w: &[(ChunkId, Arc<Vec<u8>>)] = whole.get(i).copied().unwrap_or_default();
+            let head = Request::Put(Put {
+                whole: w.iter().map(|(id, d)| (*id, d.len() as u32)).collect(),
+                deltas: deltas.get(i).map_or_else(Vec::new, |p| p.to_vec()),
+                last: i + 1 == n,
             });
-            let d = deltas.get(i).map_or_else(Vec::new, |part| part.to_vec());
-            match self.call(addr, &Request::Put(w, d)).await? {
-                Response::Need(ids) => need.extend(ids),
-                other => return Err(refused(addr, "put", other)),
+            heads.push((postcard::to_allocvec(&head)?, w));
+        }
+        let answers = self
+            .exchange(addr, async |c| {
+                for (head, w) in &heads {
+                    c.send(head).await?;
+                    c.send_raw(w).await?;
+                }
+                c.flush().await?;
+                let mut answers = Vec::with_capacity(n);
+                for _ in 0..n {
+                    answers.push(c.recv().await?);
+                }
+                Ok(answers)
+            })
+            .await?;
+        let mut need = Vec::new();
+        for f in answers {
+            match postcard::from_bytes(&f) {
+                Ok(Response::Need(ids)) => need.extend(ids),
+                Ok(other) => return Err(refused(addr, "put", other)),
+                Err(e) => return Err(refused(addr, "put", Response::Err(e.to_string()))),
             }
         }
         Ok(need)
@@ -329,15 +500,27 @@ mod tests {
             Some(data.as_slice())
         );
         assert_eq!(peers.get(&addr, &ChunkId::of(b"nope")).await.unwrap(), None);
-        // A chunk that does not match its id is refused.
+        // A chunk that does not match its id is refused, and not stored.
+        let forged = ChunkId::of(b"genuine");
         let bad = peers
-            .call(
-                &addr,
-                &Request::Put(vec![(id, Bytes(b"forged".to_vec()))], vec![]),
-            )
-            .await
-            .unwrap();
-        assert!(matches!(bad, Response::Err(_)));
+            .put(&addr, &[(forged, Arc::new(b"forged".to_vec()))], &[])
+            .await;
+        assert!(
+            matches!(&bad, Err(e) if e.to_string().contains("does not match its id")),
+            "{bad:?}"
+        );
+        assert_eq!(peers.get(&addr, &forged).await.unwrap(), None);
+        // A part naming a chunk larger than any block is refused with the
+        // reason (its bytes cannot be told from what follows).
+        let huge = Request::Put(Put {
+            whole: vec![(id, crate::MAX_BLOCK_SIZE + 1)],
+            deltas: vec![],
+            last: true,
+        });
+        match peers.call(&addr, &huge).await.unwrap() {
+            Response::Err(why) => assert!(why.contains("larger than any block"), "{why}"),
+            other => panic!("a chunk past the block limit was taken: {other:?}"),
+        }
         // A client without the secret is refused.
         let stranger = Peers::new(Secret::generate());
         assert!(stranger.get(&addr, &id).await.is_err());
@@ -349,6 +532,56 @@ mod tests {
         c.s.flush().await.unwrap();
         let answer = metad::protocol::read_frame(&mut c.s, MAX_FRAME).await;
         assert!(answer.is_err(), "an untagged request was answered");
+        srv.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_put_larger_than_a_part_streams_in_parts_and_reads_back() {
+        let dir = std::env::temp_dir().join(format!("gvsfs-test-net-parts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = ChunkStore::open(&dir).unwrap();
+        let secret = Secret::generate();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let srv = tokio::spawn(serve(l, store.clone(), secret.clone()));
+        let peers = Peers::new(secret);
+        // 40 MiB: three parts of at most FRAME_DATA.
+        let chunks: Vec<(ChunkId, Arc<Vec<u8>>)> = (0..40u8)
+            .map(|i| {
+                let d: Vec<u8> = (0..1 << 20).map(|j: u32| (j as u8) ^ i).collect();
+                (ChunkId::of(&d), Arc::new(d))
+            })
+            .collect();
+        assert_eq!(frames(&chunks, |(_, d)| d.len()).len(), 3);
+        // A delta from the first chunk.
+        let mut changed = chunks[0].1.to_vec();
+        changed[100..110].copy_from_slice(b"0123456789");
+        let delta = Delta::between(chunks[0].0, &chunks[0].1, ChunkId::of(&changed), &changed)
+            .expect("a small change makes a delta");
+        // Its base is not held there yet: asked for whole.
+        let need = peers
+            .put(&addr, &chunks, std::slice::from_ref(&delta))
+            .await
+            .unwrap();
+        assert_eq!(need, vec![delta.id]);
+        let need = peers
+            .put(&addr, &[], std::slice::from_ref(&delta))
+            .await
+            .unwrap();
+        assert!(need.is_empty(), "the base is held now: {need:?}");
+        for (id, d) in &chunks {
+            assert_eq!(
+                peers.get(&addr, id).await.unwrap().as_deref(),
+                Some(d.as_slice())
+            );
+        }
+        assert_eq!(
+            peers.get(&addr, &delta.id).await.unwrap().as_deref(),
+            Some(changed.as_slice())
+        );
+        // The connection is pooled and still in step after the streamed put.
+        assert_eq!(peers.get(&addr, &ChunkId::of(b"nope")).await.unwrap(), None);
         srv.abort();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -27,7 +27,7 @@ use crate::error::{GvsError, Result};
 use crate::gvs::{del, put, unchanged, Gvs};
 use crate::meta::{self, Dirent, Inode, Kind};
 use crate::snapshot::{self, View};
-use crate::volume::Volume;
+use crate::volume::{Volume, VolumeSlot};
 
 /// Largest transaction a rollback sends (metad takes requests up to 8
 /// MiB; the same bound as a snapshot's record).
@@ -249,7 +249,7 @@ fn commit(gvs: &Gvs, mut plan: Plan, pin_compare: Compare, pin_release: Op) -> R
     // Locked in inode order, held until the transaction: no local write
     // slips in between, and no two rollbacks deadlock.
     plan.restore.sort_by_key(|(ino, _)| *ino);
-    let vols: Vec<Arc<Mutex<Volume>>> = plan.restore.iter().map(|(i, _)| gvs.volume(*i)).collect();
+    let vols: Vec<Arc<VolumeSlot>> = plan.restore.iter().map(|(i, _)| gvs.volume(*i)).collect();
     let mut locked: Vec<MutexGuard<Volume>> = vols
         .iter()
         .map(|v| v.lock().unwrap_or_else(|e| e.into_inner()))

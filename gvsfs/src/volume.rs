@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use metad::{Compare, CompareTarget, Op, Txn};
 
 use crate::blockmap::{BlockMap, NewChunks};
-use crate::chunk::{Bytes, Check, ChunkId, Delta, DELTA_SHARE};
+use crate::chunk::{Bytes, Check, ChunkId, ChunkStore, Delta, DELTA_SHARE};
 use crate::error::{GvsError, Result};
 use crate::gvs::Gvs;
 use crate::meta::{self, Inode, NodeInfo};
@@ -91,6 +91,12 @@ impl DirtyBlock {
     }
 }
 
+/// A fresh [`Volume::era`].
+fn next_era() -> u64 {
+    static ERAS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    ERAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A volume's local state.
 pub struct Volume {
     ino: u64,
@@ -110,6 +116,12 @@ pub struct Volume {
     /// Bumped whenever the lease is lost or handed over: file handles that
     /// wrote under an older generation are fenced.
     pub gen: u64,
+    /// Changes whenever the state is dropped or replaced (fenced, a clone
+    /// or rollback adopted), unique across volumes: a commit whose batch
+    /// was cut in another era does not record it.
+    era: u64,
+    /// The background committer was asked to commit this buffer.
+    commit_asked: bool,
     /// End of the last read, to detect sequential reads.
     last_read_end: u64,
     /// First block not yet asked for by read-ahead: a sequential reader
@@ -188,6 +200,8 @@ impl Volume {
             unpushed: Vec::new(),
             epoch: None,
             gen: 0,
+            era: next_era(),
+            commit_asked: false,
             last_read_end: 0,
             ahead_end: 0,
         }
@@ -207,6 +221,7 @@ impl Volume {
     /// volume, committed by the caller): buffered changes are dropped;
     /// the lease stays.
     pub fn adopt(&mut self, root: Option<ChunkId>, map: BlockMap) {
+        self.era = next_era();
         self.map = Some((root, map));
         self.dirty.clear();
         self.unpushed.clear();
@@ -616,6 +631,7 @@ impl Volume {
 
     /// Drops the local state after losing the lease.
     fn fence(&mut self) {
+        self.era = next_era();
         self.dirty.clear();
         self.unpushed.clear();
         self.pending_size = None;
@@ -625,12 +641,14 @@ impl Volume {
         self.gen += 1;
     }
 
-    /// Pushes the dirty blocks to every live replica and commits the new
-    /// root in metad, fenced by the lease epoch. A fenced writer's data is
-    /// dropped and it gets [`GvsError::Fenced`].
-    pub fn commit(&mut self, gvs: &Gvs) -> Result<()> {
+    /// First half of a commit, under the volume's lock: turns the dirty
+    /// blocks into chunks and the new map root, and empties the buffer
+    /// for the writes that come while the chunks travel. `None`: nothing
+    /// to commit.
+    fn prepare(&mut self, gvs: &Gvs) -> Result<Option<Batch>> {
+        self.commit_asked = false;
         if !self.is_dirty() {
-            return Ok(());
+            return Ok(None);
         }
         let Some(epoch) = self.epoch else {
             self.fence();
@@ -649,8 +667,6 @@ impl Volume {
         let mut chunks: NewChunks = Vec::new();
         let f = fetcher(gvs, &rec.replicas);
         let dirty = std::mem::take(&mut self.dirty);
-        // Which block became which chunk (None: zeros, a hole), so that the
-        // buffer can be rebuilt if no replica takes the chunks.
         let mut blocks: Vec<(u64, Option<ChunkId>)> = Vec::with_capacity(dirty.len());
         // Blocks patched from a committed chunk go to the mirrors as deltas.
         let mut deltas = Vec::new();
@@ -664,20 +680,6 @@ impl Volume {
                 chunks.push((id, Arc::new(blk.data)));
             }
         }
-        let bs = rec.block_size as usize;
-        let rebuild = |chunks: &NewChunks| -> BTreeMap<u64, DirtyBlock> {
-            let data: HashMap<ChunkId, &Arc<Vec<u8>>> =
-                chunks.iter().map(|(id, d)| (*id, d)).collect();
-            blocks
-                .iter()
-                .map(|(b, id)| {
-                    let d = id
-                        .and_then(|id| data.get(&id).map(|d| d.to_vec()))
-                        .unwrap_or_else(|| vec![0; bs]);
-                    (*b, DirtyBlock::whole(d))
-                })
-                .collect()
-        };
         let mapped = (|| {
             let map = self.map(gvs, &rec)?;
             for (b, id) in &blocks {
@@ -688,24 +690,76 @@ impl Volume {
         let (root, map_chunks, map_deltas) = match mapped {
             Ok(r) => r,
             Err(e) => {
-                self.dirty = rebuild(&chunks);
+                self.restore(&blocks, &chunks, rec.block_size as usize);
                 return Err(e);
             }
         };
         chunks.extend(map_chunks);
         deltas.extend(map_deltas);
         chunks.append(&mut self.unpushed);
-        let written = self.map.as_ref().expect("loaded").1.written();
-        let missing = match push(gvs, &rec.replicas, &chunks, &deltas) {
+        self.map_changed = false;
+        drop(f);
+        Ok(Some(Batch {
+            size: self.pending_size.unwrap_or(rec.size),
+            written: self.map.as_ref().expect("loaded").1.written(),
+            rec,
+            epoch,
+            era: self.era,
+            root,
+            chunks,
+            deltas,
+            blocks,
+        }))
+    }
+
+    /// Puts the blocks of a commit that did not happen back into the
+    /// buffer, under any newer write to them.
+    fn restore(&mut self, blocks: &[(u64, Option<ChunkId>)], chunks: &NewChunks, bs: usize) {
+        let data: HashMap<ChunkId, &Arc<Vec<u8>>> = chunks.iter().map(|(id, d)| (*id, d)).collect();
+        for (b, id) in blocks {
+            self.dirty.entry(*b).or_insert_with(|| {
+                let d = id
+                    .and_then(|id| data.get(&id).map(|d| d.to_vec()))
+                    .unwrap_or_else(|| vec![0; bs]);
+                DirtyBlock::whole(d)
+            });
+        }
+    }
+
+    /// Second half of a commit, under the volume's lock again: once the
+    /// chunks are stored (`pushed`: the replicas that missed them),
+    /// swaps the root in metad, fenced by the lease epoch. A fenced
+    /// writer's data is dropped and it gets [`GvsError::Fenced`].
+    fn finish(&mut self, gvs: &Gvs, batch: Batch, pushed: Result<Vec<String>>) -> Result<()> {
+        let Batch {
+            rec,
+            epoch,
+            era,
+            root,
+            chunks,
+            blocks,
+            size,
+            written,
+            ..
+        } = batch;
+        if self.era != era {
+            // Fenced, or replaced by a clone or rollback meanwhile: what
+            // this commit carried is gone with the state it came from.
+            return Err(match self.epoch {
+                None => GvsError::Fenced(self.ino),
+                Some(_) => GvsError::Conflict(format!(
+                    "volume {:#x} was replaced while its writes were being committed",
+                    self.ino
+                )),
+            });
+        }
+        let missing = match pushed {
             Ok(m) => m,
             Err(e) => {
-                self.dirty = rebuild(&chunks);
-                let data: std::collections::HashSet<ChunkId> =
-                    blocks.iter().filter_map(|(_, id)| *id).collect();
-                self.unpushed = chunks
-                    .into_iter()
-                    .filter(|(id, _)| !data.contains(id))
-                    .collect();
+                self.restore(&blocks, &chunks, rec.block_size as usize);
+                let data: HashSet<ChunkId> = blocks.iter().filter_map(|(_, id)| *id).collect();
+                self.unpushed
+                    .extend(chunks.into_iter().filter(|(id, _)| !data.contains(id)));
                 self.map_changed = true;
                 return Err(e);
             }
@@ -716,7 +770,7 @@ impl Volume {
                 cache.put(*id, d.clone());
             }
         }
-        let size = self.pending_size.unwrap_or(rec.size);
+        let lk = meta::lease_key(self.ino);
         let deadline = Instant::now() + METAD_WAIT;
         let mut conflicts = 0;
         while conflicts < 20 {
@@ -767,8 +821,10 @@ impl Volume {
                     crate::stats::Stats::add(&gvs.stats.metad_ops, 1 + missing.len() as u64);
                     settle(&gvs.mirror, r.revision);
                     self.map.as_mut().expect("loaded").0 = root;
-                    self.pending_size = None;
-                    self.map_changed = false;
+                    // A size set since the batch was cut is still pending.
+                    if self.pending_size == Some(size) {
+                        self.pending_size = None;
+                    }
                     return Ok(());
                 }
                 Ok(r) => {
@@ -809,17 +865,122 @@ impl Volume {
             self.ino
         )))
     }
+}
+
+/// A commit between its two halves: what was cut from the buffer and
+/// where it goes.
+struct Batch {
+    /// The volume's record when the batch was cut.
+    rec: Inode,
+    /// The lease epoch it commits under.
+    epoch: u64,
+    /// The volume's [`Volume::era`] when it was cut.
+    era: u64,
+    /// The new map root.
+    root: Option<ChunkId>,
+    /// Data and map chunks to store.
+    chunks: NewChunks,
+    /// The chunks the mirrors get as deltas.
+    deltas: Vec<Delta>,
+    /// Which block became which chunk (None: zeros, a hole), so that the
+    /// buffer can be rebuilt if no replica takes the chunks.
+    blocks: Vec<(u64, Option<ChunkId>)>,
+    /// The size and written blocks after it.
+    size: u64,
+    written: u64,
+}
+
+/// Dirty bytes past which a writer asks the background committer to
+/// commit the volume (a quarter of [`DIRTY_LIMIT`]): the writer goes on
+/// into a fresh buffer while the chunks travel, and waits only when it
+/// fills [`DIRTY_LIMIT`] before that commit is done.
+pub const COMMIT_AHEAD: usize = DIRTY_LIMIT / 4;
+
+/// A volume's local state behind its lock, and a second lock that keeps
+/// its commits one at a time. A commit holds the state's lock only to cut
+/// the buffer and to record the result, not while the chunks travel to
+/// the mirrors, so that writes go on meanwhile.
+pub struct VolumeSlot {
+    state: std::sync::Mutex<Volume>,
+    committing: std::sync::Mutex<()>,
+}
+
+impl VolumeSlot {
+    /// The slot of volume `ino`, with empty state.
+    pub fn new(ino: u64) -> VolumeSlot {
+        VolumeSlot {
+            state: std::sync::Mutex::new(Volume::new(ino)),
+            committing: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Locks the state (as [`std::sync::Mutex::lock`]).
+    pub fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, Volume>> {
+        self.state.lock()
+    }
+
+    /// Locks the state if it is free (as [`std::sync::Mutex::try_lock`]).
+    pub fn try_lock(&self) -> std::sync::TryLockResult<std::sync::MutexGuard<'_, Volume>> {
+        self.state.try_lock()
+    }
+
+    /// Pushes the buffered writes to every live replica and commits the
+    /// new root in metad, after any commit already under way. `gen`: the
+    /// writer generation the caller wrote under (a file handle's): if the
+    /// volume was fenced since, its writes are gone and it gets
+    /// [`GvsError::Fenced`].
+    pub fn commit(&self, gvs: &Gvs, gen: Option<u64>) -> Result<()> {
+        let _one = self.committing.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = {
+            let mut v = self.lock().unwrap_or_else(|e| e.into_inner());
+            if gen.is_some_and(|g| g != v.gen) {
+                return Err(GvsError::Fenced(v.ino));
+            }
+            let Some(b) = v.prepare(gvs)? else {
+                return Ok(());
+            };
+            // The map names the new chunks from now on: readers and
+            // partial writes find them in flight until they are stored
+            // and cached.
+            gvs.take_off(&b.chunks);
+            b
+        };
+        let pushed = push(gvs, &batch.rec.replicas, &batch.chunks, &batch.deltas);
+        let chunks = batch.chunks.clone();
+        let r = self
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish(gvs, batch, pushed);
+        gvs.land(&chunks);
+        r
+    }
+
+    /// Asks the background committer to commit this volume soon, once
+    /// per buffer.
+    pub fn commit_soon(v: &mut Volume, gvs: &Gvs) {
+        if !v.commit_asked {
+            v.commit_asked = true;
+            gvs.ask_commit(v.ino);
+        }
+    }
 
     /// Hands the lease over to a node that asked: commit, then release.
-    pub fn hand_over(&mut self, gvs: &Gvs) {
-        let Some(epoch) = self.epoch else { return };
-        if let Err(e) = self.commit(gvs) {
-            tracing::warn!(
-                "volume {:#x}: commit before handing the lease over: {e}",
-                self.ino
-            );
+    pub fn hand_over(&self, gvs: &Gvs) {
+        // Writes that land between the commit and the release are
+        // committed too, a few times over; past that they are dropped
+        // with the lease (their writer's next fsync gets EIO).
+        for _ in 0..3 {
+            if let Err(e) = self.commit(gvs, None) {
+                tracing::warn!("commit before handing a lease over: {e}");
+            }
+            if !self.lock().unwrap_or_else(|e| e.into_inner()).is_dirty() {
+                break;
+            }
         }
-        let lk = meta::lease_key(self.ino);
+        let _one = self.committing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = self.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(epoch) = v.epoch else { return };
+        let lk = meta::lease_key(v.ino);
         let t = Txn {
             compare: vec![Compare {
                 key: lk.clone().into_bytes(),
@@ -830,17 +991,17 @@ impl Volume {
                     key: lk.into_bytes(),
                 },
                 Op::Delete {
-                    key: meta::lease_req_key(self.ino).into_bytes(),
+                    key: meta::lease_req_key(v.ino).into_bytes(),
                 },
             ],
             failure: vec![],
         };
         match gvs.rt.block_on(gvs.client().txn(t)) {
             Ok(r) => settle(&gvs.mirror, r.revision),
-            Err(e) => tracing::warn!("volume {:#x}: releasing the lease: {e}", self.ino),
+            Err(e) => tracing::warn!("volume {:#x}: releasing the lease: {e}", v.ino),
         }
-        tracing::info!("volume {:#x}: write lease handed over", self.ino);
-        self.fence();
+        tracing::info!("volume {:#x}: write lease handed over", v.ino);
+        v.fence();
     }
 }
 
@@ -911,11 +1072,11 @@ pub(crate) fn push(
             }));
         }
         if local {
-            // Every chunk is given whole too: one batch, whatever the
-            // store cannot keep as a delta.
             handles.push(scope.spawn(|| {
-                let put = gvs.store.put(chunks, deltas, Check::Trust, true);
-                (gvs.me.clone(), put.map(drop))
+                (
+                    gvs.me.clone(),
+                    store_locally(&gvs.store, chunks, whole, deltas),
+                )
             }));
         }
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
@@ -945,9 +1106,53 @@ pub(crate) fn push(
     Ok(missing)
 }
 
+/// Stores a commit's chunks in the local store, durably, in parts of
+/// bounded size (one RocksDB batch each, synced once at the end): the
+/// chunks that have a delta go with the deltas, so the store keeps each
+/// as its delta where it can and whole where it cannot, never both; the
+/// others (`whole`) follow.
+fn store_locally(
+    store: &ChunkStore,
+    chunks: &NewChunks,
+    whole: &NewChunks,
+    deltas: &[Delta],
+) -> Result<()> {
+    let by_delta: HashSet<ChunkId> = deltas.iter().map(|d| d.id).collect();
+    let patched: NewChunks = chunks
+        .iter()
+        .filter(|(id, _)| by_delta.contains(id))
+        .cloned()
+        .collect();
+    let rest = crate::net::frames(whole, |(_, d)| d.len());
+    let mut ingest = store.ingest(true);
+    ingest.part(&patched, deltas, Check::Trust, rest.is_empty())?;
+    for (i, part) in rest.iter().enumerate() {
+        ingest.part(part, &[], Check::Trust, i + 1 == rest.len())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_commit_goes_back_under_newer_writes() {
+        let mut v = Volume::new(7);
+        let (old, other) = (vec![1u8; 16], vec![2u8; 16]);
+        let (old_id, other_id) = (ChunkId::of(&old), ChunkId::of(&other));
+        // Block 0 was written again while the commit was under way.
+        v.dirty.insert(0, DirtyBlock::whole(vec![9; 16]));
+        let blocks = [(0, Some(old_id)), (1, Some(other_id)), (2, None)];
+        let chunks: NewChunks = vec![(old_id, Arc::new(old)), (other_id, Arc::new(other))];
+        v.restore(&blocks, &chunks, 16);
+        let data: Vec<(u64, Vec<u8>)> = v.dirty.iter().map(|(b, d)| (*b, d.data.clone())).collect();
+        assert_eq!(
+            data,
+            vec![(0, vec![9; 16]), (1, vec![2; 16]), (2, vec![0; 16])],
+            "the newer write stays; the others come back, holes as zeros"
+        );
+    }
 
     #[test]
     fn dirty_ranges_merge_and_give_up_past_a_quarter() {
