@@ -10,14 +10,19 @@
 # Run as root from the workspace, after
 #   CARGO_TARGET_DIR=/var/tmp/grid-target cargo build --release -p gvsfs -p devgrid -p metad
 #   gvsfs/bench/fio-bench.sh
-# Environment: BIN (the binaries, default $CARGO_TARGET_DIR/release), SIZE
-# (file size, default 256M), RUNTIME (seconds per random job, default 8),
+# Environment: BIN (the binaries, default $CARGO_TARGET_DIR/release),
+# SEQ_SIZE (bytes of the sequential jobs, default 1G: gvsfs commits a
+# writer's buffer every 64 MiB while it goes on writing, so a short file
+# shows mostly the last commit), SIZE (the part of the file the random jobs
+# use, default 256M), RUNTIME (seconds per random job, default 8),
 # KEEP_LOGS=1 keeps the fio JSON in $WORK.
-# Takes about 6-8 minutes (plus installing glusterfs-server the first time).
+# Takes about 3 minutes with SIZE=128M RUNTIME=5 (plus installing
+# glusterfs-server the first time).
 # Not a test: it asserts nothing, it measures.
 set -euo pipefail
 
 BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/grid-target}/release}
+SEQ_SIZE=${SEQ_SIZE:-1G}
 SIZE=${SIZE:-256M}
 RUNTIME=${RUNTIME:-8}
 GRID=gvbench
@@ -97,13 +102,13 @@ gluster --mode=script volume status "$GLVOL" | awk '$NF ~ /^[0-9]+$/ && $(NF-1) 
 gl_mount
 
 # ---- fio ------------------------------------------------------------------
-common="--size=$SIZE --output-format=json --group_reporting --name=job"
+common="--output-format=json --group_reporting --name=job"
 declare -A JOB=(
-    [seqwrite]="--rw=write --bs=1M --ioengine=psync --end_fsync=1"
-    [seqread]="--rw=read --bs=1M --ioengine=psync"
-    [randread]="--rw=randread --bs=4k --ioengine=libaio --iodepth=16 --direct=1 --runtime=$RUNTIME --time_based"
-    [randwrite]="--rw=randwrite --bs=4k --ioengine=libaio --iodepth=16 --direct=1 --runtime=$RUNTIME --time_based --end_fsync=1"
-    [randwrite_fsync32]="--rw=randwrite --bs=4k --ioengine=libaio --iodepth=16 --direct=1 --fsync=32 --runtime=$RUNTIME --time_based"
+    [seqwrite]="--size=$SEQ_SIZE --rw=write --bs=1M --ioengine=psync --end_fsync=1"
+    [seqread]="--size=$SEQ_SIZE --rw=read --bs=1M --ioengine=psync"
+    [randread]="--size=$SIZE --rw=randread --bs=4k --ioengine=libaio --iodepth=16 --direct=1 --runtime=$RUNTIME --time_based"
+    [randwrite]="--size=$SIZE --rw=randwrite --bs=4k --ioengine=libaio --iodepth=16 --direct=1 --runtime=$RUNTIME --time_based --end_fsync=1"
+    [randwrite_fsync32]="--size=$SIZE --rw=randwrite --bs=4k --ioengine=libaio --iodepth=16 --direct=1 --fsync=32 --runtime=$RUNTIME --time_based"
 )
 ORDER="seqwrite seqread randread randwrite randwrite_fsync32"
 
@@ -151,7 +156,7 @@ REPLICAS=$(gx node1 -- getfattr --absolute-names --only-values -n gvs.replicas /
 # ---- the table --------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 echo
-echo "fio, file of $SIZE; gvs: 3-node grid in a box, 2 mirrors ($REPLICAS), fio on node1;"
+echo "fio, seq: $SEQ_SIZE, rand: over $SIZE; gvs: 3-node grid in a box, 2 mirrors ($REPLICAS), fio on node1;"
 echo "gluster: replica 2, two bricks on this host, FUSE; seq in MiB/s, rand in IOPS;"
 echo "rand: 4 KiB, libaio iodepth 16, O_DIRECT, ${RUNTIME}s; cold = page cache dropped (+ gvsfs restarted for reads)"
 printf "\n%-26s %10s %10s %10s %10s %12s\n" "job" "local" "gvs" "gluster" "gvs/local" "gvs/gluster"
