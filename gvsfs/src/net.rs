@@ -481,16 +481,45 @@ mod tests {
         assert_eq!(back.0, v);
     }
 
+    /// A chunk server on loopback over a fresh store, and a client of
+    /// it; both go on drop.
+    struct Served {
+        dir: std::path::PathBuf,
+        srv: tokio::task::JoinHandle<()>,
+        addr: String,
+        peers: Peers,
+    }
+
+    impl Served {
+        async fn new(name: &str) -> Served {
+            let dir =
+                std::env::temp_dir().join(format!("gvsfs-test-net-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let store = ChunkStore::open(&dir).unwrap();
+            let secret = Secret::generate();
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap().to_string();
+            let srv = tokio::spawn(serve(l, store, secret.clone()));
+            Served {
+                dir,
+                srv,
+                addr,
+                peers: Peers::new(secret),
+            }
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.srv.abort();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
     #[tokio::test]
     async fn put_get_over_tcp_and_refuse_strangers() {
-        let dir = std::env::temp_dir().join(format!("gvsfs-test-net-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = ChunkStore::open(&dir).unwrap();
-        let secret = Secret::generate();
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let srv = tokio::spawn(serve(l, store.clone(), secret.clone()));
-        let peers = Peers::new(secret);
+        let served = Served::new("strangers").await;
+        let (addr, peers) = (served.addr.clone(), &served.peers);
         let data = Arc::new(vec![3u8; 100_000]);
         let id = ChunkId::of(&data);
         let need = peers.put(&addr, &[(id, data.clone())], &[]).await.unwrap();
@@ -532,20 +561,12 @@ mod tests {
         c.s.flush().await.unwrap();
         let answer = metad::protocol::read_frame(&mut c.s, MAX_FRAME).await;
         assert!(answer.is_err(), "an untagged request was answered");
-        srv.abort();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
     async fn a_put_larger_than_a_part_streams_in_parts_and_reads_back() {
-        let dir = std::env::temp_dir().join(format!("gvsfs-test-net-parts-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = ChunkStore::open(&dir).unwrap();
-        let secret = Secret::generate();
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let srv = tokio::spawn(serve(l, store.clone(), secret.clone()));
-        let peers = Peers::new(secret);
+        let served = Served::new("parts").await;
+        let (addr, peers) = (served.addr.clone(), &served.peers);
         // 40 MiB: three parts of at most FRAME_DATA.
         let chunks: Vec<(ChunkId, Arc<Vec<u8>>)> = (0..40u8)
             .map(|i| {
@@ -582,7 +603,5 @@ mod tests {
         );
         // The connection is pooled and still in step after the streamed put.
         assert_eq!(peers.get(&addr, &ChunkId::of(b"nope")).await.unwrap(), None);
-        srv.abort();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

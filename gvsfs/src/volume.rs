@@ -931,28 +931,36 @@ impl VolumeSlot {
     /// [`GvsError::Fenced`].
     pub fn commit(&self, gvs: &Gvs, gen: Option<u64>) -> Result<()> {
         let _one = self.committing.lock().unwrap_or_else(|e| e.into_inner());
-        let batch = {
-            let mut v = self.lock().unwrap_or_else(|e| e.into_inner());
-            if gen.is_some_and(|g| g != v.gen) {
-                return Err(GvsError::Fenced(v.ino));
-            }
-            let Some(b) = v.prepare(gvs)? else {
-                return Ok(());
-            };
-            // The map names the new chunks from now on: readers and
-            // partial writes find them in flight until they are stored
-            // and cached.
-            gvs.take_off(&b.chunks);
-            b
+        let v = self.lock().unwrap_or_else(|e| e.into_inner());
+        if gen.is_some_and(|g| g != v.gen) {
+            return Err(GvsError::Fenced(v.ino));
+        }
+        self.run_commit(v, gvs, false).1
+    }
+
+    /// One commit, from the state's guard to the guard it ends with (the
+    /// caller holds `committing`). `hold` keeps writers out while the
+    /// chunks travel; otherwise the guard is let go meanwhile.
+    fn run_commit<'a>(
+        &'a self,
+        mut v: std::sync::MutexGuard<'a, Volume>,
+        gvs: &Gvs,
+        hold: bool,
+    ) -> (std::sync::MutexGuard<'a, Volume>, Result<()>) {
+        let batch = match v.prepare(gvs) {
+            Ok(Some(b)) => b,
+            other => return (v, other.map(drop)),
         };
-        let pushed = push(gvs, &batch.rec.replicas, &batch.chunks, &batch.deltas);
+        // The map names the new chunks from now on: readers and partial
+        // writes find them in flight until they are stored and cached.
+        gvs.take_off(&batch.chunks);
         let chunks = batch.chunks.clone();
-        let r = self
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .finish(gvs, batch, pushed);
+        let held = hold.then_some(v);
+        let pushed = push(gvs, &batch.rec.replicas, &batch.chunks, &batch.deltas);
+        let mut v = held.unwrap_or_else(|| self.lock().unwrap_or_else(|e| e.into_inner()));
+        let r = v.finish(gvs, batch, pushed);
         gvs.land(&chunks);
-        r
+        (v, r)
     }
 
     /// Asks the background committer to commit this volume soon, once
@@ -966,19 +974,23 @@ impl VolumeSlot {
 
     /// Hands the lease over to a node that asked: commit, then release.
     pub fn hand_over(&self, gvs: &Gvs) {
-        // Writes that land between the commit and the release are
-        // committed too, a few times over; past that they are dropped
-        // with the lease (their writer's next fsync gets EIO).
-        for _ in 0..3 {
-            if let Err(e) = self.commit(gvs, None) {
-                tracing::warn!("commit before handing a lease over: {e}");
-            }
-            if !self.lock().unwrap_or_else(|e| e.into_inner()).is_dirty() {
-                break;
-            }
+        // The bulk while writers go on, then the rest with them held, so
+        // that no write acknowledged before the release is dropped.
+        if let Err(e) = self.commit(gvs, None) {
+            tracing::warn!("commit before handing a lease over: {e}");
         }
         let _one = self.committing.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v = self.lock().unwrap_or_else(|e| e.into_inner());
+        let v = self.lock().unwrap_or_else(|e| e.into_inner());
+        if v.epoch.is_none() {
+            return;
+        }
+        let (mut v, r) = self.run_commit(v, gvs, true);
+        if let Err(e) = r {
+            tracing::warn!(
+                "volume {:#x}: commit before handing the lease over: {e}",
+                v.ino
+            );
+        }
         let Some(epoch) = v.epoch else { return };
         let lk = meta::lease_key(v.ino);
         let t = Txn {

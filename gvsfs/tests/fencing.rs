@@ -162,6 +162,84 @@ fn a_writer_whose_lease_was_handed_over_gets_eio_and_its_late_writes_never_land(
     assert_everywhere(&grid, file, "ACE");
 }
 
+/// A writer that streams MiB after MiB (MiB i all of byte `i % 251`,
+/// 2 ms apart) into a file until a write fails, printing the index of
+/// each write that returned, then `stop ERRNO`.
+const STREAMER: &str = r#"
+import errno, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+print("open", flush=True)
+for i in range(int(sys.argv[2])):
+    try:
+        os.pwrite(fd, bytes([i % 251]) * (1 << 20), i << 20)
+    except OSError as e:
+        print("stop", errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+        sys.exit(0)
+    print(i, flush=True)
+    time.sleep(0.002)
+print("stop done", flush=True)
+"#;
+
+/// Checks, on `node`, that MiB 0..n of `file` are what [`STREAMER`] wrote.
+const CHECKER: &str = r#"
+import sys
+with open(sys.argv[1], "rb") as f:
+    for i in range(int(sys.argv[2])):
+        if f.read(1 << 20) != bytes([i % 251]) * (1 << 20):
+            print("MiB", i, "differs"); sys.exit(1)
+"#;
+
+#[test]
+fn a_lease_taken_from_a_streaming_writer_keeps_every_write_it_acknowledged() {
+    let grid = GridGuard::up("gvfsw", 3).unwrap();
+    wait_mounted(&grid, 3);
+    let file = "/gvs/s.vol";
+    let mut child = grid
+        .command(1, "python3")
+        .args(["-c", STREAMER, file, "600"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the streamer");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut lines = stdout.lines().map_while(Result::ok);
+    assert_eq!(lines.next().as_deref(), Some("open"));
+    // Let it buffer and commit a good deal (commits run while it writes),
+    // then take the lease from node2 in the middle of the stream.
+    let mut acked = 0;
+    for line in lines.by_ref() {
+        acked = line.parse::<u64>().expect("an index") + 1;
+        if acked == 150 {
+            break;
+        }
+    }
+    write_mib(&grid, 2, file, 'Z', 700);
+    let mut stop = String::new();
+    for line in lines.by_ref() {
+        match line.parse::<u64>() {
+            Ok(i) => acked = i + 1,
+            Err(_) => {
+                stop = line;
+                break;
+            }
+        }
+    }
+    let _ = child.wait();
+    assert_eq!(
+        stop, "stop EIO",
+        "node1's writer was not fenced (acknowledged {acked} MiB)"
+    );
+    eprintln!("node1 had {acked} MiB acknowledged when it was fenced");
+    // Every write node1 acknowledged before the hand-over is there, on
+    // every node.
+    for node in 1..=3 {
+        sh(
+            &grid,
+            node,
+            &format!("python3 -c '{CHECKER}' {file} {acked}"),
+        );
+    }
+}
+
 #[test]
 fn a_writer_cut_off_while_another_node_takes_its_lease_is_fenced_by_the_epoch() {
     let grid = GridGuard::up("gvfcut", 3).unwrap();
