@@ -116,14 +116,22 @@ async fn read_job<R: AsyncRead + Unpin>(rd: &mut R, recv: &mut Opener) -> std::i
         Ok(req) => return Ok(Job::Other(req)),
         Err(e) => return Ok(Job::Refused(format!("malformed request: {e}"))),
     };
+    if let Some((id, len)) = put.whole.iter().find(|(_, n)| *n > crate::MAX_BLOCK_SIZE) {
+        return Ok(Job::Refused(format!(
+            "chunk {} of {len} bytes: larger than any block",
+            id.hex()
+        )));
+    }
+    // A part is held in memory until stored: its size is bounded as
+    // [`frames`] cuts them.
+    let total: u64 = put.whole.iter().map(|(_, n)| u64::from(*n)).sum();
+    if total > PART_MAX as u64 {
+        return Ok(Job::Refused(format!(
+            "a part of {total} bytes: over the {PART_MAX}-byte limit"
+        )));
+    }
     let mut whole = Vec::with_capacity(put.whole.len());
     for &(id, len) in &put.whole {
-        if len > crate::MAX_BLOCK_SIZE {
-            return Ok(Job::Refused(format!(
-                "chunk {} of {len} bytes: larger than any block",
-                id.hex()
-            )));
-        }
         let len = len as usize;
         let mut d = Vec::with_capacity(len);
         while d.len() < len {
@@ -232,6 +240,14 @@ pub async fn serve(listener: TcpListener, store: ChunkStore, secret: Secret) {
 
 /// Bytes of chunk data in one part of a put at most.
 const FRAME_DATA: usize = 16 << 20;
+
+/// Most bytes of whole chunks a part may carry: [`FRAME_DATA`], or one
+/// chunk of the largest block size.
+const PART_MAX: usize = if FRAME_DATA > crate::MAX_BLOCK_SIZE as usize {
+    FRAME_DATA
+} else {
+    crate::MAX_BLOCK_SIZE as usize
+};
 
 /// `items` cut into runs of at most [`FRAME_DATA`] bytes (by `size`),
 /// each holding at least one item.
@@ -549,6 +565,16 @@ mod tests {
         match peers.call(&addr, &huge).await.unwrap() {
             Response::Err(why) => assert!(why.contains("larger than any block"), "{why}"),
             other => panic!("a chunk past the block limit was taken: {other:?}"),
+        }
+        // So is a part larger than a part can be.
+        let big = Request::Put(Put {
+            whole: vec![(id, crate::MAX_BLOCK_SIZE), (id, crate::MAX_BLOCK_SIZE)],
+            deltas: vec![],
+            last: true,
+        });
+        match peers.call(&addr, &big).await.unwrap() {
+            Response::Err(why) => assert!(why.contains("over the"), "{why}"),
+            other => panic!("a part past the limit was taken: {other:?}"),
         }
         // A client without the secret is refused.
         let stranger = Peers::new(Secret::generate());
