@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{md5, run, sh, stat, wait_mounted};
+use common::{md5, run, sh, stat, wait_mounted, xattr};
 use devgrid::GridGuard;
 
 /// Writes 1 MiB of `byte` at `mib` MiB into `file` on `node`, fsynced,
@@ -167,6 +167,67 @@ fn the_work_of_a_clone_does_not_grow_with_the_volume_size() {
         assert_eq!(
             head(&format!("/gvs/{v}.clone")),
             head(&format!("/gvs/{v}.vol"))
+        );
+    }
+}
+
+/// A commit of the destination still on its way to a mirror when a clone
+/// replaces the destination must not overwrite the clone when it lands.
+#[test]
+fn a_clone_into_a_volume_whose_commit_is_in_flight_is_not_overwritten() {
+    let grid = GridGuard::up("gvcfl", 3).unwrap();
+    wait_mounted(&grid, 3);
+    sh(
+        &grid,
+        1,
+        "head -c 8388608 /dev/zero | tr '\\0' S > /tmp/src && \
+         dd if=/tmp/src of=/gvs/src.vol bs=1M conv=fsync status=none && \
+         head -c 1048576 /dev/zero | tr '\\0' A | dd of=/gvs/dst.vol bs=1M conv=fsync status=none",
+    );
+    // Cut a mirror of dst other than node1: a push to it stalls until the
+    // chunk connection gives up on it (10 s without progress).
+    let replicas = xattr(&grid, 1, "/gvs/dst.vol", "gvs.replicas");
+    let cut: usize = replicas
+        .trim()
+        .split(',')
+        .filter_map(|n| n.strip_prefix("node")?.parse().ok())
+        .find(|n| *n != 1)
+        .expect("a mirror other than node1");
+    grid.cut(cut, false).unwrap();
+    // node1 buffers 8 MiB of B in dst and keeps it open; the background
+    // commit (every second) takes them on their way and stalls.
+    let mut writer = grid
+        .command(1, "python3")
+        .args([
+            "-c",
+            "import os, time\n\
+             fd = os.open('/gvs/dst.vol', os.O_WRONLY)\n\
+             for i in range(8): os.pwrite(fd, b'B' * (1 << 20), i << 20)\n\
+             print('written', flush=True)\n\
+             time.sleep(60)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the writer");
+    let mut out = std::io::BufReader::new(writer.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("the writer's answer");
+    assert_eq!(line.trim(), "written");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // The clone replaces dst while that commit is still travelling.
+    sh(&grid, 1, "gvsfs clone --force /gvs/src.vol /gvs/dst.vol");
+    let _ = writer.kill();
+    let _ = writer.wait();
+    grid.heal(cut).unwrap();
+    // The stalled commit has given up on the cut mirror and ended by now
+    // (the writer's close waited for it): dst is the clone everywhere.
+    let want = md5(&grid, 1, "/tmp/src");
+    for node in 1..=3 {
+        common::eventually(
+            &grid,
+            node,
+            &format!("test \"$(md5sum < /gvs/dst.vol | cut -c1-32)\" = {want}"),
+            30,
         );
     }
 }
