@@ -27,7 +27,6 @@ use crate::error::{GvsError, Result};
 use crate::gvs::{conf, Gvs};
 use crate::meta::{self, Inode, Kind};
 use crate::snapshot::{self, classify, entry_ino, snapdir_ino, Virt, SNAPSHOTS};
-use crate::volume::VolumeSlot;
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -490,7 +489,7 @@ impl GvsFs {
             drop(v);
             vol.commit(&self.gvs, Some(gen))?;
         } else if dirty > crate::volume::COMMIT_AHEAD {
-            VolumeSlot::commit_soon(&mut v, &self.gvs);
+            v.commit_soon(&self.gvs);
         }
         Ok(r)
     }

@@ -586,6 +586,15 @@ impl Volume {
         }
     }
 
+    /// Asks the background committer to commit this volume soon, once
+    /// per buffer.
+    pub fn commit_soon(&mut self, gvs: &Gvs) {
+        if !self.commit_asked {
+            self.commit_asked = true;
+            gvs.ask_commit(self.ino);
+        }
+    }
+
     /// Whether there is anything to commit.
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty() || self.pending_size.is_some() || self.map_changed
@@ -963,15 +972,6 @@ impl VolumeSlot {
         (v, r)
     }
 
-    /// Asks the background committer to commit this volume soon, once
-    /// per buffer.
-    pub fn commit_soon(v: &mut Volume, gvs: &Gvs) {
-        if !v.commit_asked {
-            v.commit_asked = true;
-            gvs.ask_commit(v.ino);
-        }
-    }
-
     /// Hands the lease over to a node that asked: commit, then release.
     pub fn hand_over(&self, gvs: &Gvs) {
         // The bulk while writers go on, then the rest with them held, so
@@ -1045,12 +1045,12 @@ pub(crate) fn push(
             }
         })
         .collect();
+    // Chunks with a delta, and the others (sent whole everywhere).
     let by_delta: HashSet<ChunkId> = deltas.iter().map(|d| d.id).collect();
-    let whole: NewChunks = chunks
+    let (patched, whole): (NewChunks, NewChunks) = chunks
         .iter()
-        .filter(|(id, _)| !by_delta.contains(id))
         .cloned()
-        .collect();
+        .partition(|(id, _)| by_delta.contains(id));
     // The chunks a replica could not rebuild from their delta.
     let resend = |need: Vec<ChunkId>| -> NewChunks {
         let need: HashSet<ChunkId> = need.into_iter().collect();
@@ -1087,7 +1087,7 @@ pub(crate) fn push(
             handles.push(scope.spawn(|| {
                 (
                     gvs.me.clone(),
-                    store_locally(&gvs.store, chunks, whole, deltas),
+                    store_locally(&gvs.store, &patched, whole, deltas),
                 )
             }));
         }
@@ -1120,24 +1120,18 @@ pub(crate) fn push(
 
 /// Stores a commit's chunks in the local store, durably, in parts of
 /// bounded size (one RocksDB batch each, synced once at the end): the
-/// chunks that have a delta go with the deltas, so the store keeps each
-/// as its delta where it can and whole where it cannot, never both; the
-/// others (`whole`) follow.
+/// chunks that have a delta (`patched`) go with the deltas, so the store
+/// keeps each as its delta where it can and whole where it cannot, never
+/// both; the others (`whole`) follow.
 fn store_locally(
     store: &ChunkStore,
-    chunks: &NewChunks,
+    patched: &NewChunks,
     whole: &NewChunks,
     deltas: &[Delta],
 ) -> Result<()> {
-    let by_delta: HashSet<ChunkId> = deltas.iter().map(|d| d.id).collect();
-    let patched: NewChunks = chunks
-        .iter()
-        .filter(|(id, _)| by_delta.contains(id))
-        .cloned()
-        .collect();
     let rest = crate::net::frames(whole, |(_, d)| d.len());
     let mut ingest = store.ingest(true);
-    ingest.part(&patched, deltas, Check::Trust, rest.is_empty())?;
+    ingest.part(patched, deltas, Check::Trust, rest.is_empty())?;
     for (i, part) in rest.iter().enumerate() {
         ingest.part(part, &[], Check::Trust, i + 1 == rest.len())?;
     }
