@@ -511,7 +511,7 @@ mod tests {
             let dir =
                 std::env::temp_dir().join(format!("gvsfs-test-net-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            let store = ChunkStore::open(&dir).unwrap();
+            let store = ChunkStore::open(&dir, 16 << 20).unwrap();
             let secret = Secret::generate();
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap().to_string();

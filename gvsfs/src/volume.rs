@@ -746,10 +746,10 @@ impl Volume {
             era,
             root,
             chunks,
+            deltas,
             blocks,
             size,
             written,
-            ..
         } = batch;
         if self.era != era {
             // Fenced, or replaced by a clone or rollback meanwhile: what
@@ -774,7 +774,14 @@ impl Volume {
             }
         };
         {
+            // A patched block's old chunk is rarely read again (a snapshot
+            // or clone that shares it reads it from the store): it leaves
+            // the cache to its successor, so that a random writer's blocks
+            // stay cached for their next partial write.
             let mut cache = gvs.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for d in &deltas {
+                cache.pop(&d.base);
+            }
             for (id, d) in &chunks {
                 cache.put(*id, d.clone());
             }
