@@ -38,9 +38,8 @@ pub struct MountArgs {
     /// Size of the chunk cache in MiB.
     #[arg(long, default_value_t = 256)]
     pub cache_mb: usize,
-    /// Size of the chunk store's cache in MiB: values read from its blob
-    /// files, and the whole chunks lately stored from other nodes' small
-    /// commits (the bases their next deltas are rebuilt from).
+    /// Size of the chunk store's cache in MiB: deltas, and the whole
+    /// chunks a mirror stored or read lately to rebuild deltas from.
     #[arg(long, default_value_t = 512)]
     pub store_cache_mb: usize,
     /// FUSE worker threads. 8 (on 2 cores): 4 K random reads at queue
