@@ -750,6 +750,9 @@ impl Filesystem for GvsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        if let Err(e) = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO) {
+            tracing::warn!("kernel refused asynchronous direct I/O: {e:?}");
+        }
         if self.writeback {
             if let Err(e) = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE) {
                 tracing::warn!("kernel refused the writeback cache: {e:?}");

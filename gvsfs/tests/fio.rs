@@ -1,34 +1,53 @@
 //! fio with `--verify=crc32c` over a 1 GiB volume, sequential and random:
 //! one node writes (and verifies what it wrote), another node reads every
 //! block back and verifies it; then the same (256 MiB) with the kernel's
-//! writeback cache on.
+//! writeback cache on, and with asynchronous direct I/O (libaio, 16 in
+//! flight, O_DIRECT), whose requests reach gvsfs concurrently.
 
 mod common;
 
 use common::{run, sh, wait_mounted};
 use devgrid::{GridConfig, GridGuard};
 
-/// fio's options for one verified workload on `file`.
-fn fio_args(file: &str, size: &str, rw: &str, bs: &str) -> String {
-    format!(
-        "fio --name=verify --filename={file} --size={size} --rw={rw} --bs={bs} \
-         --ioengine=psync --verify=crc32c --verify_fatal=1 --verify_state_save=0 \
-         --end_fsync=1 --randrepeat=1 --group_reporting --minimal"
-    )
+/// Synchronous buffered I/O, one request at a time.
+const PSYNC: &str = "--ioengine=psync";
+
+/// Asynchronous direct I/O: the kernel sends gvsfs 16 requests at once.
+const AIO: &str = "--ioengine=libaio --iodepth=16 --direct=1";
+
+/// One verified fio workload: `mib` MiB of `file`, written `rw` in
+/// blocks of `bs` with `engine`.
+struct Workload<'a> {
+    file: &'a str,
+    mib: u64,
+    rw: &'a str,
+    bs: &'a str,
+    engine: &'a str,
 }
 
-/// Writes `file` with fio on node `writer` (which verifies it as it goes
-/// on), then verifies every block on node `reader`.
-fn write_then_verify_elsewhere(
-    grid: &GridGuard,
-    writer: usize,
-    reader: usize,
-    file: &str,
-    mib: u64,
-    rw: &str,
-    bs: &str,
-) {
-    let args = fio_args(file, &format!("{mib}m"), rw, bs);
+impl Workload<'_> {
+    /// fio's options for it.
+    fn args(&self) -> String {
+        let Workload {
+            file,
+            mib,
+            rw,
+            bs,
+            engine,
+        } = self;
+        format!(
+            "fio --name=verify --filename={file} --size={mib}m --rw={rw} --bs={bs} \
+             {engine} --verify=crc32c --verify_fatal=1 --verify_state_save=0 \
+             --end_fsync=1 --randrepeat=1 --group_reporting --minimal"
+        )
+    }
+}
+
+/// Writes the workload's file with fio on node `writer` (which verifies
+/// it as it goes on), then verifies every block on node `reader`.
+fn write_then_verify_elsewhere(grid: &GridGuard, writer: usize, reader: usize, w: &Workload) {
+    let (file, rw) = (w.file, w.rw);
+    let args = w.args();
     let out = sh(grid, writer, &args);
     // --minimal: field 5 is the error count.
     let fields: Vec<&str> = out.lines().last().unwrap_or_default().split(';').collect();
@@ -50,7 +69,18 @@ fn write_then_verify_elsewhere(
     );
     // The reader saw the whole volume, at its size.
     let size_bytes = sh(grid, reader, &format!("stat -c %s {file}"));
-    assert_eq!(size_bytes.trim(), (mib << 20).to_string());
+    assert_eq!(size_bytes.trim(), (w.mib << 20).to_string());
+}
+
+/// A workload with synchronous buffered I/O.
+fn psync<'a>(file: &'a str, mib: u64, rw: &'a str, bs: &'a str) -> Workload<'a> {
+    Workload {
+        file,
+        mib,
+        rw,
+        bs,
+        engine: PSYNC,
+    }
 }
 
 #[test]
@@ -58,22 +88,17 @@ fn fio_verify_over_a_1g_volume_sequential_and_random_read_back_on_another_node()
     let grid = GridGuard::up("gvfio", 3).unwrap();
     wait_mounted(&grid, 3);
     sh(&grid, 1, "mkdir -p /gvs/fio");
-    write_then_verify_elsewhere(&grid, 1, 2, "/gvs/fio/seq.vol", 1024, "write", "1m");
-    write_then_verify_elsewhere(&grid, 1, 3, "/gvs/fio/rand.vol", 1024, "randwrite", "4k");
+    let seq = psync("/gvs/fio/seq.vol", 1024, "write", "1m");
+    write_then_verify_elsewhere(&grid, 1, 2, &seq);
+    let rand = psync("/gvs/fio/rand.vol", 1024, "randwrite", "4k");
+    write_then_verify_elsewhere(&grid, 1, 3, &rand);
     // A corrupted volume must fail the verification: the check can fail.
     sh(
         &grid,
         2,
         "printf XXXXXXXX | dd of=/gvs/fio/seq.vol bs=1 seek=5242880 conv=notrunc,fsync status=none",
     );
-    let (ok, out) = run(
-        &grid,
-        3,
-        &format!(
-            "{} --verify_only",
-            fio_args("/gvs/fio/seq.vol", "1024m", "write", "1m")
-        ),
-    );
+    let (ok, out) = run(&grid, 3, &format!("{} --verify_only", seq.args()));
     assert!(!ok, "fio verified a corrupted volume:\n{out}");
 }
 
@@ -83,8 +108,8 @@ fn fio_verify_with_the_kernel_writeback_cache() {
     cfg.env.insert("GVSFS_WRITEBACK".into(), "true".into());
     let grid = GridGuard::up_with(&cfg).unwrap();
     wait_mounted(&grid, 3);
-    write_then_verify_elsewhere(&grid, 1, 2, "/gvs/seq.vol", 256, "write", "1m");
-    write_then_verify_elsewhere(&grid, 2, 3, "/gvs/rand.vol", 256, "randwrite", "4k");
+    write_then_verify_elsewhere(&grid, 1, 2, &psync("/gvs/seq.vol", 256, "write", "1m"));
+    write_then_verify_elsewhere(&grid, 2, 3, &psync("/gvs/rand.vol", 256, "randwrite", "4k"));
     // Data written through the cache and fsynced is on the other nodes.
     sh(
         &grid,
@@ -95,4 +120,20 @@ fn fio_verify_with_the_kernel_writeback_cache() {
     for i in [1, 2] {
         assert_eq!(sh(&grid, i, "md5sum < /gvs/small"), want, "node{i}");
     }
+}
+
+#[test]
+fn fio_verify_with_asynchronous_direct_io() {
+    let grid = GridGuard::up("gvaio", 3).unwrap();
+    wait_mounted(&grid, 3);
+    // 4 KiB writes land 16 at a time in the same 64 KiB blocks.
+    let aio = |file, rw, bs| Workload {
+        file,
+        mib: 128,
+        rw,
+        bs,
+        engine: AIO,
+    };
+    write_then_verify_elsewhere(&grid, 1, 2, &aio("/gvs/rand.vol", "randwrite", "4k"));
+    write_then_verify_elsewhere(&grid, 2, 3, &aio("/gvs/seq.vol", "write", "128k"));
 }
