@@ -35,9 +35,12 @@ pub struct MountArgs {
     /// This node's name (default: the hostname).
     #[arg(long)]
     pub node_name: Option<String>,
-    /// Size of the chunk cache in MiB.
-    #[arg(long, default_value_t = 256)]
-    pub cache_mb: usize,
+    /// Size of the chunk cache in MiB (default: an eighth of the node's
+    /// memory). It is what serves reads again: the kernel's page cache
+    /// is dropped at every open by another node's change, and by readers
+    /// that ask (fio does).
+    #[arg(long)]
+    pub cache_mb: Option<usize>,
     /// Size of the chunk store's cache in MiB: deltas, and the whole
     /// chunks a mirror stored or read lately to rebuild deltas from.
     #[arg(long, default_value_t = 512)]
@@ -63,6 +66,22 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// An eighth of the node's memory in MiB (at least 64): the chunk
+/// cache's default size, as ZFS's ARC and Ceph's OSD caches take a share
+/// of memory rather than a fixed size.
+fn default_cache_mb() -> usize {
+    // SAFETY: sysinfo fills the struct it is given.
+    let total = unsafe {
+        let mut si: libc::sysinfo = std::mem::zeroed();
+        if libc::sysinfo(&mut si) != 0 {
+            0
+        } else {
+            si.totalram as u64 * u64::from(si.mem_unit)
+        }
+    };
+    ((total >> 20) as usize / 8).max(64)
 }
 
 /// Capacity and free bytes of the file system holding `dir`.
@@ -233,7 +252,8 @@ pub fn run(args: MountArgs, metad: &MetadArgs) -> anyhow::Result<()> {
     rt.spawn(crate::net::serve(listener, store.clone(), secret.clone()));
 
     let client = Arc::new(Client::new(cfg));
-    let cache_chunks = (args.cache_mb << 20) / crate::DEFAULT_BLOCK_SIZE as usize;
+    let cache_mb = args.cache_mb.unwrap_or_else(default_cache_mb);
+    let cache_chunks = (cache_mb << 20) / crate::DEFAULT_BLOCK_SIZE as usize;
     let gvs = Arc::new(Gvs::new(
         me.clone(),
         client,
