@@ -148,9 +148,24 @@ pub enum Check {
     Trust,
 }
 
-/// Column family of chunks held as a delta from a whole chunk (see
-/// [`Delta`]): chunk id → postcard [`Delta`]. Its base is always whole.
+/// Column family of chunks held as a delta (see [`Delta`]): chunk id →
+/// postcard [`Delta`], then one byte: the chunk's depth, how many deltas
+/// lie between it and a whole chunk (1: its base is whole). A value
+/// without that byte (stored before deltas were chained) has depth 1.
 const DELTAS_CF: &str = "deltas";
+
+/// Most deltas between a chunk and a whole one: a delta on a chunk this
+/// deep is stored whole instead. Each patch of a block then costs a store
+/// one small record (and a whole chunk every seventeenth), instead of a
+/// record holding every patch since the last whole chunk, as when deltas
+/// were folded onto their whole base (4 KiB random writes with an fsync
+/// every 32 wrote ~670 KB per fsync to each store that way; chained, the
+/// fsyncs went from ~5500 to ~6570 a second, at a depth of 8 ~6100). A
+/// read of a chunk not cached walks at most this many records (cold 4 KiB
+/// random reads after such writes: 199 K IOPS, 212 K with folded deltas).
+/// The garbage collector shortens chains: a live chunk whose base it
+/// deletes is stored whole.
+pub(crate) const MAX_DEPTH: u8 = 16;
 
 /// Column family indexing deltas by base: base id ‖ delta id → nothing,
 /// so that deleting a base rewrites its deltas whole first.
@@ -196,44 +211,44 @@ pub struct ChunkStore {
     /// stored again after a collector listed it as old (a commit writing
     /// the same bytes) is never deleted.
     sweeping: Arc<std::sync::RwLock<()>>,
-    /// Whole chunks that puts from other nodes stored lately (see
-    /// [`Recent`]).
+    /// Chunks that puts from other nodes stored lately (see [`Recent`]).
     recent: Arc<std::sync::Mutex<Recent>>,
 }
 
-/// The whole chunks a mirror stored lately from small puts, up to a byte
+/// The chunks a mirror stored lately from small puts (whole, or rebuilt
+/// from their delta), with their depth (see [`DELTAS_CF`]), up to a byte
 /// budget, newest kept: the bases it will rebuild a random writer's next
 /// deltas from. RocksDB writes blob files with O_DIRECT (see
-/// [`ChunkStore::open`]), so once flushed each base would be a disk read,
-/// one after another while the writer's fsync waits (measured: 34 deltas
-/// took a mirror 2 ms, most of it in `pread`). Large puts (sequential
-/// writers) are not kept: their chunks are rarely patched soon, and
-/// copying them here cost sequential writes a tenth.
+/// [`ChunkStore::open`]), so once flushed each base would be a disk read
+/// (or a walk down its chain), one after another while the writer's fsync
+/// waits (measured: 34 deltas took a mirror 2 ms, most of it in `pread`).
+/// Large puts (sequential writers) are not kept: their chunks are rarely
+/// patched soon, and copying them here cost sequential writes a tenth.
 struct Recent {
-    chunks: lru::LruCache<ChunkId, Arc<Vec<u8>>>,
+    chunks: lru::LruCache<ChunkId, (Arc<Vec<u8>>, u8)>,
     bytes: usize,
     budget: usize,
 }
 
 impl Recent {
-    fn insert(&mut self, id: ChunkId, data: Arc<Vec<u8>>) {
+    fn insert(&mut self, id: ChunkId, data: Arc<Vec<u8>>, depth: u8) {
         if data.len() > self.budget {
             return;
         }
         self.bytes += data.len();
-        if let Some(old) = self.chunks.put(id, data) {
+        if let Some((old, _)) = self.chunks.put(id, (data, depth)) {
             self.bytes -= old.len();
         }
         while self.bytes > self.budget {
             match self.chunks.pop_lru() {
-                Some((_, d)) => self.bytes -= d.len(),
+                Some((_, (d, _))) => self.bytes -= d.len(),
                 None => break,
             }
         }
     }
 
     fn remove(&mut self, id: &ChunkId) {
-        if let Some(d) = self.chunks.pop(id) {
+        if let Some((d, _)) = self.chunks.pop(id) {
             self.bytes -= d.len();
         }
     }
@@ -327,40 +342,59 @@ impl ChunkStore {
         self.cf(TIMES_CF)
     }
 
-    /// The bytes stored whole under `id`, unverified. RocksDB's own
-    /// checksums are not checked: every reader checks the BLAKE3 id,
-    /// which catches what they would (measured: crc32c was a sixth of a
-    /// writer's CPU).
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The base of a delta to rebuild, unverified: from the recent chunks
-    /// if there, else as [`ChunkStore::get_raw`], and then kept among them
-    /// (the block's next deltas fold onto the same base).
-    fn base(&self, id: &ChunkId) -> std::result::Result<Option<Vec<u8>>, rocksdb::Error> {
-        if let Some(d) = self.recent().chunks.get(id) {
-            return Ok(Some(d.to_vec()));
+    /// The base of a delta to rebuild and its depth: from the recent
+    /// chunks if there, else read (whole, or rebuilt and verified) and
+    /// then kept among them. `None`: not held here, or corrupt.
+    fn base(&self, id: &ChunkId) -> Result<Option<(Vec<u8>, u8)>> {
+        if let Some((d, depth)) = self.recent().chunks.get(id) {
+            return Ok(Some((d.to_vec(), *depth)));
         }
-        let got = self.get_raw(id)?;
-        if let Some(d) = &got {
-            self.recent().insert(*id, Arc::new(d.clone()));
-        }
-        Ok(got)
+        let got = match self.get_raw(id)? {
+            Some(whole) => (whole, 0),
+            None => match (self.delta(id), self.lookup_delta(id)?) {
+                (Ok(Some((_, depth))), Lookup::Good(full)) => (full, depth),
+                _ => return Ok(None),
+            },
+        };
+        self.recent().insert(*id, Arc::new(got.0.clone()), got.1);
+        Ok(Some(got))
     }
 
+    /// The depth of chunk `id` here (0: whole; see [`DELTAS_CF`]), or
+    /// `None` if it is not held.
+    fn depth(&self, id: &ChunkId) -> Result<Option<u8>> {
+        if let Some((_, depth)) = self.delta(id)? {
+            return Ok(Some(depth));
+        }
+        Ok(self
+            .db
+            .get_pinned_cf(self.times(), id.0)?
+            .is_some()
+            .then_some(0))
+    }
+
+    /// The bytes stored whole under `id`, unverified. RocksDB's own
+    /// checksums are not checked: every reader checks the BLAKE3 id,
+    /// which catches what they would (measured: crc32c was a sixth of a
+    /// writer's CPU).
     fn get_raw(&self, id: &ChunkId) -> std::result::Result<Option<Vec<u8>>, rocksdb::Error> {
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_verify_checksums(false);
         self.db.get_opt(id.0, &ro)
     }
 
-    /// The delta held for `id`, if any.
-    fn delta(&self, id: &ChunkId) -> Result<Option<Delta>> {
-        match self.db.get_cf(self.cf(DELTAS_CF), id.0)? {
-            Some(v) => Ok(Some(decode_chunk(id, &v)?)),
-            None => Ok(None),
-        }
+    /// The delta held for `id`, if any, and its depth.
+    fn delta(&self, id: &ChunkId) -> Result<Option<(Delta, u8)>> {
+        let Some(v) = self.db.get_pinned_cf(self.cf(DELTAS_CF), id.0)? else {
+            return Ok(None);
+        };
+        let (d, rest) = postcard::take_from_bytes::<Delta>(&v)
+            .map_err(|e| GvsError::Corrupt(format!("delta of chunk {}: {e}", id.hex())))?;
+        Ok(Some((d, rest.first().copied().unwrap_or(1))))
     }
 
     /// Stores chunks (already verified by the caller) in one atomic batch,
@@ -405,21 +439,37 @@ impl ChunkStore {
         }
     }
 
-    /// [`ChunkStore::lookup`] of a chunk not held whole.
+    /// [`ChunkStore::lookup`] of a chunk not held whole: its chain of
+    /// deltas down to a whole chunk, patched back up and verified.
     fn lookup_delta(&self, id: &ChunkId) -> Result<Lookup> {
-        let d = match self.delta(id) {
-            Ok(Some(d)) => d,
-            Ok(None) => return Ok(Lookup::Absent),
-            Err(GvsError::Corrupt(_)) => return Ok(Lookup::Corrupt),
-            Err(e) => return Err(e),
+        let mut chain = Vec::new();
+        let mut at = *id;
+        let base = loop {
+            match self.delta(&at) {
+                Ok(Some((d, _))) => {
+                    at = d.base;
+                    chain.push(d);
+                }
+                Ok(None) if chain.is_empty() => return Ok(Lookup::Absent),
+                // A base the chain names is gone.
+                Ok(None) => return Ok(Lookup::Corrupt),
+                Err(GvsError::Corrupt(_)) => return Ok(Lookup::Corrupt),
+                Err(e) => return Err(e),
+            }
+            // Deeper than any chain is stored: a corrupt record.
+            if chain.len() > MAX_DEPTH as usize {
+                return Ok(Lookup::Corrupt);
+            }
+            match self.get_raw(&at) {
+                Ok(Some(b)) => break b,
+                Ok(None) => {}
+                Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => return Ok(Lookup::Corrupt),
+                Err(e) => return Err(e.into()),
+            }
         };
-        let base = match self.get_raw(&d.base) {
-            Ok(Some(b)) => b,
-            Ok(None) => return Ok(Lookup::Corrupt),
-            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => return Ok(Lookup::Corrupt),
-            Err(e) => return Err(e.into()),
-        };
-        match d.apply(base) {
+        // Only the result is verified: a bad link cannot make it match.
+        let full = chain.iter().rev().try_fold(base, |b, d| d.apply(b));
+        match full {
             Some(full) if id.verifies(&full) => Ok(Lookup::Good(full)),
             _ => Ok(Lookup::Corrupt),
         }
@@ -492,7 +542,7 @@ impl ChunkStore {
         let gone: std::collections::HashSet<ChunkId> = stale.iter().copied().collect();
         let mut batch = rocksdb::WriteBatch::default();
         for id in &stale {
-            if let Some(d) = self.delta(id).unwrap_or(None) {
+            if let Some((d, _)) = self.delta(id).unwrap_or(None) {
                 batch.delete_cf(self.cf(DELTAS_CF), id.0);
                 batch.delete_cf(self.cf(BASES_CF), [d.base.0, id.0].concat());
             }
@@ -615,12 +665,13 @@ impl Ingest {
     /// Stores one part: whole chunks (already verified by the caller) and
     /// chunks sent as deltas (see [`Delta`]; rebuilt and verified here if
     /// `check` says so) in one atomic batch, with their store time (a
-    /// chunk stored again is young again). A delta whose base is itself a
-    /// delta here is folded onto that one's base; past a quarter of the
-    /// chunk it is stored whole (when rebuilt here) or from `whole`. A
-    /// chunk in `whole` that was stored as its delta is not stored again.
-    /// Returns the deltas stored neither way (base absent or bad here, or
-    /// grown too large, and not in `whole`): the caller sends those whole.
+    /// chunk stored again is young again). A delta is stored as it comes,
+    /// on its base, unless it patches over a quarter of the chunk or its
+    /// base is [`MAX_DEPTH`] deep here: then the chunk is stored whole
+    /// (when rebuilt here) or from `whole`. A chunk in `whole` that was
+    /// stored as its delta is not stored again. Returns the deltas stored
+    /// neither way (base absent or bad here, or too deep or large, and not
+    /// in `whole`): the caller sends those whole.
     /// `last`: the put's last part; a durable put returns from it only
     /// once every part is on disk.
     pub fn part(
@@ -637,69 +688,61 @@ impl Ingest {
         let mut bytes = 0;
         let mut need = Vec::new();
         let mut stored = std::collections::HashSet::new();
-        // Whole chunks to keep among the recent ones once stored, and the
-        // ones they supersede as bases.
+        // Chunks to keep among the recent ones once stored, and the ones
+        // they supersede as bases.
         let (mut keep, mut drop_base) = (Vec::new(), Vec::new());
         for d in deltas {
-            if d.id == d.base {
-                // Unchanged: held already, or asked for.
-                if store.db.get_pinned_cf(store.times(), d.id.0)?.is_some() {
-                    batch.put_cf(store.times(), d.id.0, t);
-                    stored.insert(d.id);
-                } else {
-                    need.push(d.id);
-                }
+            if store.db.get_pinned_cf(store.times(), d.id.0)?.is_some() {
+                // Held already (unchanged, or the same bytes again): young
+                // again. A chunk's record is written only when it is not
+                // held, so a chain always leads to older chunks, never
+                // round in a circle.
+                batch.put_cf(store.times(), d.id.0, t);
+                stored.insert(d.id);
                 continue;
             }
-            // A delta of a delta here is folded onto that one's (whole) base.
-            let folded = match store.delta(&d.base)? {
-                Some(under) => Delta {
-                    id: d.id,
-                    base: under.base,
-                    len: d.len,
-                    patches: under
-                        .patches
-                        .into_iter()
-                        .chain(d.patches.iter().cloned())
-                        .collect(),
-                },
-                None => d.clone(),
-            };
-            let whole_instead = |len: usize| folded.patch_bytes() * DELTA_SHARE > len;
-            match check {
+            if d.id == d.base {
+                need.push(d.id);
+                continue;
+            }
+            let large = d.patch_bytes() * DELTA_SHARE > d.len as usize;
+            let depth = match check {
                 Check::Verify => {
                     // Only the result is verified: a bad base cannot make it match.
-                    let rebuilt = store.base(&folded.base)?.and_then(|b| folded.apply(b));
-                    let Some(full) = rebuilt.filter(|full| d.id.verifies(full)) else {
+                    let rebuilt = store.base(&d.base)?.and_then(|(b, depth)| {
+                        d.apply(b)
+                            .filter(|full| d.id.verifies(full))
+                            .map(|full| (full, depth + 1))
+                    });
+                    let Some((full, depth)) = rebuilt else {
                         need.push(d.id);
                         continue;
                     };
-                    if whole_instead(full.len()) {
+                    // The block's next deltas build on this chunk.
+                    drop_base.push(d.base);
+                    if large || depth > MAX_DEPTH {
                         bytes += full.len() as u64;
                         batch.put(d.id.0, &full);
                         batch.put_cf(store.times(), d.id.0, t);
-                        // The block's next deltas build on this chunk, not
-                        // on the base it replaces.
-                        drop_base.push(folded.base);
-                        keep.push((d.id, Arc::new(full)));
+                        keep.push((d.id, Arc::new(full), 0));
                         continue;
                     }
+                    keep.push((d.id, Arc::new(full), depth));
+                    depth
                 }
-                Check::Trust => {
-                    let held = store
-                        .db
-                        .get_pinned_cf(store.times(), folded.base.0)?
-                        .is_some();
-                    if !held || whole_instead(d.len as usize) {
+                Check::Trust => match store.depth(&d.base)? {
+                    Some(depth) if !large && depth < MAX_DEPTH => depth + 1,
+                    _ => {
                         need.push(d.id);
                         continue;
                     }
-                }
-            }
-            let enc = postcard::to_allocvec(&folded)?;
+                },
+            };
+            let mut enc = postcard::to_allocvec(d)?;
+            enc.push(depth);
             bytes += enc.len() as u64;
             batch.put_cf(store.cf(DELTAS_CF), d.id.0, enc);
-            batch.put_cf(store.cf(BASES_CF), [folded.base.0, d.id.0].concat(), []);
+            batch.put_cf(store.cf(BASES_CF), [d.base.0, d.id.0].concat(), []);
             batch.put_cf(store.times(), d.id.0, t);
             stored.insert(d.id);
         }
@@ -728,13 +771,14 @@ impl Ingest {
         if check == Check::Verify {
             let mut recent = store.recent();
             if !skip_log {
-                keep.extend(whole.iter().filter(|(id, _)| !stored.contains(id)).cloned());
+                let wholes = whole.iter().filter(|(id, _)| !stored.contains(id));
+                keep.extend(wholes.map(|(id, d)| (*id, d.clone(), 0)));
             }
             for id in &drop_base {
                 recent.remove(id);
             }
-            for (id, data) in keep {
-                recent.insert(id, data);
+            for (id, data, depth) in keep {
+                recent.insert(id, data, depth);
             }
         }
         if settle && self.unlogged {
@@ -810,16 +854,26 @@ mod tests {
             .is_empty());
         assert!(s.has(&d1.id).unwrap());
         assert_eq!(s.get(&d1.id).unwrap().as_deref(), Some(&v1[..]));
-        // A delta of a delta is folded onto the whole base.
+        // A delta of a delta is chained on it.
         let (v2, d2) = patched(&v1, d1.id, 8192, 4096, 3);
         assert!(s
             .put(&[], std::slice::from_ref(&d2), Check::Trust, true)
             .unwrap()
             .is_empty());
-        assert_eq!(s.delta(&d2.id).unwrap().unwrap().base, base_id);
+        let (held, depth) = s.delta(&d2.id).unwrap().unwrap();
+        assert_eq!((held.base, depth), (d1.id, 2));
         assert_eq!(s.get(&d2.id).unwrap().as_deref(), Some(&v2[..]));
-        // Past a quarter of the chunk it is stored whole.
-        let (v3, d3) = patched(&v2, d2.id, 16384, 16384, 4);
+        // The same bytes again, as a delta on a newer chunk: held already,
+        // not chained (a chain never leads round to where it started).
+        let (_, back) = patched(&v1, d1.id, 4096, 4096, 1);
+        assert_eq!(back.id, base_id);
+        assert!(s
+            .put(&[], std::slice::from_ref(&back), Check::Verify, true)
+            .unwrap()
+            .is_empty());
+        assert!(s.delta(&base_id).unwrap().is_none());
+        // Patching over a quarter of the chunk, it is stored whole.
+        let (v3, d3) = patched(&v2, d2.id, 16384, 20000, 4);
         assert!(s
             .put(&[], std::slice::from_ref(&d3), Check::Verify, true)
             .unwrap()
@@ -834,19 +888,61 @@ mod tests {
                 .unwrap(),
             vec![forged.id]
         );
-        // Deleting the base stores its deltas whole first.
+        // Deleting the base stores its deltas whole first; theirs stay.
         assert_eq!(s.delete_stale(&[base_id], u64::MAX).unwrap(), 1);
         assert!(!s.has(&base_id).unwrap());
+        assert!(s.delta(&d1.id).unwrap().is_none());
         assert_eq!(s.get(&d1.id).unwrap().as_deref(), Some(&v1[..]));
+        assert_eq!(s.delta(&d2.id).unwrap().unwrap().0.base, d1.id);
         assert_eq!(s.get(&d2.id).unwrap().as_deref(), Some(&v2[..]));
+        // Deleting a link in the middle of a chain: the rest still reads.
+        let (v4, d4) = patched(&v2, d2.id, 40000, 100, 5);
+        assert!(s
+            .put(&[], std::slice::from_ref(&d4), Check::Verify, true)
+            .unwrap()
+            .is_empty());
+        assert_eq!(s.delete_stale(&[d1.id], u64::MAX).unwrap(), 1);
+        assert_eq!(s.get(&d2.id).unwrap().as_deref(), Some(&v2[..]));
+        assert_eq!(s.get(&d4.id).unwrap().as_deref(), Some(&v4[..]));
         // Bit rot in a delta's chunk is caught like in a whole one.
         assert!(s.corrupt(&d2.id).unwrap());
         assert_eq!(s.lookup(&d2.id).unwrap(), Lookup::Corrupt);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A durable batch large enough to be flushed (with O_DIRECT, as the
-    /// disk allows it) reads back after a reopen.
+    #[test]
+    fn a_chain_of_deltas_ends_in_a_whole_chunk_at_its_depth_limit() {
+        let dir = tmp("depth");
+        let s = ChunkStore::open(&dir, 16 << 20).unwrap();
+        let mut data = vec![0u8; 65536];
+        data[0] = 1;
+        let mut id = ChunkId::of(&data);
+        s.put_many(&[(id, Arc::new(data.clone()))], true).unwrap();
+        let checks = [Check::Verify, Check::Trust].into_iter().cycle();
+        for (i, check) in checks.take(MAX_DEPTH as usize).enumerate() {
+            let (next, d) = patched(&data, id, i * 100, 10, i as u8 + 2);
+            let need = s.put(&[], std::slice::from_ref(&d), check, true).unwrap();
+            assert!(need.is_empty(), "patch {i}");
+            assert_eq!(s.delta(&d.id).unwrap().unwrap().1, i as u8 + 1);
+            assert_eq!(s.get(&d.id).unwrap().as_deref(), Some(&next[..]));
+            (data, id) = (next, d.id);
+        }
+        // One deeper: asked for whole, or rebuilt and stored whole.
+        let (next, d) = patched(&data, id, 5000, 10, 99);
+        let need = s
+            .put(&[], std::slice::from_ref(&d), Check::Trust, true)
+            .unwrap();
+        assert_eq!(need, vec![d.id]);
+        assert!(!s.has(&d.id).unwrap());
+        let need = s
+            .put(&[], std::slice::from_ref(&d), Check::Verify, true)
+            .unwrap();
+        assert!(need.is_empty());
+        assert!(s.delta(&d.id).unwrap().is_none());
+        assert_eq!(s.get(&d.id).unwrap().as_deref(), Some(&next[..]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_delta_is_never_rebuilt_from_a_base_gone_from_the_store() {
         let dir = tmp("recent");
@@ -891,17 +987,19 @@ mod tests {
         };
         let ids: Vec<ChunkId> = (0..5u8).map(|i| ChunkId::of(&[i])).collect();
         for id in &ids {
-            r.insert(*id, Arc::new(vec![0; 1000]));
+            r.insert(*id, Arc::new(vec![0; 1000]), 0);
         }
         assert_eq!(r.bytes, 3000);
         assert!(ids[..2].iter().all(|id| !r.chunks.contains(id)));
         assert!(ids[2..].iter().all(|id| r.chunks.contains(id)));
-        r.insert(ChunkId::of(b"big"), Arc::new(vec![0; 3001]));
+        r.insert(ChunkId::of(b"big"), Arc::new(vec![0; 3001]), 0);
         assert_eq!(r.bytes, 3000);
         r.remove(&ids[4]);
         assert_eq!(r.bytes, 2000);
     }
 
+    /// A durable batch large enough to be flushed (with O_DIRECT, as the
+    /// disk allows it) reads back after a reopen.
     #[test]
     fn flushed_batches_read_back() {
         let dir = tmp("flush");
