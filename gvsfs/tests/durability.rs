@@ -1,7 +1,9 @@
 //! Durability of acknowledged writes (invariant 1) on a grid in a box:
 //! what an fsync acknowledged is on every mirror's disk, also when it went
-//! there as a delta (a 4 KiB write into a committed block) or by the
-//! store's flush path (a commit of 8 MiB or more skips RocksDB's log).
+//! there as a delta (a 4 KiB write into a committed block), as a chain of
+//! them past its depth limit (one block patched and fsynced 20 times), or
+//! by the store's flush path (a commit of 8 MiB or more skips RocksDB's
+//! log).
 
 mod common;
 
@@ -13,13 +15,14 @@ fn fsynced_writes_survive_sigkill_and_each_mirror_alone_serves_them() {
     let grid = GridGuard::up("gvdur", 3).unwrap();
     wait_mounted(&grid, 3);
     // 16 MiB in one commit (the flush path), then 4 KiB writes into
-    // committed blocks, each acknowledged by its own fsync (deltas).
+    // committed blocks, each acknowledged by its own fsync (deltas), 20
+    // of them into block 5 (a chain deeper than the store keeps).
     sh(
         &grid,
         1,
         "head -c 16777216 /dev/urandom > /tmp/want && \
          dd if=/tmp/want of=/gvs/v.vol bs=16M conv=fsync status=none && \
-         for off in 3 17 18 1000 2049 4095; do \
+         for off in 3 17 18 1000 2049 4095 $(seq 80 95) 81 90 83 94; do \
            head -c 4096 /dev/urandom > /tmp/p && \
            dd if=/tmp/p of=/tmp/want bs=4k seek=$off conv=notrunc status=none && \
            dd if=/tmp/p of=/gvs/v.vol bs=4k seek=$off conv=notrunc,fsync status=none; \
