@@ -36,9 +36,9 @@ pub struct MountArgs {
     #[arg(long)]
     pub node_name: Option<String>,
     /// Size of the chunk cache in MiB (default: an eighth of the node's
-    /// memory). It is what serves reads again: the kernel's page cache
-    /// is dropped at every open by another node's change, and by readers
-    /// that ask (fio does).
+    /// memory). It is what serves a file read again: the kernel drops its
+    /// pages of a file when another node changes it, and when a reader
+    /// asks (fio does).
     #[arg(long)]
     pub cache_mb: Option<usize>,
     /// Size of the chunk store's cache in MiB: deltas, and the whole
