@@ -174,22 +174,17 @@ async fn serve_conn(mut s: TcpStream, store: ChunkStore, secret: Secret) -> Resu
             let resp = match job {
                 Job::Put(put, whole) => {
                     let mut ing = ingest.take().unwrap_or_else(|| store.ingest(true));
-                    let done = tokio::task::spawn_blocking(move || {
-                        let r = store_part(&mut ing, &put, &whole);
-                        (ing, put.last, r)
-                    })
-                    .await;
-                    match done {
-                        Ok((ing, last, r)) => {
-                            // A refused part ends its put: what comes after
-                            // it starts a new one.
-                            if !last && !matches!(r, Response::Err(_)) {
-                                ingest = Some(ing);
-                            }
-                            r
-                        }
-                        Err(e) => Response::Err(e.to_string()),
+                    // Stored on this worker thread (the runtime moves its
+                    // other tasks elsewhere meanwhile): handing each part to
+                    // the blocking pool and back cost an fsync'd random
+                    // writer ~5% of its IOPS.
+                    let r = tokio::task::block_in_place(|| store_part(&mut ing, &put, &whole));
+                    // A refused part ends its put: what comes after it
+                    // starts a new one.
+                    if !put.last && !matches!(r, Response::Err(_)) {
+                        ingest = Some(ing);
                     }
+                    r
                 }
                 Job::Other(req) => {
                     let st = store.clone();
@@ -532,7 +527,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn put_get_over_tcp_and_refuse_strangers() {
         let served = Served::new("strangers").await;
         let (addr, peers) = (served.addr.clone(), &served.peers);
@@ -589,7 +584,7 @@ mod tests {
         assert!(answer.is_err(), "an untagged request was answered");
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_put_larger_than_a_part_streams_in_parts_and_reads_back() {
         let served = Served::new("parts").await;
         let (addr, peers) = (served.addr.clone(), &served.peers);
