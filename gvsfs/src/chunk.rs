@@ -223,7 +223,8 @@ pub struct ChunkStore {
 /// (or a walk down its chain), one after another while the writer's fsync
 /// waits (measured: 34 deltas took a mirror 2 ms, most of it in `pread`).
 /// Large puts (sequential writers) are not kept: their chunks are rarely
-/// patched soon, and copying them here cost sequential writes a tenth.
+/// patched soon, and caching every flushed chunk (RocksDB's blob cache
+/// filled at flush) cost sequential writes a tenth.
 struct Recent {
     chunks: lru::LruCache<ChunkId, (Arc<Vec<u8>>, u8)>,
     bytes: usize,
@@ -278,7 +279,8 @@ fn direct_io_works(dir: &Path) -> bool {
 }
 
 impl ChunkStore {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`, with a cache of
+    /// `cache_bytes` for deltas and recent chunks.
     pub fn open(dir: &Path, cache_bytes: usize) -> Result<ChunkStore> {
         std::fs::create_dir_all(dir)?;
         let mut opts = rocksdb::Options::default();
@@ -317,7 +319,8 @@ impl ChunkStore {
         ];
         let db = rocksdb::DB::open_cf_descriptors(&opts, dir, cfs)?;
         // Deltas are small and read back at the next patch of their block
-        // (to fold onto their base): flushed ones stay in the cache.
+        // (for the depth of its chain) and by reads walking a chain:
+        // flushed ones stay in the cache.
         let deltas_cf = db.cf_handle(DELTAS_CF).expect("opened with it");
         db.set_options_cf(deltas_cf, &[("prepopulate_blob_cache", "kFlushOnly")])?;
         Ok(ChunkStore {
@@ -831,7 +834,7 @@ mod tests {
     }
 
     #[test]
-    fn deltas_fold_grow_whole_and_survive_their_base() {
+    fn deltas_chain_grow_whole_and_survive_their_base() {
         let dir = tmp("deltas");
         let s = ChunkStore::open(&dir, 16 << 20).unwrap();
         let base = Arc::new(vec![1u8; 65536]);
