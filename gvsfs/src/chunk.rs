@@ -358,8 +358,8 @@ impl ChunkStore {
         }
         let got = match self.get_raw(id)? {
             Some(whole) => (whole, 0),
-            None => match (self.delta(id), self.lookup_delta(id)?) {
-                (Ok(Some((_, depth))), Lookup::Good(full)) => (full, depth),
+            None => match self.rebuild(id)? {
+                (Lookup::Good(full), depth) => (full, depth),
                 _ => return Ok(None),
             },
         };
@@ -442,9 +442,14 @@ impl ChunkStore {
         }
     }
 
-    /// [`ChunkStore::lookup`] of a chunk not held whole: its chain of
-    /// deltas down to a whole chunk, patched back up and verified.
+    /// [`ChunkStore::lookup`] of a chunk not held whole.
     fn lookup_delta(&self, id: &ChunkId) -> Result<Lookup> {
+        Ok(self.rebuild(id)?.0)
+    }
+
+    /// A chunk not held whole: its chain of deltas down to a whole chunk,
+    /// patched back up and verified, and the chain's length (its depth).
+    fn rebuild(&self, id: &ChunkId) -> Result<(Lookup, u8)> {
         let mut chain = Vec::new();
         let mut at = *id;
         let base = loop {
@@ -453,28 +458,30 @@ impl ChunkStore {
                     at = d.base;
                     chain.push(d);
                 }
-                Ok(None) if chain.is_empty() => return Ok(Lookup::Absent),
+                Ok(None) if chain.is_empty() => return Ok((Lookup::Absent, 0)),
                 // A base the chain names is gone.
-                Ok(None) => return Ok(Lookup::Corrupt),
-                Err(GvsError::Corrupt(_)) => return Ok(Lookup::Corrupt),
+                Ok(None) => return Ok((Lookup::Corrupt, 0)),
+                Err(GvsError::Corrupt(_)) => return Ok((Lookup::Corrupt, 0)),
                 Err(e) => return Err(e),
             }
             // Deeper than any chain is stored: a corrupt record.
             if chain.len() > MAX_DEPTH as usize {
-                return Ok(Lookup::Corrupt);
+                return Ok((Lookup::Corrupt, 0));
             }
             match self.get_raw(&at) {
                 Ok(Some(b)) => break b,
                 Ok(None) => {}
-                Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => return Ok(Lookup::Corrupt),
+                Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+                    return Ok((Lookup::Corrupt, 0))
+                }
                 Err(e) => return Err(e.into()),
             }
         };
         // Only the result is verified: a bad link cannot make it match.
         let full = chain.iter().rev().try_fold(base, |b, d| d.apply(b));
         match full {
-            Some(full) if id.verifies(&full) => Ok(Lookup::Good(full)),
-            _ => Ok(Lookup::Corrupt),
+            Some(full) if id.verifies(&full) => Ok((Lookup::Good(full), chain.len() as u8)),
+            _ => Ok((Lookup::Corrupt, 0)),
         }
     }
 
@@ -820,6 +827,11 @@ mod tests {
         d
     }
 
+    /// Stores one delta durably; what the store asks for whole.
+    fn put_delta(s: &ChunkStore, d: &Delta, check: Check) -> Vec<ChunkId> {
+        s.put(&[], std::slice::from_ref(d), check, true).unwrap()
+    }
+
     /// `base` with `n` bytes of `fill` written at `off`, and the delta.
     fn patched(base: &[u8], base_id: ChunkId, off: usize, n: usize, fill: u8) -> (Vec<u8>, Delta) {
         let mut d = base.to_vec();
@@ -842,27 +854,19 @@ mod tests {
         // A delta from a chunk not held here is asked for whole.
         let (_, orphan) = patched(&base, base_id, 0, 4096, 9);
         for check in [Check::Verify, Check::Trust] {
-            let need = s
-                .put(&[], std::slice::from_ref(&orphan), check, true)
-                .unwrap();
+            let need = put_delta(&s, &orphan, check);
             assert_eq!(need, vec![orphan.id]);
         }
         assert!(!s.has(&orphan.id).unwrap());
         s.put_many(&[(base_id, base.clone())], true).unwrap();
         // Held as a delta, read back whole and verified.
         let (v1, d1) = patched(&base, base_id, 4096, 4096, 2);
-        assert!(s
-            .put(&[], std::slice::from_ref(&d1), Check::Verify, true)
-            .unwrap()
-            .is_empty());
+        assert!(put_delta(&s, &d1, Check::Verify).is_empty());
         assert!(s.has(&d1.id).unwrap());
         assert_eq!(s.get(&d1.id).unwrap().as_deref(), Some(&v1[..]));
         // A delta of a delta is chained on it.
         let (v2, d2) = patched(&v1, d1.id, 8192, 4096, 3);
-        assert!(s
-            .put(&[], std::slice::from_ref(&d2), Check::Trust, true)
-            .unwrap()
-            .is_empty());
+        assert!(put_delta(&s, &d2, Check::Trust).is_empty());
         let (held, depth) = s.delta(&d2.id).unwrap().unwrap();
         assert_eq!((held.base, depth), (d1.id, 2));
         assert_eq!(s.get(&d2.id).unwrap().as_deref(), Some(&v2[..]));
@@ -870,27 +874,17 @@ mod tests {
         // not chained (a chain never leads round to where it started).
         let (_, back) = patched(&v1, d1.id, 4096, 4096, 1);
         assert_eq!(back.id, base_id);
-        assert!(s
-            .put(&[], std::slice::from_ref(&back), Check::Verify, true)
-            .unwrap()
-            .is_empty());
+        assert!(put_delta(&s, &back, Check::Verify).is_empty());
         assert!(s.delta(&base_id).unwrap().is_none());
         // Patching over a quarter of the chunk, it is stored whole.
         let (v3, d3) = patched(&v2, d2.id, 16384, 20000, 4);
-        assert!(s
-            .put(&[], std::slice::from_ref(&d3), Check::Verify, true)
-            .unwrap()
-            .is_empty());
+        assert!(put_delta(&s, &d3, Check::Verify).is_empty());
         assert!(s.delta(&d3.id).unwrap().is_none());
         assert_eq!(s.get(&d3.id).unwrap().as_deref(), Some(&v3[..]));
         // A delta that does not rebuild its id is refused (asked whole).
         let mut forged = d1.clone();
         forged.id = ChunkId::of(b"something else");
-        assert_eq!(
-            s.put(&[], std::slice::from_ref(&forged), Check::Verify, true)
-                .unwrap(),
-            vec![forged.id]
-        );
+        assert_eq!(put_delta(&s, &forged, Check::Verify), vec![forged.id]);
         // Deleting the base stores its deltas whole first; theirs stay.
         assert_eq!(s.delete_stale(&[base_id], u64::MAX).unwrap(), 1);
         assert!(!s.has(&base_id).unwrap());
@@ -900,10 +894,7 @@ mod tests {
         assert_eq!(s.get(&d2.id).unwrap().as_deref(), Some(&v2[..]));
         // Deleting a link in the middle of a chain: the rest still reads.
         let (v4, d4) = patched(&v2, d2.id, 40000, 100, 5);
-        assert!(s
-            .put(&[], std::slice::from_ref(&d4), Check::Verify, true)
-            .unwrap()
-            .is_empty());
+        assert!(put_delta(&s, &d4, Check::Verify).is_empty());
         assert_eq!(s.delete_stale(&[d1.id], u64::MAX).unwrap(), 1);
         assert_eq!(s.get(&d2.id).unwrap().as_deref(), Some(&v2[..]));
         assert_eq!(s.get(&d4.id).unwrap().as_deref(), Some(&v4[..]));
@@ -924,7 +915,7 @@ mod tests {
         let checks = [Check::Verify, Check::Trust].into_iter().cycle();
         for (i, check) in checks.take(MAX_DEPTH as usize).enumerate() {
             let (next, d) = patched(&data, id, i * 100, 10, i as u8 + 2);
-            let need = s.put(&[], std::slice::from_ref(&d), check, true).unwrap();
+            let need = put_delta(&s, &d, check);
             assert!(need.is_empty(), "patch {i}");
             assert_eq!(s.delta(&d.id).unwrap().unwrap().1, i as u8 + 1);
             assert_eq!(s.get(&d.id).unwrap().as_deref(), Some(&next[..]));
@@ -932,14 +923,10 @@ mod tests {
         }
         // One deeper: asked for whole, or rebuilt and stored whole.
         let (next, d) = patched(&data, id, 5000, 10, 99);
-        let need = s
-            .put(&[], std::slice::from_ref(&d), Check::Trust, true)
-            .unwrap();
+        let need = put_delta(&s, &d, Check::Trust);
         assert_eq!(need, vec![d.id]);
         assert!(!s.has(&d.id).unwrap());
-        let need = s
-            .put(&[], std::slice::from_ref(&d), Check::Verify, true)
-            .unwrap();
+        let need = put_delta(&s, &d, Check::Verify);
         assert!(need.is_empty());
         assert!(s.delta(&d.id).unwrap().is_none());
         assert_eq!(s.get(&d.id).unwrap().as_deref(), Some(&next[..]));
@@ -967,16 +954,12 @@ mod tests {
         // Rotten on disk: a delta on it must not be rebuilt from memory.
         assert!(s.corrupt(&a).unwrap());
         let (_, on_a) = patched(&a_data, a, 0, 4096, 7);
-        let need = s
-            .put(&[], std::slice::from_ref(&on_a), Check::Verify, true)
-            .unwrap();
+        let need = put_delta(&s, &on_a, Check::Verify);
         assert_eq!(need, vec![on_a.id]);
         // Collected: no delta on it either.
         assert_eq!(s.delete_stale(&[b], u64::MAX).unwrap(), 1);
         let (_, on_b) = patched(&b_data, b, 0, 4096, 7);
-        let need = s
-            .put(&[], std::slice::from_ref(&on_b), Check::Verify, true)
-            .unwrap();
+        let need = put_delta(&s, &on_b, Check::Verify);
         assert_eq!(need, vec![on_b.id]);
         let _ = std::fs::remove_dir_all(&dir);
     }
