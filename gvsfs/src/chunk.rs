@@ -248,10 +248,10 @@ impl Recent {
         }
     }
 
-    fn remove(&mut self, id: &ChunkId) {
-        if let Some((d, _)) = self.chunks.pop(id) {
-            self.bytes -= d.len();
-        }
+    fn remove(&mut self, id: &ChunkId) -> Option<(Arc<Vec<u8>>, u8)> {
+        let got = self.chunks.pop(id)?;
+        self.bytes -= got.0.len();
+        Some(got)
     }
 }
 
@@ -349,22 +349,22 @@ impl ChunkStore {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The base of a delta to rebuild and its depth: from the recent
-    /// chunks if there, else read (whole, or rebuilt and verified) and
-    /// then kept among them. `None`: not held here, or corrupt.
-    fn base(&self, id: &ChunkId) -> Result<Option<(Vec<u8>, u8)>> {
-        if let Some((d, depth)) = self.recent().chunks.get(id) {
-            return Ok(Some((d.to_vec(), *depth)));
+    /// The base of a delta to rebuild and its depth, taken out of the
+    /// recent chunks (the rebuilt chunk succeeds it there as the block's
+    /// next base, and taking it spares a copy of the whole chunk per
+    /// delta), else read whole or rebuilt and verified. `None`: not held
+    /// here, or corrupt.
+    fn take_base(&self, id: &ChunkId) -> Result<Option<(Vec<u8>, u8)>> {
+        if let Some((d, depth)) = self.recent().remove(id) {
+            return Ok(Some((Arc::unwrap_or_clone(d), depth)));
         }
-        let got = match self.get_raw(id)? {
-            Some(whole) => (whole, 0),
+        Ok(match self.get_raw(id)? {
+            Some(whole) => Some((whole, 0)),
             None => match self.rebuild(id)? {
-                (Lookup::Good(full), depth) => (full, depth),
-                _ => return Ok(None),
+                (Lookup::Good(full), depth) => Some((full, depth)),
+                _ => None,
             },
-        };
-        self.recent().insert(*id, Arc::new(got.0.clone()), got.1);
-        Ok(Some(got))
+        })
     }
 
     /// The depth of chunk `id` here (0: whole; see [`DELTAS_CF`]), or
@@ -698,9 +698,8 @@ impl Ingest {
         let mut bytes = 0;
         let mut need = Vec::new();
         let mut stored = std::collections::HashSet::new();
-        // Chunks to keep among the recent ones once stored, and the ones
-        // they supersede as bases.
-        let (mut keep, mut drop_base) = (Vec::new(), Vec::new());
+        // Chunks to keep among the recent ones once stored.
+        let mut keep = Vec::new();
         for d in deltas {
             if store.db.get_pinned_cf(store.times(), d.id.0)?.is_some() {
                 // Held already (unchanged, or the same bytes again): young
@@ -719,7 +718,7 @@ impl Ingest {
             let depth = match check {
                 Check::Verify => {
                     // Only the result is verified: a bad base cannot make it match.
-                    let rebuilt = store.base(&d.base)?.and_then(|(b, depth)| {
+                    let rebuilt = store.take_base(&d.base)?.and_then(|(b, depth)| {
                         d.apply(b)
                             .filter(|full| d.id.verifies(full))
                             .map(|full| (full, depth + 1))
@@ -728,8 +727,6 @@ impl Ingest {
                         need.push(d.id);
                         continue;
                     };
-                    // The block's next deltas build on this chunk.
-                    drop_base.push(d.base);
                     if large || depth > MAX_DEPTH {
                         bytes += full.len() as u64;
                         batch.put(d.id.0, &full);
@@ -783,9 +780,6 @@ impl Ingest {
             if !skip_log {
                 let wholes = whole.iter().filter(|(id, _)| !stored.contains(id));
                 keep.extend(wholes.map(|(id, d)| (*id, d.clone(), 0)));
-            }
-            for id in &drop_base {
-                recent.remove(id);
             }
             for (id, data, depth) in keep {
                 recent.insert(id, data, depth);
