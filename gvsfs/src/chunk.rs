@@ -879,6 +879,7 @@ mod tests {
         let mut forged = d1.clone();
         forged.id = ChunkId::of(b"something else");
         assert_eq!(put_delta(&s, &forged, Check::Verify), vec![forged.id]);
+        assert!(!s.has(&forged.id).unwrap());
         // Deleting the base stores its deltas whole first; theirs stay.
         assert_eq!(s.delete_stale(&[base_id], u64::MAX).unwrap(), 1);
         assert!(!s.has(&base_id).unwrap());
@@ -950,6 +951,7 @@ mod tests {
         let (_, on_a) = patched(&a_data, a, 0, 4096, 7);
         let need = put_delta(&s, &on_a, Check::Verify);
         assert_eq!(need, vec![on_a.id]);
+        assert_eq!(s.lookup(&on_a.id).unwrap(), Lookup::Absent);
         // Collected: no delta on it either.
         assert_eq!(s.delete_stale(&[b], u64::MAX).unwrap(), 1);
         let (_, on_b) = patched(&b_data, b, 0, 4096, 7);
