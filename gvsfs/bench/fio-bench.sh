@@ -15,8 +15,10 @@
 # writer's buffer every 64 MiB while it goes on writing, so a short file
 # shows mostly the last commit), SIZE (the part of the file the random jobs
 # use, default 256M), RUNTIME (seconds per random job, default 8),
-# KEEP_LOGS=1 keeps the fio JSON in $WORK.
-# Takes about 3 minutes with SIZE=128M RUNTIME=5 (plus installing
+# ROUNDS (how many times every job runs on every system, default 3; the
+# table shows the median and the range: single runs here vary by up to a
+# third, GlusterFS's more), KEEP_LOGS=1 keeps the fio JSON in $WORK.
+# Takes about 2.5 minutes a round with SIZE=128M RUNTIME=5 (plus installing
 # glusterfs-server the first time).
 # Not a test: it asserts nothing, it measures.
 set -euo pipefail
@@ -25,6 +27,7 @@ BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/grid-target}/release}
 SEQ_SIZE=${SEQ_SIZE:-1G}
 SIZE=${SIZE:-256M}
 RUNTIME=${RUNTIME:-8}
+ROUNDS=${ROUNDS:-3}
 GRID=gvbench
 GLVOL=gvbench
 WORK=/var/tmp/gvs-fio-bench
@@ -141,29 +144,48 @@ cold() { # cold SYSTEM JOB
     esac
 }
 
+# Every round runs every system, in an order that turns by one each round
+# (so that none always goes first on a cooled or warmed machine); each cell
+# of the table is the median of its rounds.
 declare -A R
-for sys in local gvs gluster; do
-    for job in $ORDER; do
-        log "$sys $job cold"
-        cold "$sys" "$job"
-        R[$sys.$job.cold]=$(run_fio "$sys" "$job" cold)
-        log "$sys $job warm"
-        R[$sys.$job.warm]=$(run_fio "$sys" "$job" warm)
+SYSTEMS=(local gvs gluster)
+for round in $(seq "$ROUNDS"); do
+    for k in 0 1 2; do
+        sys=${SYSTEMS[$(((k + round - 1) % 3))]}
+        for job in $ORDER; do
+            log "round $round: $sys $job cold"
+            cold "$sys" "$job"
+            R[$sys.$job.cold]+=" $(run_fio "$sys" "$job" "cold.$round")"
+            log "round $round: $sys $job warm"
+            R[$sys.$job.warm]+=" $(run_fio "$sys" "$job" "warm.$round")"
+        done
     done
 done
 REPLICAS=$(gx node1 -- getfattr --absolute-names --only-values -n gvs.replicas /gvs/bench.vol 2>/dev/null || echo "?")
 
 # ---- the table --------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+spread() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f-%.0f", lo, hi }'; }
 echo
 echo "fio, seq: $SEQ_SIZE, rand: over $SIZE; gvs: 3-node grid in a box, 2 mirrors ($REPLICAS), fio on node1;"
 echo "gluster: replica 2, two bricks on this host, FUSE; seq in MiB/s, rand in IOPS;"
 echo "rand: 4 KiB, libaio iodepth 16, O_DIRECT, ${RUNTIME}s; cold = page cache dropped (+ gvsfs restarted for reads)"
+echo "median of $ROUNDS rounds (the systems' order turns each round); the lowest and highest below"
 printf "\n%-26s %10s %10s %10s %10s %12s\n" "job" "local" "gvs" "gluster" "gvs/local" "gvs/gluster"
 for job in $ORDER; do
     for phase in cold warm; do
-        l=${R[local.$job.$phase]} g=${R[gvs.$job.$phase]} c=${R[gluster.$job.$phase]}
+        l=$(median "${R[local.$job.$phase]}")
+        g=$(median "${R[gvs.$job.$phase]}")
+        c=$(median "${R[gluster.$job.$phase]}")
         printf "%-26s %10.0f %10.0f %10.0f %10s %12s\n" "$job ($phase)" "$l" "$g" "$c" \
             "$(ratio "$g" "$l")" "$(ratio "$g" "$c")"
+    done
+done
+printf "\n%-26s %14s %14s %14s\n" "job (lowest-highest)" "local" "gvs" "gluster"
+for job in $ORDER; do
+    for phase in cold warm; do
+        printf "%-26s %14s %14s %14s\n" "$job ($phase)" "$(spread "${R[local.$job.$phase]}")" \
+            "$(spread "${R[gvs.$job.$phase]}")" "$(spread "${R[gluster.$job.$phase]}")"
     done
 done
