@@ -213,7 +213,19 @@ pub struct ChunkStore {
     sweeping: Arc<std::sync::RwLock<()>>,
     /// Chunks that puts from other nodes stored lately (see [`Recent`]).
     recent: Arc<std::sync::Mutex<Recent>>,
+    /// The depth (see [`DELTAS_CF`]) of chunks lately stored or looked
+    /// up here, up to [`DEPTHS_KEPT`]: a writer storing its own deltas
+    /// asks for each base's depth, and reading it from the store (the
+    /// base's delta record, once flushed a blob) grew from a third to
+    /// half of its store's time per fsync as a random writer's grid
+    /// lived on. Entries leave it when [`ChunkStore::delete_stale`]
+    /// deletes or rewrites their chunk, under the same lock that keeps
+    /// puts out, so it never names a chunk no longer held.
+    depths: Arc<std::sync::Mutex<lru::LruCache<ChunkId, u8>>>,
 }
+
+/// How many chunks' depths [`ChunkStore`] keeps in memory (about 20 MiB).
+const DEPTHS_KEPT: usize = 1 << 18;
 
 /// The chunks a mirror stored lately from small puts (whole, or rebuilt
 /// from their delta), with their depth (see [`DELTAS_CF`]), up to a byte
@@ -301,6 +313,12 @@ impl ChunkStore {
         opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(dir));
         let mut times = rocksdb::Options::default();
         times.set_compression_type(rocksdb::DBCompressionType::None);
+        // Every chunk a commit brings is first looked up (held already?),
+        // mostly in vain, and every delta's base for its depth: Bloom
+        // filters spare those point lookups a search of each table file.
+        let mut tables = rocksdb::BlockBasedOptions::default();
+        tables.set_bloom_filter(10.0, false);
+        times.set_block_based_table_factory(&tables);
         // Half the cache holds deltas, half the recent chunks (see
         // [`Recent`]). Whole chunks read from blob files are not cached
         // here: a reader's chunk cache holds what it reads again, and
@@ -332,6 +350,9 @@ impl ChunkStore {
                 bytes: 0,
                 budget: cache_bytes / 2,
             })),
+            depths: Arc::new(std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(DEPTHS_KEPT).expect("not zero"),
+            ))),
         })
     }
 
@@ -347,6 +368,10 @@ impl ChunkStore {
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn depths(&self) -> std::sync::MutexGuard<'_, lru::LruCache<ChunkId, u8>> {
+        self.depths.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The base of a delta to rebuild and its depth, taken out of the
@@ -370,14 +395,21 @@ impl ChunkStore {
     /// The depth of chunk `id` here (0: whole; see [`DELTAS_CF`]), or
     /// `None` if it is not held.
     fn depth(&self, id: &ChunkId) -> Result<Option<u8>> {
-        if let Some((_, depth)) = self.delta(id)? {
-            return Ok(Some(depth));
+        if let Some(depth) = self.depths().get(id) {
+            return Ok(Some(*depth));
         }
-        Ok(self
-            .db
-            .get_pinned_cf(self.times(), id.0)?
-            .is_some()
-            .then_some(0))
+        let depth = match self.delta(id)? {
+            Some((_, depth)) => Some(depth),
+            None => self
+                .db
+                .get_pinned_cf(self.times(), id.0)?
+                .is_some()
+                .then_some(0),
+        };
+        if let Some(d) = depth {
+            self.depths().put(*id, d);
+        }
+        Ok(depth)
     }
 
     /// The bytes stored whole under `id`, unverified. RocksDB's own
@@ -551,6 +583,8 @@ impl ChunkStore {
         }
         let gone: std::collections::HashSet<ChunkId> = stale.iter().copied().collect();
         let mut batch = rocksdb::WriteBatch::default();
+        // Deltas stored whole now: depth 0.
+        let mut rewritten = Vec::new();
         for id in &stale {
             if let Some((d, _)) = self.delta(id).unwrap_or(None) {
                 batch.delete_cf(self.cf(DELTAS_CF), id.0);
@@ -572,6 +606,7 @@ impl ChunkStore {
                 if let Lookup::Good(full) = self.lookup_delta(&dep)? {
                     batch.put(dep.0, full);
                     batch.delete_cf(self.cf(DELTAS_CF), dep.0);
+                    rewritten.push(dep);
                 }
             }
             batch.delete(id.0);
@@ -579,8 +614,13 @@ impl ChunkStore {
         }
         self.db.write(batch)?;
         let mut recent = self.recent();
+        let mut depths = self.depths();
         for id in &stale {
             recent.remove(id);
+            depths.pop(id);
+        }
+        for id in &rewritten {
+            depths.put(*id, 0);
         }
         Ok(stale.len() as u64)
     }
@@ -698,8 +738,9 @@ impl Ingest {
         let mut bytes = 0;
         let mut need = Vec::new();
         let mut stored = std::collections::HashSet::new();
-        // Chunks to keep among the recent ones once stored.
-        let mut keep = Vec::new();
+        // Chunks to keep among the recent ones once stored, and the depth
+        // of each chunk stored.
+        let (mut keep, mut depths) = (Vec::new(), Vec::new());
         for d in deltas {
             if store.db.get_pinned_cf(store.times(), d.id.0)?.is_some() {
                 // Held already (unchanged, or the same bytes again): young
@@ -732,6 +773,7 @@ impl Ingest {
                         batch.put(d.id.0, &full);
                         batch.put_cf(store.times(), d.id.0, t);
                         keep.push((d.id, Arc::new(full), 0));
+                        depths.push((d.id, 0));
                         continue;
                     }
                     keep.push((d.id, Arc::new(full), depth));
@@ -752,11 +794,13 @@ impl Ingest {
             batch.put_cf(store.cf(BASES_CF), [d.base.0, d.id.0].concat(), []);
             batch.put_cf(store.times(), d.id.0, t);
             stored.insert(d.id);
+            depths.push((d.id, depth));
         }
         for (id, data) in whole.iter().filter(|(id, _)| !stored.contains(id)) {
             batch.put(id.0, data.as_slice());
             batch.put_cf(store.times(), id.0, t);
             bytes += data.len() as u64;
+            depths.push((*id, 0));
         }
         let given: std::collections::HashSet<ChunkId> = whole.iter().map(|(id, _)| *id).collect();
         need.retain(|id| !given.contains(id));
@@ -774,6 +818,12 @@ impl Ingest {
         wo.disable_wal(skip_log);
         if !empty {
             store.db.write_opt(batch, &wo)?;
+        }
+        {
+            let mut known = store.depths();
+            for (id, depth) in depths {
+                known.put(id, depth);
+            }
         }
         if check == Check::Verify {
             let mut recent = store.recent();
@@ -957,6 +1007,15 @@ mod tests {
         let (_, on_b) = patched(&b_data, b, 0, 4096, 7);
         let need = put_delta(&s, &on_b, Check::Verify);
         assert_eq!(need, vec![on_b.id]);
+        // Nor is a writer's own delta stored on a collected chunk: the
+        // depth known of it goes with it.
+        let (c, c_data) = whole(3);
+        s.put_many(&[(c, c_data.clone())], true).unwrap();
+        let (_, on_c) = patched(&c_data, c, 0, 4096, 7);
+        assert!(put_delta(&s, &on_c, Check::Trust).is_empty());
+        assert_eq!(s.delete_stale(&[c, on_c.id], u64::MAX).unwrap(), 2);
+        let (_, again) = patched(&c_data, c, 4096, 4096, 8);
+        assert_eq!(put_delta(&s, &again, Check::Trust), vec![again.id]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
