@@ -36,6 +36,7 @@ LOCALDIR=$WORK/local
 GLUSTERD_PID=$WORK/glusterd.pid
 
 [ "$(id -u)" = 0 ] || { echo "fio-bench: run as root" >&2; exit 1; }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "fio-bench: ROUNDS must be a positive number, not '$ROUNDS'" >&2; exit 1; }
 for b in devgrid gvsfs metad; do
     [ -x "$BIN/$b" ] || { echo "fio-bench: $BIN/$b missing: build first (see the header)" >&2; exit 1; }
 done

@@ -42,7 +42,8 @@ pub struct MountArgs {
     #[arg(long)]
     pub cache_mb: Option<usize>,
     /// Size of the chunk store's cache in MiB: deltas, and the whole
-    /// chunks a mirror stored or read lately to rebuild deltas from.
+    /// chunks a mirror lately stored from small puts, to rebuild deltas
+    /// from.
     #[arg(long, default_value_t = 512)]
     pub store_cache_mb: usize,
     /// FUSE worker threads. 8 (on 2 cores): 4 K random reads at queue
