@@ -419,8 +419,10 @@ impl GvsFs {
             let n: u64 = text
                 .parse()
                 .map_err(|_| GvsError::Invalid(format!("{name} {text:?} is not a number")))?;
-            if key == "rebalance_threshold" {
-                crate::rebalance::check_threshold(n)?;
+            match key {
+                "rebalance_threshold" => crate::rebalance::check_threshold(n)?,
+                "gc_grace_secs" => crate::gc::check_grace(n)?,
+                _ => {}
             }
             n.to_string()
         };

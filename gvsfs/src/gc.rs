@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 
 use crate::blockmap;
 use crate::chunk::{Check, ChunkId, Delta};
-use crate::error::Result;
+use crate::error::{GvsError, Result};
 use crate::gvs::{conf, conf_rev, Gvs};
 use crate::meta::{self, Inode, Kind, Snapshot};
 use crate::stats::Stats;
@@ -76,6 +76,70 @@ use crate::stats::Stats;
 pub const DEFAULT_GRACE_SECS: u64 = 600;
 /// Default time between rounds (`gvs/conf/gc_interval_secs`).
 pub const DEFAULT_INTERVAL_SECS: u64 = 300;
+
+/// The least grace period `gvs.gc.grace_secs` takes. The grace period is
+/// what keeps an in-flight commit's chunks (pushed, their root not yet in
+/// metad) from being swept; a commit's root lands within the writer's
+/// metad silence bound (10 s, after which its fsync fails) or not at all,
+/// so three times that leaves room for a slow push under load.
+pub const MIN_GRACE_SECS: u64 = 30;
+
+/// Refuses a grace period too short to protect in-flight commits.
+pub fn check_grace(secs: u64) -> Result<()> {
+    if secs < MIN_GRACE_SECS {
+        return Err(GvsError::Invalid(format!(
+            "gc grace period {secs} s: must be at least {MIN_GRACE_SECS} s (an in-flight commit's chunks must outlive it)"
+        )));
+    }
+    Ok(())
+}
+
+/// Holds sweeping off after the wall clock steps forward. Store times are
+/// wall-clock stamps (they must survive a restart), so a step forward by D
+/// makes every chunk look D older, and one pushed by an in-flight commit
+/// could pass the grace period at once. Measured against the monotonic
+/// clock, a step is seen between two observations; sweeping then waits a
+/// whole grace period of monotonic time, after which every commit in
+/// flight at the step has landed its root or failed.
+#[derive(Debug, Default)]
+pub struct ClockStepGuard {
+    last: Option<(Instant, u64)>,
+    hold_until: Option<Instant>,
+}
+
+impl ClockStepGuard {
+    /// How far the wall clock may run ahead of the monotonic clock between
+    /// two observations before it counts as a step (NTP slews far less).
+    const TOLERANCE: Duration = Duration::from_secs(1);
+
+    /// Records the clocks at `mono`/`wall` (nanoseconds since the epoch)
+    /// and says why sweeping must wait, if it must.
+    pub fn check(&mut self, mono: Instant, wall: u64, grace: Duration) -> Option<String> {
+        if let Some((m0, w0)) = self.last {
+            let mono_ns = mono.saturating_duration_since(m0).as_nanos() as u64;
+            let ahead = wall.saturating_sub(w0).saturating_sub(mono_ns);
+            if ahead > Self::TOLERANCE.as_nanos() as u64 {
+                self.hold_until = Some(mono + grace);
+                tracing::warn!(
+                    "gc: the wall clock stepped forward by {:.1} s; no sweep for {} s",
+                    ahead as f64 / 1e9,
+                    grace.as_secs()
+                );
+            }
+        }
+        self.last = Some((mono, wall));
+        match self.hold_until {
+            Some(t) if mono < t => Some(format!(
+                "the wall clock stepped forward; sweeping resumes in {} s",
+                t.saturating_duration_since(mono).as_secs()
+            )),
+            _ => {
+                self.hold_until = None;
+                None
+            }
+        }
+    }
+}
 
 /// What a round did.
 #[derive(Debug, PartialEq, Eq)]
@@ -221,6 +285,7 @@ pub fn run(gvs: Arc<Gvs>) {
     let mut last = Instant::now();
     let mut trigger = conf_rev(&gvs, "gc_now");
     let mut asked = false;
+    let mut clock = ClockStepGuard::default();
     loop {
         std::thread::sleep(Duration::from_millis(300));
         let every =
@@ -231,7 +296,11 @@ pub fn run(gvs: Arc<Gvs>) {
             continue;
         }
         let grace = Duration::from_secs(conf(&gvs, "gc_grace_secs", DEFAULT_GRACE_SECS));
-        match round(&gvs, grace) {
+        let outcome = match clock.check(Instant::now(), now_nanos(), grace) {
+            Some(why) => Ok(Outcome::Skipped(why)),
+            None => round(&gvs, grace),
+        };
+        match outcome {
             Ok(Outcome::Done { deleted, kept }) => {
                 (trigger, asked) = (t, false);
                 last = Instant::now();
@@ -252,5 +321,52 @@ pub fn run(gvs: Arc<Gvs>) {
                 (trigger, asked) = (t, false);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_grace_period_under_the_floor_is_refused() {
+        let e = check_grace(1).unwrap_err().to_string();
+        assert!(e.contains("at least 30"), "{e}");
+        check_grace(MIN_GRACE_SECS).unwrap();
+    }
+
+    #[test]
+    fn a_forward_step_of_the_wall_clock_holds_sweeping_for_a_grace_period() {
+        let grace = Duration::from_secs(60);
+        let mut g = ClockStepGuard::default();
+        let t0 = Instant::now();
+        let w0 = 1_000_000 * SEC;
+        assert_eq!(g.check(t0, w0, grace), None);
+        // Both clocks advance alike: no hold.
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(g.check(t1, w0 + 10 * SEC, grace), None);
+        // The wall clock jumps an hour ahead in 10 s of real time.
+        let t2 = t1 + Duration::from_secs(10);
+        let w2 = w0 + 3620 * SEC;
+        assert!(g.check(t2, w2, grace).is_some());
+        // Still held just before a grace period of real time has passed...
+        let t3 = t2 + Duration::from_secs(59);
+        assert!(g.check(t3, w2 + 59 * SEC, grace).is_some());
+        // ...and free after it.
+        let t4 = t2 + Duration::from_secs(61);
+        assert_eq!(g.check(t4, w2 + 61 * SEC, grace), None);
+    }
+
+    #[test]
+    fn a_backward_step_holds_nothing() {
+        // A step back only makes chunks look younger: they are kept longer.
+        let grace = Duration::from_secs(60);
+        let mut g = ClockStepGuard::default();
+        let t0 = Instant::now();
+        assert_eq!(g.check(t0, 1_000_000 * SEC, grace), None);
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(g.check(t1, 999_000 * SEC, grace), None);
     }
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{eventually, md5, sh, stat, store_bytes, wait_mounted, xattr};
+use common::{eventually, md5, run, sh, stat, store_bytes, wait_mounted, xattr, GRACE_1S};
 use devgrid::GridGuard;
 
 /// Runs one collection round on every node and waits until each did.
@@ -38,11 +38,14 @@ fn disk(grid: &GridGuard) -> u64 {
 fn deleting_volumes_and_snapshots_gives_space_back_and_keeps_what_clones_share() {
     let grid = GridGuard::up("gvgc", 3).unwrap();
     wait_mounted(&grid, 3);
-    sh(
-        &grid,
-        1,
-        "setfattr -n gvs.gc.grace_secs -v 1 /gvs && mkdir /gvs/v",
-    );
+    sh(&grid, 1, "mkdir /gvs/v");
+    // A grace period too short to protect in-flight commits is refused...
+    let (ok, text) = run(&grid, 2, "setfattr -n gvs.gc.grace_secs -v 1 /gvs");
+    assert!(!ok && text.contains("Invalid argument"), "{text}");
+    assert_eq!(xattr(&grid, 3, "/gvs", "gvs.gc.grace_secs"), "600");
+    // ...but this test wants every chunk collectable at once, to race the
+    // collector against clones: it writes the setting into metad itself.
+    sh(&grid, 1, GRACE_1S);
     // big: 16 MiB of A; snapshot; its first 8 MiB overwritten with B;
     // keep: a clone of it now (B head, A tail); junk: 16 MiB of its own.
     sh(&grid, 1, "head -c 16777216 /dev/urandom > /tmp/A && head -c 8388608 /dev/urandom > /tmp/B && cp /tmp/A /tmp/keep && dd if=/tmp/B of=/tmp/keep conv=notrunc status=none \

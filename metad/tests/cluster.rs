@@ -45,7 +45,7 @@ async fn writes_continue_through_leader_kills() {
         c.kill_member(l);
         while acked.lock().unwrap().len() == before {
             assert!(
-                t.elapsed() < Duration::from_secs(10),
+                t.elapsed() < Duration::from_secs(120),
                 "no write accepted after killing the leader"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;

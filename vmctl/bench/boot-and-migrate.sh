@@ -1,7 +1,9 @@
 #!/bin/sh
-# Benchmark (not a test) on a 2-node grid in a box: time from `vmctl app start` to the guest's
-# console marker ("VMCTL-BOOT", then "VMCTL-READY"), and live-migration downtime as QEMU reports
-# it (query-migrate `downtime`), for ROUNDS migrations back and forth.
+# Benchmark (not a test) on a 3-node grid in a box: time from `vmctl app start` to the guest's
+# console marker ("VMCTL-BOOT", then "VMCTL-READY"), live-migration downtime as QEMU reports
+# it (query-migrate `downtime`), for ROUNDS migrations back and forth, and failover: the VM's
+# node cut off the network, to the VM placed on another node and booting there. (The tests
+# check that these happen, not how fast: under the suite's load a TCG boot takes what it takes.)
 #
 #   export CARGO_TARGET_DIR=/var/tmp/grid-target
 #   cargo build --release -p vmctl -p gvsfs -p metad -p lcmd -p devgrid
@@ -17,11 +19,11 @@ now() { date +%s.%N; }
 since() { echo "$(now) $1" | awk '{printf "%.2f", $1 - $2}'; }
 
 dg down --name $GRID >/dev/null 2>&1 || true
-dg up --name $GRID --nodes 2 >/dev/null
+dg up --name $GRID --nodes 3 >/dev/null
 trap 'dg down --name $GRID >/dev/null 2>&1 || true' EXIT
 sh "$HERE/appliance/build.sh" >/dev/null
 on node1 sh "$HERE/appliance/build.sh" import /gvs/catalog/tiny >/dev/null
-until [ "$(on node1 vmctl node list --json 2>/dev/null | grep -c '"name"')" -ge 2 ]; do sleep 0.5; done
+until [ "$(on node1 vmctl node list --json 2>/dev/null | grep -c '"name"')" -ge 3 ]; do sleep 0.5; done
 
 desc=$(mktemp /tmp/vmbench.XXXXXX.toml)
 printf 'name = "bm"\n[components.x]\nimage = "/gvs/catalog/tiny"\nmem = "128M"\n' >"$desc"
@@ -48,3 +50,15 @@ while [ "$i" -le "$ROUNDS" ]; do
     node=$to
     i=$((i + 1))
 done
+
+# Failover: cut the VM's node; ask another node where the VM runs.
+ask=node1; [ "$node" = node1 ] && ask=node2
+where() { on "$ask" vmctl vm show bm.x --json 2>/dev/null | sed -n 's/^  "node": "\(node[0-9]*\)".*/\1/p'; }
+cut=$node
+t0=$(now)
+dg cut --name $GRID "$cut"
+until n=$(where) && [ -n "$n" ] && [ "$n" != "$cut" ]; do sleep 0.2; done
+placed=$(since "$t0")
+until on "$n" vmctl vm console bm.x 2>/dev/null | grep -q VMCTL-BOOT; do sleep 0.1; done
+echo "failover: $cut cut -> placed on $n ${placed}s, VMCTL-BOOT on its console $(since "$t0")s"
+dg heal --name $GRID "$cut"

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// Node number of VM `name`, once it is reserved somewhere.
 fn node_of(grid: &GridGuard, name: &str) -> usize {
     wait_for(
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         &format!("{name} to be placed"),
         || {
             let v = vm(grid, 1, name);

@@ -91,7 +91,7 @@ fn guests_talk_through_declared_connections_only() {
 
     ok(&grid, 1, &["app", "start", "net"]);
     let started = Instant::now();
-    let (web, db) = wait_for(Duration::from_secs(30), "placement", || {
+    let (web, db) = wait_for(Duration::from_secs(120), "placement", || {
         Some((
             node_num(&vm(&grid, 1, "net.web"))?,
             node_num(&vm(&grid, 1, "net.db"))?,
@@ -99,14 +99,14 @@ fn guests_talk_through_declared_connections_only() {
     });
     assert_ne!(web, db, "anti-affinity");
     // Each agent claimed its VM's appliance for its node.
-    wait_for(Duration::from_secs(30), "lcmd to follow the VMs", || {
+    wait_for(Duration::from_secs(120), "lcmd to follow the VMs", || {
         (lcm_node(&grid, "web")? == format!("node{web}")
             && lcm_node(&grid, "db")? == format!("node{db}"))
         .then_some(())
     });
 
     // By name, through the tunnel, on the declared port only.
-    let c = wait_for(Duration::from_secs(180), "web to reach db:80", || {
+    let c = wait_for(Duration::from_secs(600), "web to reach db:80", || {
         let c = console(&grid, web, "net.web");
         (reach_count(&c, "db:80", "ok") > 0).then_some(c)
     });
@@ -119,7 +119,7 @@ fn guests_talk_through_declared_connections_only() {
     // db serves 8080 too (vmctl.listen), so a refusal after db:80
     // answered is lcmd's.
     wait_for(
-        Duration::from_secs(60),
+        Duration::from_secs(600),
         "a db:8080 try after db:80 answered",
         || {
             let c = console(&grid, web, "net.web");
@@ -135,7 +135,7 @@ fn guests_talk_through_declared_connections_only() {
     );
 
     // The drop is in the grid's event log, with appliances and terminals.
-    let drop = wait_for(Duration::from_secs(30), "the wrong-port event", || {
+    let drop = wait_for(Duration::from_secs(120), "the wrong-port event", || {
         ok(&grid, 1, &["events", "--json"])
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -173,16 +173,20 @@ fn guests_talk_through_declared_connections_only() {
         &["vm", "migrate", "net.db", &format!("node{third}")],
     );
     wait_for(
-        Duration::from_secs(60),
+        Duration::from_secs(600),
         "lcmd to follow the migration",
         || (lcm_node(&grid, "db")? == format!("node{third}")).then_some(()),
     );
     let moved = Instant::now();
     let before = reach_count(&console(&grid, web, "net.web"), "db:80", "ok");
-    wait_for(Duration::from_secs(60), "web to reach the moved db", || {
-        let c = console(&grid, web, "net.web");
-        (reach_count(&c, "db:80", "ok") > before).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(240),
+        "web to reach the moved db",
+        || {
+            let c = console(&grid, web, "net.web");
+            (reach_count(&c, "db:80", "ok") > before).then_some(())
+        },
+    );
     eprintln!(
         "vmnet: web reached the moved db {:?} after lcmd followed",
         moved.elapsed()

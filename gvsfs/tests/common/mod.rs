@@ -97,3 +97,8 @@ pub fn xattr(grid: &GridGuard, i: usize, path: &str, name: &str) -> String {
         &format!("getfattr --absolute-names --only-values -n {name} {path}"),
     )
 }
+
+/// Sets the collector's grace period to 1 s, below the floor that
+/// `gvs.gc.grace_secs` refuses, by writing the setting into metad itself:
+/// for tests that want every unreferenced chunk collectable at once.
+pub const GRACE_1S: &str = "metad put gvs/conf/gc_grace_secs 1";
