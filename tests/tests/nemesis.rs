@@ -40,7 +40,8 @@ const HANG: Duration = Duration::from_secs(180);
 const BACKOFF: Duration = Duration::from_millis(100);
 
 /// A writer inside a node: for each line `w OFFSET HEX` it writes the
-/// bytes at OFFSET and fsyncs, answering `ok` or the errno's name. After
+/// bytes at OFFSET and fsyncs, answering `ok` or the failed call and the
+/// errno's name (`fsync EIO`). After
 /// an error it drops its handle and opens the file anew for the next
 /// record (a restarted gvsfs is a new mount; a fenced handle stays fenced).
 const WRITER: &str = r#"
@@ -48,14 +49,17 @@ import errno, os, sys
 path, fd = sys.argv[1], None
 for line in sys.stdin:
     cmd = line.split()
+    call = "open"
     try:
         if fd is None:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        call = "pwrite"
         os.pwrite(fd, bytes.fromhex(cmd[2]), int(cmd[1]))
+        call = "fsync"
         os.fsync(fd)
         print("ok", flush=True)
     except OSError as e:
-        print(errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+        print(call, errno.errorcode.get(e.errno, str(e.errno)), flush=True)
         if fd is not None:
             try:
                 os.close(fd)
@@ -102,7 +106,7 @@ impl Writer {
     }
 
     /// Writes and fsyncs `record` at `offset`: `Ok(())` once acknowledged,
-    /// else the errno's name. Panics if no answer comes within [`HANG`].
+    /// else the failed call and the errno's name. Panics if no answer comes within [`HANG`].
     fn write(&mut self, offset: u64, record: &[u8]) -> Result<(), String> {
         let hex: String = record.iter().map(|b| format!("{b:02x}")).collect();
         writeln!(self.stdin, "w {offset} {hex}").expect("telling the writer");
