@@ -216,19 +216,35 @@ fn write_volume(grid: &Grid, run: u64, vol: &Volume, stop: &AtomicBool) -> Write
             thread::sleep(BACKOFF);
         }
         if let Some(to) = vol.move_to.lock().unwrap().take().filter(|_| !stopping) {
-            let mut new = Writer::start(grid, to, vol.path);
-            writes.put(&mut new, run, vol, seq);
-            let stale_ok = writes.put(&mut w, run, vol, seq + 1);
+            w = writes.move_writer(grid, w, to, run, vol, seq);
             seq += 2;
-            if stale_ok {
-                writes.stale_accepted += 1;
-            } else {
-                writes.stale_refused += 1;
-            }
-            writes.moves += 1;
-            w = new;
-            vol.at.store(to, Ordering::Relaxed);
         }
+    }
+}
+
+impl Writes {
+    /// Moves `vol`'s writing from `old` to a new writer on node `to`,
+    /// whose first record (`seq`) takes the write lease over; then `old`
+    /// tries record `seq + 1` with its handle, fenced by then.
+    fn move_writer(
+        &mut self,
+        grid: &Grid,
+        mut old: Writer,
+        to: usize,
+        run: u64,
+        vol: &Volume,
+        seq: u64,
+    ) -> Writer {
+        let mut new = Writer::start(grid, to, vol.path);
+        self.put(&mut new, run, vol, seq);
+        if self.put(&mut old, run, vol, seq + 1) {
+            self.stale_accepted += 1;
+        } else {
+            self.stale_refused += 1;
+        }
+        self.moves += 1;
+        vol.at.store(to, Ordering::Relaxed);
+        new
     }
 }
 
