@@ -1,6 +1,9 @@
 //! Helpers shared by the end-to-end tests in `tests/`: asking metad how
 //! the grid stands, the way an operator would (the generic ones, running a
-//! script in a node and waiting, are devgrid's).
+//! script in a node and waiting, are devgrid's), and the nemesis test's
+//! records and their checker.
+
+pub mod records;
 
 use std::time::Duration;
 
