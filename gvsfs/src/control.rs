@@ -15,8 +15,16 @@
 //! every node. `mkdir apps/NAME` makes an empty object (`grid/pending/NAME`
 //! in metad) until its `spec` is written; writing `spec` validates the
 //! descriptor and creates the application at close (EINVAL from close, the
-//! reason in `error`, when it is refused). A `ctl` command runs in the
-//! write itself (EINVAL from the write when refused). `error` is kept in
+//! reason in `error`, when it is refused). A `spec` holds at most 1 MiB
+//! (EFBIG past it, at any offset). A `ctl` command line holds at most
+//! 4 KiB; a quick command (`destroy`) runs in the write, EINVAL when
+//! refused; a long one (`start`, `stop`, `migrate`) is checked at once
+//! (EINVAL for what needs no scheduler: an unknown command, a node that is
+//! not up, a VM whose application is not running), then runs on a task of
+//! its own, one per object at a time (EBUSY for another meanwhile), and
+//! the write returns: no FUSE worker, which VM disks need too, waits for
+//! the scheduler. `state` says it is under way on the node that took it;
+//! its outcome lands in `error` (empty when it succeeded). `error` is kept in
 //! metad (`grid/error/<object>`), so it reads the same from every node.
 //! `console` is the VM's console tail as its agent copies it to metad
 //! ([`vmctl::console`]).
@@ -29,7 +37,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
@@ -47,6 +55,11 @@ const HIGH_BITS: u64 = 0b111 << 61;
 const START_WAIT: Duration = Duration::from_secs(20);
 /// How long `ctl` waits for `stop` to release every reservation.
 const STOP_WAIT: Duration = Duration::from_secs(60);
+/// The most a `spec` holds (a descriptor is a few KiB): its buffer is
+/// never sized by a writer's offset past this.
+const MAX_SPEC: u64 = 1 << 20;
+/// The longest `ctl` command line.
+const MAX_CTL_LINE: usize = 4 << 10;
 
 /// Whether `ino` is in the control tree.
 pub fn is_grid(ino: u64) -> bool {
@@ -137,13 +150,109 @@ struct Paths {
     by_idx: Vec<String>,
 }
 
+/// The long `ctl` commands under way on this node: object -> command line.
+type UnderWay = Arc<Mutex<HashMap<String, String>>>;
+
 /// The control tree of one node's mount.
 pub struct Grid {
-    store: Store,
+    store: Arc<Store>,
     rt: tokio::runtime::Handle,
     paths: Mutex<Paths>,
     open: Mutex<HashMap<u64, Open>>,
     next_fh: AtomicU64,
+    under_way: UnderWay,
+}
+
+/// Why a `ctl` line is refused.
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    /// The command refused it (or failed).
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    /// A long command runs for this object (the one named).
+    #[error("{0:?} is under way; its outcome shows in error")]
+    Busy(String),
+    /// A line past [`MAX_CTL_LINE`].
+    #[error("a ctl command is at most {MAX_CTL_LINE} bytes; this one has {0}")]
+    TooLong(usize),
+}
+
+impl CtlError {
+    fn errno(&self) -> Errno {
+        match self {
+            CtlError::Cmd(e) => refusal(e),
+            CtlError::Busy(_) => Errno::EBUSY,
+            CtlError::TooLong(_) => Errno::EINVAL,
+        }
+    }
+}
+
+/// A `ctl` command that waits for the scheduler or an agent: it runs on a
+/// task of its own once its quick checks pass.
+#[derive(Debug, Clone)]
+enum Long {
+    AppStart(String),
+    AppStop(String),
+    VmStart(String),
+    VmStop(String),
+    Migrate(String, String),
+}
+
+impl Long {
+    /// The refusals that need no scheduler, given to the writer at once.
+    async fn check(&self, s: &Store) -> Result<(), CmdError> {
+        match self {
+            Long::VmStart(vm) => cmd::vm_start_check(s, vm).await.map(drop),
+            Long::Migrate(_, node) => cmd::node_up(s, node).await,
+            // The object exists (checked at open); nothing else is quick.
+            _ => Ok(()),
+        }
+    }
+
+    async fn run(&self, s: &Store) -> Result<String, CmdError> {
+        match self {
+            Long::AppStart(a) => cmd::app_start(s, a, START_WAIT).await,
+            Long::AppStop(a) => cmd::app_stop(s, a, STOP_WAIT).await,
+            Long::VmStart(v) => cmd::vm_start(s, v, START_WAIT).await,
+            Long::VmStop(v) => cmd::vm_stop(s, v, STOP_WAIT).await,
+            Long::Migrate(v, node) => match cmd::vm_migrate(s, v, node, START_WAIT).await {
+                // Accepted and under way: it goes on; `state` follows it.
+                Err(CmdError::Timeout(m)) => Ok(m),
+                r => r,
+            },
+        }
+    }
+}
+
+/// A parsed `ctl` line.
+enum Ctl {
+    Destroy(String),
+    Long(Long),
+}
+
+/// Records (or clears) the reason of an object's last refusal.
+async fn put_error(
+    store: &Store,
+    object: &str,
+    e: Option<String>,
+) -> Result<(), metad::ClientError> {
+    let key = format!("{ERRORS}{object}").into_bytes();
+    let op = match e {
+        Some(e) => Op::Put {
+            key,
+            value: (e + "\n").into_bytes(),
+            lease: 0,
+        },
+        None => Op::Delete { key },
+    };
+    store
+        .client
+        .txn(Txn {
+            success: vec![op],
+            ..Txn::default()
+        })
+        .await
+        .map(drop)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,6 +270,32 @@ fn refusal(e: &CmdError) -> Errno {
     }
 }
 
+/// Parses a line of an application's `ctl`.
+fn app_ctl(app: &str, line: &str) -> Result<Ctl, CmdError> {
+    let app = app.to_string();
+    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["start"] => Ok(Ctl::Long(Long::AppStart(app))),
+        ["stop"] => Ok(Ctl::Long(Long::AppStop(app))),
+        ["destroy"] => Ok(Ctl::Destroy(app)),
+        _ => Err(CmdError::Refused(format!(
+            "unknown command {line:?}; an application's ctl takes start, stop or destroy"
+        ))),
+    }
+}
+
+/// Parses a line of a VM's `ctl`.
+fn vm_ctl(vm: &str, line: &str) -> Result<Ctl, CmdError> {
+    let vm = vm.to_string();
+    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["start"] => Ok(Ctl::Long(Long::VmStart(vm))),
+        ["stop"] => Ok(Ctl::Long(Long::VmStop(vm))),
+        ["migrate", node] => Ok(Ctl::Long(Long::Migrate(vm, node.to_string()))),
+        _ => Err(CmdError::Refused(format!(
+            "unknown command {line:?}; a VM's ctl takes start, stop or migrate NODE"
+        ))),
+    }
+}
+
 fn object_of(path: &str) -> String {
     path.rsplit_once('/').map_or("", |(o, _)| o).to_string()
 }
@@ -170,11 +305,12 @@ impl Grid {
     /// that FUSE threads may block on).
     pub fn new(store: Store, rt: tokio::runtime::Handle) -> Grid {
         let g = Grid {
-            store,
+            store: Arc::new(store),
             rt,
             paths: Mutex::new(Paths::default()),
             open: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            under_way: UnderWay::default(),
         };
         g.ino_of("");
         g
@@ -468,10 +604,12 @@ impl Grid {
                 if !self.exists(model::APPS, a)? && self.pending(a)? {
                     return Ok(format!("app {a}: no spec written yet\n"));
                 }
-                run(self.rt.block_on(cmd::app_show(&self.store, a, false)))
+                let s = run(self.rt.block_on(cmd::app_show(&self.store, a, false)))?;
+                Ok(s + &self.under_way_line(path))
             }
             Obj::VmFile(v, File::State) => {
-                run(self.rt.block_on(cmd::vm_show(&self.store, v, false)))
+                let s = run(self.rt.block_on(cmd::vm_show(&self.store, v, false)))?;
+                Ok(s + &self.under_way_line(path))
             }
             Obj::NodeState(n) => {
                 let rec = self
@@ -515,112 +653,155 @@ impl Grid {
         Ok(o.data[start..end].to_vec())
     }
 
-    /// Records (or clears) the reason of an object's last refusal.
-    fn set_error(&self, object: &str, e: Option<String>) -> Result<(), Errno> {
-        let key = format!("{ERRORS}{object}").into_bytes();
-        let op = match e {
-            Some(e) => Op::Put {
-                key,
-                value: (e + "\n").into_bytes(),
-                lease: 0,
-            },
-            None => Op::Delete { key },
-        };
-        self.txn(Txn {
-            success: vec![op],
-            ..Txn::default()
-        })
-        .map(drop)
+    /// What `state` adds while a long `ctl` command of the object at
+    /// `path` runs on this node.
+    fn under_way_line(&self, path: &str) -> String {
+        lock(&self.under_way)
+            .get(&object_of(path))
+            .map(|l| format!("ctl: {l:?} under way\n"))
+            .unwrap_or_default()
     }
 
-    /// Writes to `spec` (buffered until close) or `ctl` (each line runs
-    /// now; a refused command fails the write with its reason in `error`).
+    /// Records (or clears) the reason of an object's last refusal.
+    fn set_error(&self, object: &str, e: Option<String>) -> Result<(), Errno> {
+        self.rt
+            .block_on(put_error(&self.store, object, e))
+            .map_err(Self::metad_err)
+    }
+
+    /// Buffers a write to `spec`, refusing what passes [`MAX_SPEC`].
+    fn write_spec(o: &mut Open, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= MAX_SPEC)
+            .ok_or(Errno::EFBIG)?;
+        let (off, end) = (offset as usize, end as usize);
+        if o.data.len() < end {
+            o.data.resize(end, 0);
+        }
+        o.data[off..end].copy_from_slice(data);
+        o.dirty = true;
+        Ok(data.len() as u32)
+    }
+
+    /// Writes to `spec` (buffered until close, at most [`MAX_SPEC`]) or
+    /// `ctl` (each line is checked now, and runs now or on its own task; a
+    /// refused command fails the write with its reason in `error`).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         let path = {
             let mut open = lock(&self.open);
             let o = open.get_mut(&fh).ok_or(Errno::EBADF)?;
-            if o.path.ends_with("/spec") {
-                let off = offset as usize;
-                if o.data.len() < off + data.len() {
-                    o.data.resize(off + data.len(), 0);
+            if !o.path.ends_with("/spec") {
+                o.path.clone()
+            } else {
+                let r = Self::write_spec(o, offset, data);
+                let object = object_of(&o.path);
+                drop(open);
+                if r.is_err() {
+                    let why = format!(
+                        "a spec holds at most {MAX_SPEC} bytes; a write reached {offset} + {}",
+                        data.len()
+                    );
+                    tracing::info!("{GRID}/{object}/spec: {why}");
+                    self.set_error(&object, Some(why))?;
                 }
-                o.data[off..off + data.len()].copy_from_slice(data);
-                o.dirty = true;
-                return Ok(data.len() as u32);
+                return r;
             }
-            o.path.clone()
         };
         let obj = parse(&path).ok_or(Errno::ENOENT)?;
+        let object = object_of(&path);
         let text = String::from_utf8_lossy(data);
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let r = match &obj {
-                Obj::AppFile(a, File::Ctl) => self.app_ctl(a, line),
-                Obj::VmFile(v, File::Ctl) => self.vm_ctl(v, line),
-                _ => Err(CmdError::Refused("not a ctl file".into())),
-            };
-            let object = object_of(&path);
-            match r {
+            match self.ctl_line(&obj, &object, line) {
                 Ok(msg) => {
                     tracing::info!("{GRID}/{path}: {line}: {}", msg.trim_end());
-                    self.set_error(&object, None)?;
                 }
                 Err(e) => {
-                    tracing::info!("{GRID}/{path}: {line}: refused: {e}");
-                    self.set_error(&object, Some(format!("{line}: {e}")))?;
-                    return Err(refusal(&e));
+                    tracing::info!("{GRID}/{path}: refused: {e}");
+                    let why = match e {
+                        CtlError::TooLong(_) => e.to_string(),
+                        _ => format!("{line}: {e}"),
+                    };
+                    self.set_error(&object, Some(why))?;
+                    return Err(e.errno());
                 }
             }
         }
         Ok(data.len() as u32)
     }
 
-    fn app_ctl(&self, app: &str, line: &str) -> Result<String, CmdError> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let s = &self.store;
-        match words.as_slice() {
-            ["start"] => self.rt.block_on(cmd::app_start(s, app, START_WAIT)),
-            ["stop"] => self.rt.block_on(cmd::app_stop(s, app, STOP_WAIT)),
-            ["destroy"] => {
-                let r = self.rt.block_on(cmd::app_destroy(s, app, false))?;
-                // The errors of the app and its VMs go with it.
-                let gone = [format!("{ERRORS}apps/{app}"), format!("{ERRORS}vms/{app}.")];
-                let _ = self.txn(Txn {
-                    success: gone
-                        .into_iter()
-                        .map(|p| Op::DeletePrefix {
-                            prefix: p.into_bytes(),
-                        })
-                        .collect(),
-                    ..Txn::default()
-                });
-                Ok(r)
+    /// Runs one `ctl` line: a quick command now, a long one (once its
+    /// quick checks pass) on a task of its own.
+    fn ctl_line(&self, obj: &Obj, object: &str, line: &str) -> Result<String, CtlError> {
+        if line.len() > MAX_CTL_LINE {
+            return Err(CtlError::TooLong(line.len()));
+        }
+        let c = match obj {
+            Obj::AppFile(a, File::Ctl) => app_ctl(a, line)?,
+            Obj::VmFile(v, File::Ctl) => vm_ctl(v, line)?,
+            _ => return Err(CmdError::Refused("not a ctl file".into()).into()),
+        };
+        if let Some(cur) = lock(&self.under_way).get(object) {
+            return Err(CtlError::Busy(cur.clone()));
+        }
+        match c {
+            Ctl::Destroy(app) => Ok(self.destroy(&app)?),
+            Ctl::Long(long) => {
+                self.rt.block_on(long.check(&self.store))?;
+                self.spawn(object, line, long)?;
+                Ok("accepted".into())
             }
-            _ => Err(CmdError::Refused(format!(
-                "unknown command {line:?}; an application's ctl takes start, stop or destroy"
-            ))),
         }
     }
 
-    fn vm_ctl(&self, vm: &str, line: &str) -> Result<String, CmdError> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let s = &self.store;
-        match words.as_slice() {
-            ["start"] => self.rt.block_on(cmd::vm_start(s, vm, START_WAIT)),
-            ["stop"] => self.rt.block_on(cmd::vm_stop(s, vm, STOP_WAIT)),
-            ["migrate", node] => {
-                match self
-                    .rt
-                    .block_on(cmd::vm_migrate(&self.store, vm, node, START_WAIT))
-                {
-                    // Accepted and under way: it goes on; `state` follows it.
-                    Err(CmdError::Timeout(m)) => Ok(m),
-                    r => r,
-                }
+    /// Runs a long command on its own task, one per object at a time; its
+    /// outcome goes to `error` before `state` stops saying it is under way.
+    fn spawn(&self, object: &str, line: &str, long: Long) -> Result<(), CtlError> {
+        {
+            let mut u = lock(&self.under_way);
+            if let Some(cur) = u.get(object) {
+                return Err(CtlError::Busy(cur.clone()));
             }
-            _ => Err(CmdError::Refused(format!(
-                "unknown command {line:?}; a VM's ctl takes start, stop or migrate NODE"
-            ))),
+            u.insert(object.to_string(), line.to_string());
         }
+        let (store, under_way) = (self.store.clone(), self.under_way.clone());
+        let (object, line) = (object.to_string(), line.to_string());
+        self.rt.spawn(async move {
+            let outcome = match long.run(&store).await {
+                Ok(msg) => {
+                    tracing::info!("{GRID}/{object}: {line}: {}", msg.trim_end());
+                    None
+                }
+                Err(e) => {
+                    tracing::info!("{GRID}/{object}: {line}: refused: {e}");
+                    Some(format!("{line}: {e}"))
+                }
+            };
+            if let Err(e) = put_error(&store, &object, outcome).await {
+                tracing::warn!("{GRID}/{object}: {line}: recording its outcome: {e}");
+            }
+            lock(&under_way).remove(&object);
+        });
+        Ok(())
+    }
+
+    /// `destroy`: quick (a running application is refused, not stopped).
+    fn destroy(&self, app: &str) -> Result<String, CmdError> {
+        let r = self
+            .rt
+            .block_on(cmd::app_destroy(&self.store, app, false))?;
+        // The errors of the app and its VMs go with it.
+        let gone = [format!("{ERRORS}apps/{app}"), format!("{ERRORS}vms/{app}.")];
+        let _ = self.txn(Txn {
+            success: gone
+                .into_iter()
+                .map(|p| Op::DeletePrefix {
+                    prefix: p.into_bytes(),
+                })
+                .collect(),
+            ..Txn::default()
+        });
+        Ok(r)
     }
 
     /// Applies a written `spec` (at flush and close); a refused one is

@@ -42,6 +42,15 @@ pub enum GvsError {
     /// No such attribute.
     #[error("no such attribute")]
     NoAttr,
+    /// A name longer than a directory entry holds (255 bytes).
+    #[error("name too long: {0} bytes, at most 255")]
+    NameTooLong(usize),
+    /// An attribute value longer than Linux allows one (XATTR_SIZE_MAX).
+    #[error("attribute value too long: {0}")]
+    ValueTooLong(String),
+    /// A file's attributes would pass what its inode record may hold.
+    #[error("no space: {0}")]
+    NoSpace(String),
     /// A concurrent change won a compare-and-swap and retries ran out.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -88,6 +97,9 @@ impl GvsError {
             GvsError::ReadOnly => Errno::EROFS,
             GvsError::Denied => Errno::EACCES,
             GvsError::NoAttr => Errno::NO_XATTR,
+            GvsError::NameTooLong(_) => Errno::ENAMETOOLONG,
+            GvsError::ValueTooLong(_) => Errno::E2BIG,
+            GvsError::NoSpace(_) => Errno::ENOSPC,
             GvsError::Conflict(_) => Errno::EAGAIN,
             _ => Errno::EIO,
         }

@@ -29,6 +29,8 @@ use crate::meta::{self, Inode, Kind};
 use crate::snapshot::{self, classify, entry_ino, snapdir_ino, Virt, SNAPSHOTS};
 
 const TTL: Duration = Duration::from_secs(1);
+/// The longest name of a directory entry, as statfs reports it.
+const NAME_MAX: usize = 255;
 
 /// What the watch asks the kernel to forget.
 pub enum Inval {
@@ -39,8 +41,18 @@ pub enum Inval {
 }
 
 struct Fh {
+    /// The file it opens.
+    ino: u64,
     /// The lease generation this handle wrote under.
     gen: Option<u64>,
+}
+
+/// The files open on this node, and which of them lost their last name
+/// while open: those keep their inode until their last handle is released.
+#[derive(Default)]
+struct Opened {
+    handles: HashMap<u64, usize>,
+    unlinked: std::collections::HashSet<u64>,
 }
 
 /// What a destination holds after a range clone: its whole content up to
@@ -63,6 +75,7 @@ pub struct GvsFs {
     snaps: snapshot::Cache,
     tags: Mutex<HashMap<u64, CloneTag>>,
     grid: Option<control::Grid>,
+    opened: Mutex<Opened>,
 }
 
 /// Answers a request on the control tree (`/gvs/.grid`) and returns.
@@ -106,6 +119,15 @@ fn name_str(name: &OsStr) -> Result<&str> {
         .ok_or_else(|| GvsError::Invalid("names must be UTF-8".into()))
 }
 
+/// A directory entry's name: ENAMETOOLONG past NAME_MAX, in every call
+/// that takes one (the kernel lets FUSE names up to 1024 bytes through).
+fn entry_name(name: &OsStr) -> Result<&str> {
+    if name.len() > NAME_MAX {
+        return Err(GvsError::NameTooLong(name.len()));
+    }
+    name_str(name)
+}
+
 impl GvsFs {
     /// The file system over a node's context.
     pub fn new(gvs: Arc<Gvs>, writeback: bool) -> GvsFs {
@@ -117,6 +139,7 @@ impl GvsFs {
             snaps: snapshot::Cache::default(),
             tags: Mutex::new(HashMap::new()),
             grid: None,
+            opened: Mutex::new(Opened::default()),
         }
     }
 
@@ -181,7 +204,13 @@ impl GvsFs {
             crtime: time(rec.ctime),
             kind,
             perm: rec.perm,
-            nlink: if rec.kind == Kind::Dir { 2 } else { 1 },
+            nlink: if rec.kind == Kind::Dir {
+                2
+            } else if self.opened().unlinked.contains(&ino) {
+                0
+            } else {
+                1
+            },
             uid: rec.uid,
             gid: rec.gid,
             rdev: 0,
@@ -190,16 +219,9 @@ impl GvsFs {
         }
     }
 
+    /// The attributes of a volume, directory or snapshot entry (the
+    /// control tree answers its own, with its own errnos).
     fn getattr_of(&self, ino: u64) -> Result<FileAttr> {
-        if let Some(g) = self.grid_of(ino) {
-            return g.getattr(ino).map_err(|e| {
-                if e == Errno::ENOENT {
-                    GvsError::NotFound
-                } else {
-                    GvsError::Io(std::io::Error::other(format!("{GRID}: {e:?}")))
-                }
-            });
-        }
         match classify(ino) {
             Virt::Real(i) => {
                 let (rec, _) = self.gvs.inode(i)?;
@@ -435,13 +457,57 @@ impl GvsFs {
         Ok(())
     }
 
-    fn new_fh(&self, _ino: u64) -> u64 {
+    fn opened(&self) -> std::sync::MutexGuard<'_, Opened> {
+        self.opened.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn new_fh(&self, ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        *self.opened().handles.entry(ino).or_default() += 1;
         self.fhs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, Fh { gen: None });
+            .insert(fh, Fh { ino, gen: None });
         fh
+    }
+
+    /// Forgets handle `fh`; the last one of a file unlinked while open
+    /// frees it, as unlink frees a closed one.
+    fn drop_fh(&self, fh: u64) -> Result<()> {
+        let Some(h) = self
+            .fhs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh)
+        else {
+            return Ok(());
+        };
+        let last = {
+            let mut o = self.opened();
+            let n = o.handles.entry(h.ino).or_default();
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                o.handles.remove(&h.ino);
+            }
+            !o.handles.contains_key(&h.ino) && o.unlinked.remove(&h.ino)
+        };
+        if last {
+            self.gvs.free_inode(h.ino)?;
+        }
+        Ok(())
+    }
+
+    /// unlink: a file open here loses its name now and its inode at its
+    /// last close.
+    fn unlink_name(&self, parent: u64, name: &str) -> Result<()> {
+        let mut o = self.opened();
+        let kept = self
+            .gvs
+            .remove_keeping(parent, name, false, |ino| o.handles.contains_key(&ino))?;
+        if let Some(ino) = kept {
+            o.unlinked.insert(ino);
+        }
+        Ok(())
     }
 
     /// Runs `f` on the volume with its write lease held, checking that the
@@ -521,7 +587,7 @@ impl GvsFs {
         umask: u32,
         target: Option<&Path>,
     ) -> Result<FileAttr> {
-        let name = name_str(name)?;
+        let name = entry_name(name)?;
         let parent = INodeNo(writable(parent.0)?);
         let mut rec = Inode::new(kind, (mode & !umask & 0o7777) as u16, req.uid(), req.gid());
         if let Some(t) = target {
@@ -764,7 +830,7 @@ impl Filesystem for GvsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = tri!(reply, name_str(name));
+        let name = tri!(reply, entry_name(name));
         if let Some(g) = self.grid_of(parent.0) {
             grid!(reply, g.lookup(parent.0, name), |a| reply.entry(
                 &TTL,
@@ -797,6 +863,9 @@ impl Filesystem for GvsFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(g) = self.grid_of(ino.0) {
+            grid!(reply, g.getattr(ino.0), |a| reply.attr(&TTL, &a));
+        }
         let attr = tri!(reply, self.getattr_of(ino.0));
         reply.attr(&TTL, &attr);
     }
@@ -906,7 +975,7 @@ impl Filesystem for GvsFs {
         reply: ReplyEntry,
     ) {
         if let Some(g) = self.grid_of(parent.0) {
-            let name = tri!(reply, name_str(name));
+            let name = tri!(reply, entry_name(name));
             grid!(reply, g.mkdir(parent.0, name), |a| reply.entry(
                 &TTL,
                 &a,
@@ -915,7 +984,7 @@ impl Filesystem for GvsFs {
         }
         if let Virt::SnapDir(d) = classify(parent.0) {
             // mkdir DIR/.snapshots/NAME: a snapshot of DIR.
-            let name = tri!(reply, name_str(name));
+            let name = tri!(reply, entry_name(name));
             let id = tri!(reply, snapshot::take(&self.gvs, d, name));
             let attr = tri!(reply, self.getattr_of(entry_ino(id, 0)));
             reply.entry(&TTL, &attr, Generation(0));
@@ -956,26 +1025,29 @@ impl Filesystem for GvsFs {
         _req: &Request,
         _ino: INodeNo,
         _newparent: INodeNo,
-        _newname: &OsStr,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        tri!(reply, entry_name(newname));
+        // EPERM: what link(2) documents for a file system without hard
+        // links (a volume has one name; a copy is a clone).
         tracing::info!("link refused: gvsfs has no hard links (use a clone)");
-        reply.error(Errno::EOPNOTSUPP);
+        reply.error(Errno::EPERM);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = tri!(reply, name_str(name));
+        let name = tri!(reply, entry_name(name));
         let parent = tri!(reply, writable(parent.0));
         if name == SNAPSHOTS {
             reply.error(Errno::EISDIR);
             return;
         }
-        tri!(reply, self.gvs.remove(parent, name, false));
+        tri!(reply, self.unlink_name(parent, name));
         reply.ok();
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = tri!(reply, name_str(name));
+        let name = tri!(reply, entry_name(name));
         if let Some(g) = self.grid_of(parent.0) {
             grid!(reply, g.rmdir(parent.0, name), |_a| reply.ok());
         }
@@ -1015,7 +1087,10 @@ impl Filesystem for GvsFs {
             reply.error(Errno::EINVAL);
             return;
         }
-        let (name, newname) = (tri!(reply, name_str(name)), tri!(reply, name_str(newname)));
+        let (name, newname) = (
+            tri!(reply, entry_name(name)),
+            tri!(reply, entry_name(newname)),
+        );
         let (parent, newparent) = (
             INodeNo(tri!(reply, writable(parent.0))),
             INodeNo(tri!(reply, writable(newparent.0))),
@@ -1149,11 +1224,9 @@ impl Filesystem for GvsFs {
             grid!(reply, g.release(fh.0), |_a| reply.ok());
         }
         let r = self.commit(ino.0, Some(fh.0));
-        self.fhs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        let freed = self.drop_fh(fh.0);
         tri!(reply, r);
+        tri!(reply, freed);
         reply.ok();
     }
 
@@ -1170,7 +1243,13 @@ impl Filesystem for GvsFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let attr = tri!(reply, self.getattr_of(ino.0));
+        let attr = match self.grid_of(ino.0) {
+            Some(g) => match g.getattr(ino.0) {
+                Ok(a) => a,
+                Err(e) => return reply.error(e),
+            },
+            None => tri!(reply, self.getattr_of(ino.0)),
+        };
         if attr.kind != FileType::Directory {
             reply.error(Errno::ENOTDIR);
             return;
@@ -1196,11 +1275,10 @@ impl Filesystem for GvsFs {
             (ino.0, FileType::Directory, "..".into()),
         ];
         if let Some(g) = self.grid_of(ino.0) {
-            entries.extend(tri!(
-                reply,
-                g.readdir(ino.0)
-                    .map_err(|e| GvsError::Io(std::io::Error::other(format!("{GRID}: {e:?}"))))
-            ));
+            match g.readdir(ino.0) {
+                Ok(v) => entries.extend(v),
+                Err(e) => return reply.error(e),
+            }
         } else if let (Some(g), true) = (&self.grid, ino.0 == meta::ROOT_INO) {
             entries.push((g.root_ino(), FileType::Directory, GRID.into()));
         }
@@ -1247,7 +1325,7 @@ impl Filesystem for GvsFs {
             files + 1_000_000,
             1_000_000,
             4096,
-            255,
+            NAME_MAX as u32,
             4096,
         );
     }
@@ -1280,6 +1358,7 @@ impl Filesystem for GvsFs {
                     if flags & libc::XATTR_REPLACE != 0 && !exists {
                         return Err(GvsError::NoAttr);
                     }
+                    crate::xattr::check_room(&i.xattrs, name, value)?;
                     i.xattrs.insert(name.to_string(), value.to_vec());
                     i.ctime = meta::now();
                     Ok(())
@@ -1362,6 +1441,9 @@ impl Filesystem for GvsFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if let Some(g) = self.grid_of(ino.0) {
+            grid!(reply, g.getattr(ino.0), |_a| reply.ok());
+        }
         tri!(reply, self.getattr_of(ino.0));
         reply.ok();
     }

@@ -551,6 +551,19 @@ impl Gvs {
     /// Removes `name` from `parent` (a file, symlink, or an empty directory
     /// when `dir`), in one transaction.
     pub fn remove(&self, parent: u64, name: &str, dir: bool) -> Result<()> {
+        self.remove_keeping(parent, name, dir, |_| false).map(drop)
+    }
+
+    /// [`Gvs::remove`], except that a file for which `open` holds keeps its
+    /// inode and data (POSIX: an unlinked file lives until its last close)
+    /// until [`Gvs::free_inode`]; only its name goes. Returns that inode.
+    pub fn remove_keeping(
+        &self,
+        parent: u64,
+        name: &str,
+        dir: bool,
+        open: impl Fn(u64) -> bool,
+    ) -> Result<Option<u64>> {
         for _ in 0..10 {
             let (de, de_rev) = self.dirent(parent, name)?;
             match (dir, de.kind) {
@@ -566,29 +579,46 @@ impl Gvs {
                 return Err(GvsError::NotEmpty);
             }
             let dk = meta::dir_key(parent, name);
+            let kept = !dir && open(de.ino);
+            let mut success = vec![del(&dk)];
+            if !kept {
+                success.extend(inode_ops(de.ino));
+            }
             let t = Txn {
                 compare: vec![unchanged(&dk, de_rev)],
-                success: vec![
-                    del(&dk),
-                    del(&meta::ino_key(de.ino)),
-                    del(&meta::lease_key(de.ino)),
-                    del(&meta::lease_req_key(de.ino)),
-                    del(&meta::flush_key(de.ino)),
-                ],
+                success,
                 failure: vec![],
             };
             if self.txn(t)? {
                 self.touch_dir(parent);
-                self.volumes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&de.ino);
-                return Ok(());
+                if kept {
+                    return Ok(Some(de.ino));
+                }
+                self.forget_volume(de.ino);
+                return Ok(None);
             }
         }
         Err(GvsError::Conflict(format!(
             "remove {name}: it kept changing"
         )))
+    }
+
+    /// Deletes the records of an inode [`Gvs::remove_keeping`] kept, once
+    /// its last open handle is gone.
+    pub fn free_inode(&self, ino: u64) -> Result<()> {
+        self.txn(Txn {
+            success: inode_ops(ino),
+            ..Txn::default()
+        })?;
+        self.forget_volume(ino);
+        Ok(())
+    }
+
+    fn forget_volume(&self, ino: u64) {
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
     }
 
     /// Updates a directory's times after a change of its entries (best effort).
@@ -955,6 +985,16 @@ impl Gvs {
             () = lapsed => None,
         }
     }
+}
+
+/// What deleting an inode deletes: its record, lease and requests.
+fn inode_ops(ino: u64) -> Vec<Op> {
+    vec![
+        del(&meta::ino_key(ino)),
+        del(&meta::lease_key(ino)),
+        del(&meta::lease_req_key(ino)),
+        del(&meta::flush_key(ino)),
+    ]
 }
 
 /// Refuses names the namespace cannot hold.

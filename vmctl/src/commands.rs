@@ -735,11 +735,10 @@ async fn set_desired(store: &Store, name: &str, desired: Desired) -> Result<(), 
     }
 }
 
-/// `start` of one VM of a running application (one that was stopped, or
-/// failed): the scheduler places it next to its peers; this waits for the
-/// placement. When there is no room it is refused with the reason and
-/// stays stopped.
-pub async fn vm_start(store: &Store, name: &str, timeout: Duration) -> Result<String, CmdError> {
+/// The refusals of `vm start` that need no scheduler (a few reads): the
+/// VM exists and its application runs. The control files give them to
+/// the writer at once and leave the wait to a task of their own.
+pub async fn vm_start_check(store: &Store, name: &str) -> Result<VmView, CmdError> {
     let v = vm_view(store, name).await?;
     let app_name = &v.record.app;
     let a = app(store, app_name).await?;
@@ -753,6 +752,15 @@ pub async fn vm_start(store: &Store, name: &str, timeout: Duration) -> Result<St
             "application {app_name} is not running; start it first"
         )));
     }
+    Ok(v)
+}
+
+/// `start` of one VM of a running application (one that was stopped, or
+/// failed): the scheduler places it next to its peers; this waits for the
+/// placement. When there is no room it is refused with the reason and
+/// stays stopped.
+pub async fn vm_start(store: &Store, name: &str, timeout: Duration) -> Result<String, CmdError> {
+    let v = vm_start_check(store, name).await?;
     if let (Desired::Running, Some(n)) = (v.desired, &v.node) {
         return Ok(format!("{name} runs on {n} already\n"));
     }
@@ -832,9 +840,7 @@ pub async fn vm_migrate(
         .get::<VmRecord>(&key)
         .await?
         .ok_or_else(|| CmdError::NotFound(format!("VM {name}")))?;
-    if store.client.get(model::node_key(node)).await?.is_none() {
-        return Err(CmdError::Refused(format!("node {node} is not up")));
-    }
+    node_up(store, node).await?;
     if v.value.node.is_some() || v.value.desired == Desired::Running {
         return live_migrate(store, v, node, timeout).await;
     }
@@ -847,6 +853,15 @@ pub async fn vm_migrate(
     }
     outln!(out, "{name} will start on {node}");
     Ok(out)
+}
+
+/// Refuses a node that is not up: the check of `vm migrate` that needs no
+/// scheduler, which the control files give the writer at once.
+pub async fn node_up(store: &Store, node: &str) -> Result<(), CmdError> {
+    if store.client.get(model::node_key(node)).await?.is_none() {
+        return Err(CmdError::Refused(format!("node {node} is not up")));
+    }
+    Ok(())
 }
 
 async fn live_migrate(
