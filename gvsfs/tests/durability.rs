@@ -76,14 +76,18 @@ fn wait_mounted_on(grid: &GridGuard, i: usize) {
     );
 }
 
+/// What the min_copies test expects the volume to hold (its own name:
+/// the other test of this file, run alongside, keeps `/tmp/want`).
+const WANT: &str = "/tmp/dumin.want";
+
 /// Writes 1 MiB of `byte` at `mib` MiB into `file` on `node` and into
-/// `/tmp/want` there, fsynced; returns (success, output).
+/// [`WANT`] there, fsynced; returns (success, output).
 fn write_fsync(grid: &GridGuard, node: usize, file: &str, byte: char, mib: u64) -> (bool, String) {
     let one = format!("head -c 1048576 /dev/zero | tr '\\0' {byte}");
     let dd = format!("bs=1M seek={mib} conv=notrunc,fsync status=none");
     let (ok, out) = run(grid, node, &format!("{one} | dd of={file} {dd}"));
     if ok {
-        sh(grid, node, &format!("{one} | dd of=/tmp/want {dd}"));
+        sh(grid, node, &format!("{one} | dd of={WANT} {dd}"));
     }
     (ok, out)
 }
@@ -100,7 +104,7 @@ fn an_fsync_with_a_mirror_down_is_seen_as_degraded_or_refused_below_min_copies()
         .collect();
     let (w, down) = (replicas[0], replicas[1]);
     let other = (1..=3).find(|i| !replicas.contains(i)).unwrap();
-    sh(&grid, w, "rm -f /tmp/want");
+    sh(&grid, w, &format!("rm -f {WANT}"));
     let (ok, out) = write_fsync(&grid, w, file, 'A', 0);
     assert!(ok, "{out}");
     // A mirror down: the fsync is acknowledged with one copy, and says so.
@@ -154,9 +158,11 @@ fn an_fsync_with_a_mirror_down_is_seen_as_degraded_or_refused_below_min_copies()
     sh(
         &grid,
         w,
-        "head -c 1048576 /dev/zero | tr '\\0' C | dd of=/tmp/want bs=1M seek=2 conv=notrunc status=none",
+        &format!(
+            "head -c 1048576 /dev/zero | tr '\\0' C | dd of={WANT} bs=1M seek=2 conv=notrunc status=none"
+        ),
     );
-    let want = md5(&grid, w, "/tmp/want");
+    let want = md5(&grid, w, WANT);
     for i in [other, down] {
         // Reads may follow the last commit by a moment on other nodes.
         eventually(
