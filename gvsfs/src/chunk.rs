@@ -302,6 +302,13 @@ impl ChunkStore {
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // A large part skips the log (see [`FLUSH_INSTEAD_OF_LOG`]): its
+        // chunks and their times live only in memtables until flushed.
+        // Flushed one family at a time (the small times family fills
+        // first), a crash could keep a chunk's time without its bytes, and
+        // what counts as held (the repair's and a commit's "held
+        // already?") would not be there. Flushes take every family at once.
+        opts.set_atomic_flush(true);
         opts.set_enable_blob_files(true);
         opts.set_min_blob_size(4096);
         opts.set_blob_file_size(256 << 20);
@@ -487,9 +494,18 @@ impl ChunkStore {
         }
     }
 
-    /// [`ChunkStore::lookup`] of a chunk not held whole.
+    /// [`ChunkStore::lookup`] of a chunk not held whole. A chunk with a
+    /// store time but neither bytes nor delta (what a crash left in a
+    /// store whose flushes were not atomic) is lost, not deleted (the
+    /// collector deletes both at once): corrupt, so that the scrub and
+    /// readers fetch a good copy.
     fn lookup_delta(&self, id: &ChunkId) -> Result<Lookup> {
-        Ok(self.rebuild(id)?.0)
+        match self.rebuild(id)?.0 {
+            Lookup::Absent if self.db.get_pinned_cf(self.times(), id.0)?.is_some() => {
+                Ok(Lookup::Corrupt)
+            }
+            found => Ok(found),
+        }
     }
 
     /// A chunk not held whole: its chain of deltas down to a whole chunk,
@@ -1071,6 +1087,129 @@ mod tests {
         for (id, d) in &chunks {
             assert_eq!(s.get(id).unwrap().as_deref(), Some(d.as_slice()));
         }
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Where the crashing child of
+    /// [`a_crash_during_a_large_commit_leaves_no_chunk_held_without_its_bytes`]
+    /// keeps its store.
+    const CRASH_DIR: &str = "GVSFS_TEST_CRASH_DIR";
+
+    /// The large commit's chunks: 16 MiB in one part, over the size that
+    /// skips the write-ahead log.
+    fn large_part() -> Vec<(ChunkId, Arc<Vec<u8>>)> {
+        (0..256u32)
+            .map(|i| {
+                let d = Arc::new(vec![(i % 251) as u8 + 1; 65536]);
+                (ChunkId::of(&d), d)
+            })
+            .collect()
+    }
+
+    /// The crashing child: stores a large part without the log, then small
+    /// logged puts (other commits) until RocksDB has flushed the times
+    /// family on its own, then dies by SIGKILL before the commit's end.
+    fn crash_during_a_large_commit(dir: &Path) -> ! {
+        let s = ChunkStore::open(dir, 16 << 20).unwrap();
+        let mut ingest = s.ingest(true);
+        ingest
+            .part(&large_part(), &[], Check::Trust, false)
+            .unwrap();
+        let times_on_disk = || {
+            s.db.property_int_value_cf(s.times(), "rocksdb.total-sst-files-size")
+                .unwrap()
+                .unwrap_or(0)
+                > 0
+                && s.db
+                    .property_int_value_cf(s.times(), "rocksdb.num-immutable-mem-table")
+                    .unwrap()
+                    == Some(0)
+        };
+        let mut n = 0u64;
+        while !times_on_disk() {
+            assert!(n < 4_000_000, "the times family never flushed");
+            let small: Vec<(ChunkId, Arc<Vec<u8>>)> = (n..n + 1000)
+                .map(|i| {
+                    let d = Arc::new(i.to_le_bytes().to_vec());
+                    (ChunkId::of(&d), d)
+                })
+                .collect();
+            s.put_many(&small, false).unwrap();
+            n += 1000;
+        }
+        // SAFETY: signalling this very process; nothing runs after it.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        unreachable!("SIGKILL");
+    }
+
+    /// A chunk that the repair's "held already?" counts as held must read
+    /// back, also after a crash in the middle of a large commit whose
+    /// parts skip the log (the repair copies only what is not held).
+    #[test]
+    fn a_crash_during_a_large_commit_leaves_no_chunk_held_without_its_bytes() {
+        if let Some(dir) = std::env::var_os(CRASH_DIR) {
+            crash_during_a_large_commit(Path::new(&dir));
+        }
+        let dir = tmp("crash");
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "chunk::tests::a_crash_during_a_large_commit_leaves_no_chunk_held_without_its_bytes",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR, &dir)
+            .status()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "the child: {status}");
+        let s = ChunkStore::open(&dir, 16 << 20).unwrap();
+        let ids: Vec<ChunkId> = large_part().iter().map(|(id, _)| *id).collect();
+        // What the repair asks the store (see gc::keep_held).
+        let same: Vec<Delta> = ids
+            .iter()
+            .map(|&id| Delta {
+                id,
+                base: id,
+                len: 0,
+                patches: Vec::new(),
+            })
+            .collect();
+        let lacking: std::collections::HashSet<ChunkId> = s
+            .put(&[], &same, Check::Trust, false)
+            .unwrap()
+            .into_iter()
+            .collect();
+        for (id, data) in large_part() {
+            if !lacking.contains(&id) {
+                assert!(
+                    s.get(&id).unwrap().as_deref() == Some(data.as_slice()),
+                    "chunk {id:?} counts as held, but its bytes are not there"
+                );
+            }
+        }
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A chunk listed (it has a store time) whose bytes are gone, as a
+    /// crash left a store before the flush was atomic: reading it says
+    /// corrupt, so that the scrub and readers fetch a good copy instead
+    /// of taking it for deleted.
+    #[test]
+    fn a_chunk_listed_without_its_bytes_reads_as_corrupt() {
+        let dir = tmp("listed");
+        let s = ChunkStore::open(&dir, 16 << 20).unwrap();
+        let data = Arc::new(vec![5u8; 65536]);
+        let id = ChunkId::of(&data);
+        s.put_many(&[(id, data)], true).unwrap();
+        s.db.delete(id.0).unwrap();
+        assert_eq!(s.ids_after(None, 10).unwrap(), vec![id]);
+        assert_eq!(s.lookup(&id).unwrap(), Lookup::Corrupt);
+        // Deleted by the collector (bytes and time together): absent.
+        assert_eq!(s.delete_stale(&[id], u64::MAX).unwrap(), 1);
+        assert_eq!(s.lookup(&id).unwrap(), Lookup::Absent);
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -186,6 +186,7 @@ pub(crate) fn cloned(srec: &Inode, mut d: Inode) -> Inode {
     d.mirrors = srec.mirrors;
     d.replicas = srec.replicas.clone();
     d.degraded = srec.degraded;
+    d.min_copies = srec.min_copies;
     d.mtime = meta::now();
     d.ctime = d.mtime;
     d

@@ -30,6 +30,33 @@ pub enum GvsError {
     /// The write lease was taken by another node: this writer is fenced.
     #[error("fenced: the write lease of volume {0:#x} moved to another node")]
     Fenced(u64),
+    /// This node took a volume's write lease but its view of metad has
+    /// not reached the lease's revision: it cannot tell the latest
+    /// committed root, so it writes nothing rather than write on an
+    /// older one.
+    #[error(
+        "volume {ino:#x}: this node's view of metad lags behind its write lease (revision {rev})"
+    )]
+    ViewLags {
+        /// The volume.
+        ino: u64,
+        /// The lease's revision.
+        rev: u64,
+    },
+    /// A commit's writes started from a root that is no longer the
+    /// volume's committed one: committing them would drop a newer commit.
+    #[error("volume {0:#x}: another root was committed since this node's writes began")]
+    StaleBase(u64),
+    /// Fewer mirrors took a commit than the volume's `gvs.min_copies`.
+    #[error("volume {ino:#x}: {copies} copies of the commit, gvs.min_copies asks for {wanted}")]
+    TooFewCopies {
+        /// The volume.
+        ino: u64,
+        /// The mirrors that took it.
+        copies: u32,
+        /// What `gvs.min_copies` asks for.
+        wanted: u32,
+    },
     /// A snapshot is read-only.
     #[error("read-only: snapshots cannot be changed")]
     ReadOnly,

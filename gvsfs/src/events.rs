@@ -29,6 +29,28 @@ pub fn post(gvs: &Gvs, kind: &str, subject: &str, message: String, fields: Field
     }
 }
 
+/// Posts `degraded`: a commit of volume `ino` (what an fsync
+/// acknowledged) reached fewer of its `replicas` than all: `missed` lack
+/// it until the repair copies it to them.
+pub fn degraded(gvs: &Gvs, ino: u64, replicas: &[String], missed: &[String]) {
+    let name = gvs.path_of(ino).unwrap_or_else(|| format!("{ino:#x}"));
+    let copies = replicas.iter().filter(|r| !missed.contains(r)).count();
+    post(
+        gvs,
+        "degraded",
+        &name,
+        format!(
+            "{name}: a commit was acknowledged with {copies} of {} copies; {} missed it and get it from the repair",
+            replicas.len(),
+            missed.join(", ")
+        ),
+        Fields {
+            volumes: Some(1),
+            ..Fields::default()
+        },
+    );
+}
+
 /// The progress of one piece of background work, reported as events.
 pub struct Progress {
     work: &'static str,

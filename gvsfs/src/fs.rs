@@ -646,6 +646,7 @@ impl GvsFs {
             })
             .to_string(),
             "gvs.block_size" => rec.block_size.to_string(),
+            "gvs.min_copies" if rec.kind == Kind::File => rec.copies_wanted().to_string(),
             "gvs.rollback" if rec.kind == Kind::Dir => {
                 crate::restore::last(ino).ok_or(GvsError::NoAttr)?
             }
@@ -705,6 +706,25 @@ impl GvsFs {
                     "chunk {} corrupted on request (gvs.debug.corrupt)",
                     id.hex()
                 );
+            }
+            "gvs.debug.watch_hold" => {
+                // Holds (1) or releases (0) this node's watch of metad: a
+                // test hook for a node whose view lags (root only).
+                if req.uid() != 0 {
+                    return Err(GvsError::Denied);
+                }
+                let on = match text {
+                    "1" => true,
+                    "0" => false,
+                    _ => return Err(GvsError::Invalid(format!("{name} {text:?}: 1 or 0"))),
+                };
+                self.gvs.mirror.hold(on);
+            }
+            "gvs.min_copies" => {
+                let n: u32 = text.parse().map_err(|_| {
+                    GvsError::Invalid(format!("gvs.min_copies {text:?} is not a number"))
+                })?;
+                self.gvs.update_inode(ino, |i| i.set_min_copies(n))?;
             }
             "gvs.block_size" => {
                 let bs: u32 = text.parse().map_err(|_| {
@@ -1407,7 +1427,13 @@ impl Filesystem for GvsFs {
         );
         let mut out = Vec::new();
         let gvs_names: &[&str] = match rec.kind {
-            Kind::File => &["gvs.mirrors", "gvs.replicas", "gvs.state", "gvs.block_size"],
+            Kind::File => &[
+                "gvs.mirrors",
+                "gvs.replicas",
+                "gvs.state",
+                "gvs.block_size",
+                "gvs.min_copies",
+            ],
             Kind::Dir => &["gvs.mirrors", "gvs.block_size"],
             Kind::Symlink => &[],
         };

@@ -710,7 +710,6 @@ impl Gvs {
 
     /// Whether `a` is `d` or one of its ancestors.
     fn is_ancestor(&self, a: u64, mut d: u64) -> bool {
-        // Walk up through the namespace copy: find the entry naming `d`.
         for _ in 0..4096 {
             if d == a {
                 return true;
@@ -718,22 +717,42 @@ impl Gvs {
             if d == meta::ROOT_INO {
                 return false;
             }
-            let parent = self
-                .mirror
-                .range(meta::DIR_PREFIX)
-                .into_iter()
-                .find_map(|(k, v)| {
-                    let de = Dirent::decode(&v.value).ok()?;
-                    (de.ino == d)
-                        .then(|| meta::dirent_of_key(&k).map(|(p, _)| p))
-                        .flatten()
-                });
-            match parent {
-                Some(p) => d = p,
+            match self.parent_of(d) {
+                Some((p, _)) => d = p,
                 None => return false,
             }
         }
         false
+    }
+
+    /// The directory holding `ino` and its name there, from the namespace
+    /// copy (a walk of every entry: for messages and rare checks).
+    fn parent_of(&self, ino: u64) -> Option<(u64, String)> {
+        self.mirror
+            .range(meta::DIR_PREFIX)
+            .into_iter()
+            .find_map(|(k, v)| {
+                let de = Dirent::decode(&v.value).ok()?;
+                (de.ino == ino)
+                    .then(|| meta::dirent_of_key(&k).map(|(p, n)| (p, n.to_string())))
+                    .flatten()
+            })
+    }
+
+    /// The path of `ino` in the namespace (`/apps/shop/db.vol`), for
+    /// messages; `None` when it has no name (removed meanwhile).
+    pub fn path_of(&self, ino: u64) -> Option<String> {
+        let (mut names, mut at) = (Vec::new(), ino);
+        for _ in 0..4096 {
+            if at == meta::ROOT_INO {
+                names.reverse();
+                return Some(format!("/{}", names.join("/")));
+            }
+            let (parent, name) = self.parent_of(at)?;
+            names.push(name);
+            at = parent;
+        }
+        None
     }
 
     /// Read-modify-CAS of an inode record; `f` may refuse with an error.

@@ -211,7 +211,16 @@ pub struct Inode {
     pub target: String,
     /// Extended attributes (`user.*` and other non-`gvs.` names).
     pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Copies of a commit an fsync needs before it is acknowledged
+    /// (`gvs.min_copies`, as Ceph's `min_size`): with fewer mirrors
+    /// reachable it fails with EIO. 0: [`DEFAULT_MIN_COPIES`]. Last, so
+    /// that records written before it existed still decode.
+    pub min_copies: u32,
 }
+
+/// The copies an fsync needs when `gvs.min_copies` was never set: one,
+/// so that a volume stays writable while a mirror is down (degraded).
+pub const DEFAULT_MIN_COPIES: u32 = 1;
 
 impl Inode {
     /// A fresh inode of `kind`.
@@ -234,7 +243,36 @@ impl Inode {
             degraded: false,
             target: String::new(),
             xattrs: BTreeMap::new(),
+            min_copies: 0,
         }
+    }
+
+    /// The copies a commit of this volume must reach (`gvs.min_copies`),
+    /// at most its mirror count.
+    pub fn copies_wanted(&self) -> u32 {
+        match self.min_copies {
+            0 => DEFAULT_MIN_COPIES,
+            n => n,
+        }
+        .min(self.mirrors.max(1))
+    }
+
+    /// Sets `gvs.min_copies`: a volume's, in 1..=its mirror count.
+    pub fn set_min_copies(&mut self, n: u32) -> Result<()> {
+        if self.kind != Kind::File {
+            return Err(GvsError::Invalid(
+                "gvs.min_copies is a volume's setting, not a directory's".into(),
+            ));
+        }
+        if n == 0 || n > self.mirrors {
+            return Err(GvsError::Invalid(format!(
+                "gvs.min_copies must be 1..={} (gvs.mirrors), not {n}",
+                self.mirrors
+            )));
+        }
+        self.min_copies = n;
+        self.ctime = now();
+        Ok(())
     }
 
     /// Encodes for metad.
@@ -244,7 +282,15 @@ impl Inode {
 
     /// Decodes from metad.
     pub fn decode(b: &[u8]) -> Result<Inode> {
-        postcard::from_bytes(b).map_err(|e| GvsError::Corrupt(format!("inode record: {e}")))
+        match postcard::from_bytes(b) {
+            // Written before `min_copies` existed: the record ends where
+            // it would begin (a 0, the default, is one byte).
+            Err(postcard::Error::DeserializeUnexpectedEnd) => {
+                postcard::from_bytes(&[b, &[0]].concat())
+            }
+            r => r,
+        }
+        .map_err(|e| GvsError::Corrupt(format!("inode record: {e}")))
     }
 }
 
@@ -335,5 +381,25 @@ impl Snapshot {
     pub fn decode_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Result<Snapshot> {
         let all: Vec<u8> = parts.into_iter().flatten().copied().collect();
         postcard::from_bytes(&all).map_err(|e| GvsError::Corrupt(format!("snapshot record: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inode_record_from_before_min_copies_decodes_with_the_default() {
+        let mut rec = Inode::new(Kind::File, 0o644, 1, 2);
+        rec.xattrs.insert("user.a".into(), b"b".to_vec());
+        let mut old = rec.encode();
+        assert_eq!(old.pop(), Some(0), "min_copies 0 is the last byte");
+        assert_eq!(Inode::decode(&old).unwrap(), rec);
+        assert_eq!(rec.copies_wanted(), DEFAULT_MIN_COPIES);
+        rec.set_min_copies(2).unwrap();
+        assert_eq!(Inode::decode(&rec.encode()).unwrap().copies_wanted(), 2);
+        assert!(rec.set_min_copies(0).is_err());
+        assert!(rec.set_min_copies(3).is_err());
+        assert!(Inode::decode(&old[..old.len() - 3]).is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! change's revision, so it reads its own writes.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ struct Inner {
 pub struct Mirror {
     inner: Mutex<Inner>,
     moved: Condvar,
+    /// Set by [`Mirror::hold`]: the watch's events wait.
+    held: AtomicBool,
 }
 
 impl Mirror {
@@ -95,6 +98,19 @@ impl Mirror {
         }
         g.rev = g.rev.max(e.rev);
         self.moved.notify_all();
+    }
+
+    /// Debugging aid (root only, through `gvs.debug.watch_hold` on /gvs):
+    /// while held, the watch's events wait instead of being applied, as
+    /// when a node's watch lags behind metad; released, they are applied
+    /// in order.
+    pub fn hold(&self, on: bool) {
+        self.held.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether the watch's events wait (see [`Mirror::hold`]).
+    pub fn held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// The revision the copy is at.
@@ -174,6 +190,16 @@ pub async fn follow(
             on_event(&e);
         }
         let mut w = client.watch(crate::meta::PREFIX, rev + 1).await?;
+        // Events that wait while the mirror is held.
+        let mut late: Vec<Event> = Vec::new();
+        let deliver = |late: &mut Vec<Event>| {
+            if !mirror.held() {
+                for e in late.drain(..) {
+                    mirror.apply(&e);
+                    on_event(&e);
+                }
+            }
+        };
         loop {
             let ev = tokio::select! {
                 ev = w.next() => ev,
@@ -181,13 +207,14 @@ pub async fn follow(
                     if stop() {
                         return Ok(());
                     }
+                    deliver(&mut late);
                     continue;
                 }
             };
             match ev {
                 Some(Ok(e)) => {
-                    mirror.apply(&e);
-                    on_event(&e);
+                    late.push(e);
+                    deliver(&mut late);
                 }
                 Some(Err(e)) => {
                     tracing::warn!("watch of gvs/ ended ({e}); reloading");

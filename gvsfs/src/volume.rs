@@ -19,6 +19,10 @@ use crate::mirror::settle;
 /// How long a writer waits for the current holder to hand a lease over.
 const LEASE_WAIT: Duration = Duration::from_secs(20);
 
+/// How long a node that took a write lease waits for its view of metad
+/// to reach the lease's revision (see [`Volume::start_from_committed`]).
+const VIEW_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a commit or a lease request retries while metad cannot answer
 /// (a leader election, a lost answer).
 const METAD_WAIT: Duration = Duration::from_secs(20);
@@ -113,6 +117,13 @@ pub struct Volume {
     unpushed: NewChunks,
     /// The lease epoch (the lease key's mod revision) while held here.
     epoch: Option<u64>,
+    /// Set while the lease is held here but this node's view has not
+    /// reached the lease's revision: until then it cannot know the
+    /// latest committed root, and writes fail.
+    unseen: bool,
+    /// The root of a commit whose outcome is unknown (metad's answer was
+    /// lost): it may be the record's root now, committed by this node.
+    maybe_committed: Option<Option<ChunkId>>,
     /// Bumped whenever the lease is lost or handed over: file handles that
     /// wrote under an older generation are fenced.
     pub gen: u64,
@@ -199,6 +210,8 @@ impl Volume {
             map_changed: false,
             unpushed: Vec::new(),
             epoch: None,
+            unseen: false,
+            maybe_committed: None,
             gen: 0,
             era: next_era(),
             commit_asked: false,
@@ -328,8 +341,11 @@ impl Volume {
     /// Takes the write lease if this node does not hold it: asks the
     /// holder to hand it over and waits (or for the holder's lease to end).
     pub fn ensure_lease(&mut self, gvs: &Gvs) -> Result<()> {
-        if self.epoch.is_some() {
-            return Ok(());
+        if let Some(epoch) = self.epoch {
+            return match self.unseen {
+                true => self.start_from_committed(gvs, epoch),
+                false => Ok(()),
+            };
         }
         let lk = meta::lease_key(self.ino);
         let rk = meta::lease_req_key(self.ino);
@@ -368,33 +384,25 @@ impl Volume {
                     };
                     match gvs.rt.block_on(gvs.client().txn(t)) {
                         Ok(r) if r.succeeded => {
-                            settle(&gvs.mirror, r.revision);
-                            // The epoch is the lease key's mod revision, as
-                            // every node's watched copy shows it.
-                            let epoch = gvs
-                                .mirror
-                                .get(&lk)
-                                .filter(|v| v.value == gvs.me.as_bytes())
-                                .map_or(r.revision, |v| v.mod_rev);
+                            // The lease key is the transaction's last write:
+                            // its mod revision, the epoch, is the
+                            // transaction's revision.
+                            let epoch = r.revision;
                             self.epoch = Some(epoch);
-                            // Start from the committed state.
-                            let (fresh, _) = gvs.inode(self.ino)?;
-                            let f = fetcher(gvs, &fresh.replicas);
-                            self.map = Some((fresh.root, BlockMap::load(fresh.root, &f)?));
-                            self.dirty.clear();
-                            self.unpushed.clear();
-                            self.pending_size = None;
-                            self.map_changed = false;
+                            self.unseen = true;
                             tracing::info!(
                                 "volume {:#x}: write lease taken, epoch {epoch}",
                                 self.ino
                             );
-                            return Ok(());
+                            return self.start_from_committed(gvs, epoch);
                         }
                         Ok(_) => {
                             if gvs.mirror.get(&meta::ino_key(self.ino)).is_none() {
                                 return Err(GvsError::NotFound);
                             }
+                            // The lease is held (or the volume changed)
+                            // beyond what this node's view shows yet.
+                            gvs.mirror.wait_change(rev, Duration::from_millis(200));
                         }
                         Err(e) if transient(&e) => {
                             gvs.metad_trouble(&e);
@@ -441,6 +449,48 @@ impl Volume {
                 )));
             }
         }
+    }
+
+    /// Loads the volume's committed state once this node's view has
+    /// reached revision `epoch`, that of the write lease it took: any
+    /// later commit needs that lease, so the root the view shows then is
+    /// the latest committed one. A view that does not get there within
+    /// [`VIEW_WAIT`] (a monotonic wait) fails the writer with EIO rather
+    /// than let it write on an older root; the lease stays, and is handed
+    /// over if another node asks.
+    fn start_from_committed(&mut self, gvs: &Gvs, epoch: u64) -> Result<()> {
+        if !gvs.mirror.wait_rev(epoch, VIEW_WAIT) {
+            tracing::warn!(
+                "volume {:#x}: this node's view of metad did not reach the write lease's revision {epoch} within {VIEW_WAIT:?}",
+                self.ino
+            );
+            return Err(GvsError::ViewLags {
+                ino: self.ino,
+                rev: epoch,
+            });
+        }
+        if gvs
+            .mirror
+            .get(&meta::lease_key(self.ino))
+            .map(|v| v.mod_rev)
+            != Some(epoch)
+        {
+            tracing::warn!(
+                "volume {:#x}: write lease epoch {epoch} lost before use",
+                self.ino
+            );
+            self.fence();
+            return Err(GvsError::Fenced(self.ino));
+        }
+        let (fresh, _) = gvs.inode(self.ino)?;
+        let f = fetcher(gvs, &fresh.replicas);
+        self.map = Some((fresh.root, BlockMap::load(fresh.root, &f)?));
+        self.dirty.clear();
+        self.unpushed.clear();
+        self.pending_size = None;
+        self.map_changed = false;
+        self.unseen = false;
+        Ok(())
     }
 
     /// Block `b` in the buffer (read in from its committed chunk, or
@@ -615,7 +665,8 @@ impl Volume {
             return false;
         };
         let lk = meta::lease_key(self.ino);
-        if gvs.mirror.get(&lk).map(|v| v.mod_rev) == Some(epoch) {
+        // A view older than the lease cannot tell whether it was lost.
+        if gvs.mirror.rev() < epoch || gvs.mirror.get(&lk).map(|v| v.mod_rev) == Some(epoch) {
             return false;
         }
         tracing::warn!(
@@ -647,6 +698,8 @@ impl Volume {
         self.map_changed = false;
         self.map = None;
         self.epoch = None;
+        self.unseen = false;
+        self.maybe_committed = None;
         self.gen += 1;
     }
 
@@ -709,6 +762,7 @@ impl Volume {
         self.map_changed = false;
         drop(f);
         Ok(Some(Batch {
+            base: self.map.as_ref().expect("loaded").0,
             size: self.pending_size.unwrap_or(rec.size),
             written: self.map.as_ref().expect("loaded").1.written(),
             rec,
@@ -743,6 +797,7 @@ impl Volume {
         let Batch {
             rec,
             epoch,
+            base,
             era,
             root,
             chunks,
@@ -762,7 +817,7 @@ impl Volume {
                 )),
             });
         }
-        let missing = match pushed {
+        let missing = match pushed.and_then(|m| enough_copies(self.ino, &rec, m)) {
             Ok(m) => m,
             Err(e) => {
                 self.restore(&blocks, &chunks, rec.block_size as usize);
@@ -791,12 +846,27 @@ impl Volume {
         let mut conflicts = 0;
         while conflicts < 20 {
             let (mut cur, rev) = gvs.inode(self.ino)?;
+            // Another root was committed since this node's map started
+            // from `base` (its view lagged): committing would drop it.
+            // (The transaction compares the record's revision: this is
+            // the root it holds.)
+            if cur.root != base && cur.root != root && Some(cur.root) != self.maybe_committed {
+                tracing::warn!(
+                    "volume {:#x}: the committed root is not the one this node's writes started from; dropping them",
+                    self.ino
+                );
+                release_lease(gvs, self.ino, epoch);
+                self.fence();
+                return Err(GvsError::StaleBase(self.ino));
+            }
             // A replica added since the push (re-mirroring, a rebalance)
             // lacks this commit's chunks: recorded, its repair copies them.
-            let missed: Vec<&String> = missing
+            let missed: Vec<String> = missing
                 .iter()
                 .chain(cur.replicas.iter().filter(|n| !rec.replicas.contains(n)))
+                .cloned()
                 .collect();
+            let was_degraded = cur.degraded;
             cur.root = root;
             cur.size = size;
             cur.written = written;
@@ -808,7 +878,7 @@ impl Volume {
                 value: cur.encode(),
                 lease: 0,
             }];
-            for m in missed {
+            for m in &missed {
                 success.push(Op::Put {
                     key: meta::missing_key(m, self.ino).into_bytes(),
                     value: Vec::new(),
@@ -837,9 +907,13 @@ impl Volume {
                     crate::stats::Stats::add(&gvs.stats.metad_ops, 1 + missing.len() as u64);
                     settle(&gvs.mirror, r.revision);
                     self.map.as_mut().expect("loaded").0 = root;
+                    self.maybe_committed = None;
                     // A size set since the batch was cut is still pending.
                     if self.pending_size == Some(size) {
                         self.pending_size = None;
+                    }
+                    if !was_degraded && !missed.is_empty() {
+                        crate::events::degraded(gvs, self.ino, &cur.replicas, &missed);
                     }
                     return Ok(());
                 }
@@ -872,6 +946,7 @@ impl Volume {
                     // The outcome may be unknown: keep the map; the next
                     // commit writes the same root again.
                     self.map_changed = true;
+                    self.maybe_committed = Some(root);
                     return Err(e.into());
                 }
             }
@@ -890,6 +965,8 @@ struct Batch {
     rec: Inode,
     /// The lease epoch it commits under.
     epoch: u64,
+    /// The committed root the batch's map was changed from.
+    base: Option<ChunkId>,
     /// The volume's [`Volume::era`] when it was cut.
     era: u64,
     /// The new map root.
@@ -999,28 +1076,34 @@ impl VolumeSlot {
             );
         }
         let Some(epoch) = v.epoch else { return };
-        let lk = meta::lease_key(v.ino);
-        let t = Txn {
-            compare: vec![Compare {
-                key: lk.clone().into_bytes(),
-                target: CompareTarget::ModRev(epoch),
-            }],
-            success: vec![
-                Op::Delete {
-                    key: lk.into_bytes(),
-                },
-                Op::Delete {
-                    key: meta::lease_req_key(v.ino).into_bytes(),
-                },
-            ],
-            failure: vec![],
-        };
-        match gvs.rt.block_on(gvs.client().txn(t)) {
-            Ok(r) => settle(&gvs.mirror, r.revision),
-            Err(e) => tracing::warn!("volume {:#x}: releasing the lease: {e}", v.ino),
-        }
+        release_lease(gvs, v.ino, epoch);
         tracing::info!("volume {:#x}: write lease handed over", v.ino);
         v.fence();
+    }
+}
+
+/// Gives up volume `ino`'s write lease held at `epoch` (and any request
+/// for it), for the next writer to take.
+fn release_lease(gvs: &Gvs, ino: u64, epoch: u64) {
+    let lk = meta::lease_key(ino);
+    let t = Txn {
+        compare: vec![Compare {
+            key: lk.clone().into_bytes(),
+            target: CompareTarget::ModRev(epoch),
+        }],
+        success: vec![
+            Op::Delete {
+                key: lk.into_bytes(),
+            },
+            Op::Delete {
+                key: meta::lease_req_key(ino).into_bytes(),
+            },
+        ],
+        failure: vec![],
+    };
+    match gvs.rt.block_on(gvs.client().txn(t)) {
+        Ok(r) => settle(&gvs.mirror, r.revision),
+        Err(e) => tracing::warn!("volume {ino:#x}: releasing the lease: {e}"),
     }
 }
 
@@ -1072,33 +1155,33 @@ pub(crate) fn push(
     let results: Vec<(String, Result<()>)> = std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for (name, addr) in &remote {
-            handles.push(scope.spawn(move || {
-                let put = async {
-                    let need = gvs.peers.put(addr, whole, deltas).await?;
-                    if !need.is_empty() {
-                        gvs.peers.put(addr, &resend(need), &[]).await?;
-                    }
-                    Ok(())
-                };
-                let r = gvs.rt.block_on(gvs.unless_lapsed(put));
-                let r = r.unwrap_or_else(|| {
-                    Err(GvsError::Peer {
-                        peer: addr.clone(),
-                        why: "gave up: this node's metad lease lapsed".into(),
+            handles.push((
+                name.clone(),
+                scope.spawn(move || {
+                    let put = async {
+                        let need = gvs.peers.put(addr, whole, deltas).await?;
+                        if !need.is_empty() {
+                            gvs.peers.put(addr, &resend(need), &[]).await?;
+                        }
+                        Ok(())
+                    };
+                    let r = gvs.rt.block_on(gvs.unless_lapsed(put));
+                    r.unwrap_or_else(|| {
+                        Err(GvsError::Peer {
+                            peer: addr.clone(),
+                            why: "gave up: this node's metad lease lapsed".into(),
+                        })
                     })
-                });
-                (name.clone(), r)
-            }));
+                }),
+            ));
         }
         if local {
-            handles.push(scope.spawn(|| {
-                (
-                    gvs.me.clone(),
-                    store_locally(&gvs.store, &patched, whole, deltas),
-                )
-            }));
+            handles.push((
+                gvs.me.clone(),
+                scope.spawn(|| store_locally(&gvs.store, &patched, whole, deltas)),
+            ));
         }
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        outcomes(handles)
     });
     let bytes = whole.iter().map(|(_, d)| d.len()).sum::<usize>()
         + deltas.iter().map(Delta::patch_bytes).sum::<usize>();
@@ -1123,6 +1206,42 @@ pub(crate) fn push(
         });
     }
     Ok(missing)
+}
+
+/// The replicas that missed a commit (`missing`), unless that leaves
+/// fewer copies than the volume's `gvs.min_copies` asks for: then the
+/// commit fails (EIO), its writes stay buffered for the next one.
+fn enough_copies(ino: u64, rec: &Inode, missing: Vec<String>) -> Result<Vec<String>> {
+    let copies = rec.replicas.iter().filter(|r| !missing.contains(r)).count() as u32;
+    let wanted = rec.copies_wanted();
+    if copies < wanted {
+        return Err(GvsError::TooFewCopies {
+            ino,
+            copies,
+            wanted,
+        });
+    }
+    Ok(missing)
+}
+
+/// Each replica's push outcome, by name, once its thread is done: a
+/// thread that panicked counts as a replica that missed the commit (the
+/// volume is degraded and the repair copies it), never as neither.
+fn outcomes(
+    handles: Vec<(String, std::thread::ScopedJoinHandle<'_, Result<()>>)>,
+) -> Vec<(String, Result<()>)> {
+    handles
+        .into_iter()
+        .map(|(name, h)| {
+            let r = h.join().unwrap_or_else(|_| {
+                Err(GvsError::Peer {
+                    peer: name.clone(),
+                    why: "the push to it panicked".into(),
+                })
+            });
+            (name, r)
+        })
+        .collect()
 }
 
 /// Stores a commit's chunks in the local store, durably, in parts of
@@ -1164,6 +1283,21 @@ mod tests {
             data,
             vec![(0, vec![9; 16]), (1, vec![2; 16]), (2, vec![0; 16])],
             "the newer write stays; the others come back, holes as zeros"
+        );
+    }
+
+    #[test]
+    fn a_push_thread_that_panics_counts_as_a_replica_that_missed_the_commit() {
+        let got = std::thread::scope(|scope| {
+            let good = scope.spawn(|| Ok(()));
+            let bad = scope.spawn(|| -> Result<()> { panic!("a push thread panics") });
+            outcomes(vec![("node1".into(), good), ("node2".into(), bad)])
+        });
+        let names: Vec<(&str, bool)> = got.iter().map(|(n, r)| (n.as_str(), r.is_ok())).collect();
+        assert_eq!(
+            names,
+            vec![("node1", true), ("node2", false)],
+            "every replica has an outcome; the panicked push is a miss"
         );
     }
 

@@ -296,3 +296,35 @@ fn a_writer_cut_off_from_metad_gets_eio_once_its_node_lease_lapses() {
     // Nothing after the last good fsync landed, on any node.
     assert_everywhere(&grid, file, "A");
 }
+
+#[test]
+fn a_node_whose_view_lags_never_commits_over_a_newer_root() {
+    let grid = GridGuard::up("dulag", 3).unwrap();
+    wait_mounted(&grid, 3);
+    let file = "/gvs/l.vol";
+    // The volume exists, nobody holds its lease; node2's view then stops
+    // following metad (its watch lags).
+    sh(&grid, 2, &format!("touch {file}"));
+    eventually(&grid, 1, &format!("test -e {file}"), 30);
+    sh(&grid, 2, "setfattr -n gvs.debug.watch_hold -v 1 /gvs");
+    // node1 commits A, unseen by node2, and dies: its lease expires.
+    write_mib(&grid, 1, file, 'A', 0);
+    grid.kill(1, Some("gvsfs")).unwrap();
+    // node2 takes the lease, its view still on the empty volume, and
+    // writes C after A.
+    let mut w2 = Writer::start(&grid, 2, file);
+    let write = w2.ask("write C 1");
+    sh(&grid, 2, "setfattr -n gvs.debug.watch_hold -v 0 /gvs");
+    let fsync = w2.ask("fsync");
+    drop(w2);
+    grid.start(1, Some("gvsfs")).unwrap();
+    wait_mounted(&grid, 3);
+    // Told or not, node2 did not commit its stale view over A: a fresh
+    // writer there, its view caught up, writes C after A.
+    write_mib(&grid, 2, file, 'C', 1);
+    assert_everywhere(&grid, file, "AC");
+    assert!(
+        write == "EIO" || fsync == "EIO",
+        "the writer with the stale view was not told: write {write}, fsync {fsync}"
+    );
+}
