@@ -250,7 +250,12 @@ pub fn run(args: MountArgs, metad: &MetadArgs) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or_else(|| format!("{me}:{port}"));
-    rt.spawn(crate::net::serve(listener, store.clone(), secret.clone()));
+    rt.spawn(crate::net::serve(
+        listener,
+        store.clone(),
+        secret.clone(),
+        metad::server::MAX_CONNECTIONS,
+    ));
 
     let client = Arc::new(Client::new(cfg));
     let cache_mb = args.cache_mb.unwrap_or_else(default_cache_mb);

@@ -81,6 +81,7 @@ enum Cmd {
 
 fn main() {
     metad::logging::init();
+    metad::limits::raise_nofile_limit_or_warn();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Mount(args) => gvsfs::daemon::run(args, &cli.metad),

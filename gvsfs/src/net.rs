@@ -1,6 +1,8 @@
 //! The chunk protocol between nodes: each gvsfs serves its chunk store on
 //! TCP (port 2390). Connections are authenticated with the cluster secret
-//! (metad's mutual challenge-response); then each request is one sealed
+//! (metad's mutual challenge-response, within its time and frame limits,
+//! with at most a limited number of connections open, as metad's own
+//! port); then each request is one sealed
 //! length-prefixed postcard frame answered by one frame. A put's chunk
 //! bytes follow its frame raw (see [`Put`]), and a put in several parts
 //! is streamed: the writer sends every part before it reads the answers,
@@ -11,8 +13,9 @@ use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metad::auth::{accept_handshake, connect_handshake, Role, Session};
+use metad::auth::{accept_within, connect_handshake, Role, Session};
 use metad::protocol::Opener;
+use metad::server::accept_limited;
 use metad::Secret;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -147,7 +150,7 @@ async fn read_job<R: AsyncRead + Unpin>(rd: &mut R, recv: &mut Opener) -> std::i
 
 async fn serve_conn(mut s: TcpStream, store: ChunkStore, secret: Secret) -> Result<()> {
     let _ = s.set_nodelay(true);
-    let (_, session) = accept_handshake(&mut s, &secret, |_| false)
+    let (_, session) = accept_within(&mut s, &secret, |_| false)
         .await
         .map_err(|e| GvsError::Peer {
             peer: "incoming".into(),
@@ -213,24 +216,24 @@ async fn serve_conn(mut s: TcpStream, store: ChunkStore, secret: Secret) -> Resu
     r
 }
 
-/// Serves the chunk store on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, store: ChunkStore, secret: Secret) {
-    loop {
-        match listener.accept().await {
-            Ok((s, peer)) => {
-                let (st, sec) = (store.clone(), secret.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = serve_conn(s, st, sec).await {
-                        tracing::warn!("chunk connection from {peer}: {e}");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+/// Serves the chunk store on `listener` until the task is dropped, at
+/// most `max_connections` connections at a time (as metad's port: see
+/// [`metad::server::accept_limited`]).
+pub async fn serve(
+    listener: TcpListener,
+    store: ChunkStore,
+    secret: Secret,
+    max_connections: usize,
+) {
+    accept_limited(listener, max_connections, move |s, peer| {
+        let (st, sec) = (store.clone(), secret.clone());
+        async move {
+            if let Err(e) = serve_conn(s, st, sec).await {
+                tracing::warn!("chunk connection from {peer}: {e}");
             }
         }
-    }
+    })
+    .await
 }
 
 /// Bytes of chunk data in one part of a put at most.
@@ -503,6 +506,11 @@ mod tests {
 
     impl Served {
         async fn new(name: &str) -> Served {
+            Served::with_cap(name, metad::server::MAX_CONNECTIONS).await
+        }
+
+        /// A server holding at most `cap` connections.
+        async fn with_cap(name: &str, cap: usize) -> Served {
             let dir =
                 std::env::temp_dir().join(format!("gvsfs-test-net-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
@@ -510,7 +518,7 @@ mod tests {
             let secret = Secret::generate();
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap().to_string();
-            let srv = tokio::spawn(serve(l, store, secret.clone()));
+            let srv = tokio::spawn(serve(l, store, secret.clone(), cap));
             Served {
                 dir,
                 srv,
@@ -582,6 +590,71 @@ mod tests {
         c.s.flush().await.unwrap();
         let answer = metad::protocol::read_frame(&mut c.s, MAX_FRAME).await;
         assert!(answer.is_err(), "an untagged request was answered");
+    }
+
+    /// Waits (generously: this only catches a hang) for `s` to be closed
+    /// by the server; whether it was.
+    async fn closed_by_server(s: &mut TcpStream) -> bool {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(120), s.read_to_end(&mut rest))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_connection_is_closed() {
+        let served = Served::new("silent").await;
+        let mut s = TcpStream::connect(&served.addr).await.unwrap();
+        assert!(
+            closed_by_server(&mut s).await,
+            "a connection that never authenticates is held open"
+        );
+        // A frame header claiming 8 MiB before any handshake: closed too.
+        let mut s = TcpStream::connect(&served.addr).await.unwrap();
+        s.write_u32(8 << 20).await.unwrap();
+        assert!(
+            closed_by_server(&mut s).await,
+            "an 8 MiB hello was waited for"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_past_the_cap_are_closed_and_a_client_is_served_afterwards() {
+        const CAP: usize = 4;
+        let served = Served::with_cap("cap", CAP).await;
+        let (addr, peers) = (served.addr.clone(), &served.peers);
+        // CAP authenticated connections fill the server...
+        let mut held = Vec::new();
+        for _ in 0..CAP {
+            held.push(peers.connect(&addr).await.unwrap());
+        }
+        // ...so one more is closed at once, before its handshake.
+        let past = peers.connect(&addr).await;
+        assert!(past.is_err(), "a connection past the cap was served");
+        drop(held);
+        // A flood of silent connections, more than the cap: every one is
+        // closed (past the cap at once, the others when their handshake
+        // time is up)...
+        let mut flood = Vec::new();
+        for _ in 0..3 * CAP {
+            flood.push(TcpStream::connect(&addr).await.unwrap());
+        }
+        for s in &mut flood {
+            assert!(closed_by_server(s).await, "a silent connection stayed open");
+        }
+        // ...and a client is served afterwards (once the server has let
+        // go of the flood: it closes a connection, then frees its place).
+        let served_again = async {
+            while peers.get(&addr, &ChunkId::of(b"nope")).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(120), served_again)
+                .await
+                .is_ok(),
+            "no client is served after the flood"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -217,6 +217,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     metad::logging::init();
+    metad::limits::raise_nofile_limit_or_warn();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -15,14 +15,19 @@
 //! a frame injected into the established TCP stream, replayed from another
 //! connection, dropped or reordered fails its tag and ends the connection.
 
-use crate::protocol::{read_msg, write_msg, FrameError, Opener, Sealer, MAX_CLIENT_FRAME};
+use crate::protocol::{read_msg, write_msg, FrameError, Opener, Sealer, MAX_HANDSHAKE_FRAME};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 const CONTEXT: &[u8] = b"metad auth v1";
 const SESSION_CONTEXT: &[u8] = b"metad session v1";
+
+/// Time a new connection has to authenticate: until then it is nobody,
+/// and holds one of the accepting side's connection places.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of authentication and of secret files.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,9 @@ pub enum AuthError {
     /// The accepting side refused us.
     #[error("refused: {0}")]
     Refused(String),
+    /// The connecting side did not authenticate in time.
+    #[error("no handshake within {0:?}")]
+    Timeout(Duration),
 }
 
 /// The 32-byte cluster secret.
@@ -228,7 +236,7 @@ pub async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         member_id,
     };
     write_msg(s, &hello).await?;
-    let ch: Challenge = read_msg(s, MAX_CLIENT_FRAME).await?;
+    let ch: Challenge = read_msg(s, MAX_HANDSHAKE_FRAME).await?;
     if !same(&ch.proof, &secret.proof(b"server", &hello, &ch.nonce)) {
         return Err(AuthError::BadProof);
     }
@@ -239,7 +247,7 @@ pub async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         },
     )
     .await?;
-    match read_msg(s, MAX_CLIENT_FRAME).await? {
+    match read_msg(s, MAX_HANDSHAKE_FRAME).await? {
         Verdict::Welcome => Ok(secret.session(&hello, &ch.nonce, true)),
         Verdict::Refused(why) => Err(AuthError::Refused(why)),
     }
@@ -253,7 +261,7 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     secret: &Secret,
     known_peer: impl FnOnce(u64) -> bool,
 ) -> Result<(Hello, Session), AuthError> {
-    let hello: Hello = read_msg(s, MAX_CLIENT_FRAME).await?;
+    let hello: Hello = read_msg(s, MAX_HANDSHAKE_FRAME).await?;
     let server_nonce = nonce();
     let proof = secret.proof(b"server", &hello, &server_nonce);
     write_msg(
@@ -264,7 +272,7 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         },
     )
     .await?;
-    let p: Proof = read_msg(s, MAX_CLIENT_FRAME).await?;
+    let p: Proof = read_msg(s, MAX_HANDSHAKE_FRAME).await?;
     let refusal = if !same(&p.proof, &secret.proof(b"client", &hello, &server_nonce)) {
         Some(AuthError::BadProof)
     } else if hello.role == Role::Peer && !known_peer(hello.member_id) {
@@ -286,6 +294,19 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             Ok((hello, session))
         }
     }
+}
+
+/// [`accept_handshake`] within [`HANDSHAKE_TIMEOUT`]: what every
+/// listening side of the grid runs first on a new connection, so that a
+/// connection that sends nothing, or too little, is closed.
+pub async fn accept_within<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    secret: &Secret,
+    known_peer: impl FnOnce(u64) -> bool,
+) -> Result<(Hello, Session), AuthError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(s, secret, known_peer))
+        .await
+        .unwrap_or(Err(AuthError::Timeout(HANDSHAKE_TIMEOUT)))
 }
 
 #[cfg(test)]
@@ -320,6 +341,21 @@ mod tests {
         let (srv, cli) = pair(s.clone(), s.clone(), Role::Peer).await;
         assert!(srv.is_err() && matches!(cli, Err(AuthError::Refused(_))));
         assert_eq!(Secret::from_hex(&s.to_hex()).unwrap().0, s.0);
+    }
+
+    #[tokio::test]
+    async fn a_first_frame_longer_than_a_handshake_is_refused_unread() {
+        use tokio::io::AsyncWriteExt;
+        // Before the handshake the other side is nobody: a frame header
+        // claiming 8 MiB must not be waited for (nor allocated).
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        b.write_u32(8 << 20).await.unwrap();
+        drop(b);
+        let r = accept_handshake(&mut a, &Secret::generate(), |_| true).await;
+        assert!(
+            matches!(r, Err(AuthError::Frame(FrameError::TooLarge { .. }))),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]

@@ -19,12 +19,14 @@
 //! - [`events`]: the grid's one event log (DVM, LCM and GVS events);
 //! - [`member`]: a member's data directory (identity, secret, database);
 //! - [`logging`]: the log format of every grid binary;
+//! - [`limits`]: what every grid daemon raises about its process at start;
 //! - [`linearizability`]: a checker for histories of register operations.
 
 pub mod args;
 pub mod auth;
 pub mod client;
 pub mod events;
+pub mod limits;
 pub mod linearizability;
 pub mod logging;
 pub mod member;

@@ -42,6 +42,9 @@ enum Cmd {
         /// Revisions of history kept for resuming watches.
         #[arg(long, default_value_t = metad::state::DEFAULT_HISTORY)]
         history: usize,
+        /// Connections (peers and clients) held open at most; more are closed at once.
+        #[arg(long, default_value_t = metad::server::MAX_CONNECTIONS)]
+        max_connections: usize,
     },
     /// Ask the cluster (--endpoints, --secret-file) to add this member, record its id, then exit; then `run`.
     Join {
@@ -141,6 +144,7 @@ struct NotSwapped(String);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     metad::logging::init();
+    metad::limits::raise_nofile_limit_or_warn();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -198,9 +202,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             snapshot_interval,
             history,
+            max_connections,
         } => {
             DataDir::new(data_dir)
-                .run(*snapshot_interval, *history)
+                .run(*snapshot_interval, *history, *max_connections)
                 .await?
         }
         Cmd::Dump { data_dir, prefix } => {

@@ -159,8 +159,14 @@ impl DataDir {
         Ok(storage.load_state(crate::state::DEFAULT_HISTORY)?)
     }
 
-    /// Serves until the member is removed or its disk fails.
-    pub async fn run(&self, snapshot_interval: u64, history: usize) -> Result<(), MemberError> {
+    /// Serves until the member is removed or its disk fails, holding at
+    /// most `max_connections` connections open.
+    pub async fn run(
+        &self,
+        snapshot_interval: u64,
+        history: usize,
+        max_connections: usize,
+    ) -> Result<(), MemberError> {
         let m = self.member()?;
         let secret = Secret::load(&self.secret_path())?;
         let storage = RaftStorage::open(&self.db_path())?;
@@ -179,7 +185,12 @@ impl DataDir {
             secret.clone(),
             tokio::runtime::Handle::current(),
         )?;
-        let server = tokio::spawn(crate::server::serve(listener, node, secret));
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            node,
+            secret,
+            max_connections,
+        ));
         let result = tokio::task::spawn_blocking(move || raft.join()).await;
         // Removed from the cluster: let the answer to the removal and the
         // last messages go out before the connections close.

@@ -6,8 +6,12 @@ use crate::state::{Event, KeyValue, StateError, Txn, TxnResult};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Largest frame accepted from a client or during the handshake.
+/// Largest frame accepted from an authenticated client.
 pub const MAX_CLIENT_FRAME: usize = 8 * 1024 * 1024;
+/// Largest frame of the handshake ([`crate::auth`]): its messages are a
+/// few dozen bytes (a refusal's reason a few hundred), and before the
+/// handshake the other side is nobody, so it gets no more than that.
+pub const MAX_HANDSHAKE_FRAME: usize = 1024;
 /// Largest frame accepted from an authenticated peer (snapshots can be big).
 pub const MAX_PEER_FRAME: usize = 256 * 1024 * 1024;
 

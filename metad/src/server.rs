@@ -1,9 +1,13 @@
 //! The listening side: one TCP port serves both peers and clients. Every
 //! connection is authenticated first ([`crate::auth`]); an unauthenticated
 //! one is logged and closed before any of its frames reach the Raft loop or
-//! the state machine.
+//! the state machine. Before it has authenticated a connection may send no
+//! more than the handshake needs, in no more than
+//! [`crate::auth::HANDSHAKE_TIMEOUT`], and the port holds no more than its
+//! limit of connections ([`accept_limited`], which gvsfs's chunk port runs
+//! too).
 
-use crate::auth::{accept_handshake, Role, Secret, Session};
+use crate::auth::{accept_within, Role, Secret, Session};
 use crate::node::{MemberChange, NodeHandle};
 use crate::protocol::{
     decode, ErrorReply, FrameError, Opener, Request, RequestBody, Response, ResponseBody,
@@ -13,22 +17,63 @@ use crate::state::{check_command, check_key, Applied, Command};
 use protobuf::Message as _;
 use raft::prelude::Message;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Semaphore};
 
-/// Time a new connection has to authenticate.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections a daemon holds open at most, by default: past it a new
+/// connection is closed at once, so that a flood of them cannot take the
+/// file descriptors and memory the grid's own connections need.
+pub const MAX_CONNECTIONS: usize = 4096;
 
-/// Accepts connections forever.
-pub async fn serve(listener: TcpListener, node: NodeHandle, secret: Secret) {
+/// At most one log line per this long about connections closed for the
+/// limit: a flood must not flood the log too.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
+/// Accepts connections forever, at most `max_connections` at a time.
+pub async fn serve(
+    listener: TcpListener,
+    node: NodeHandle,
+    secret: Secret,
+    max_connections: usize,
+) {
+    accept_limited(listener, max_connections, move |stream, addr| {
+        connection(stream, addr, node.clone(), secret.clone())
+    })
+    .await
+}
+
+/// Accepts connections on `listener` forever and spawns `serve` for each,
+/// with at most `max` of them open at a time: one past that is closed as
+/// soon as it is accepted (and logged, at most once per
+/// [`REFUSALS_LOGGED_EVERY`]). Every listening port of the grid runs
+/// this, with [`crate::auth::accept_within`] first in `serve`.
+pub async fn accept_limited<F, Fut>(listener: TcpListener, max: usize, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let places = Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS)));
+    let mut refusals = Refusals::default();
     loop {
         match listener.accept().await {
-            Ok((stream, addr)) => {
-                let (node, secret) = (node.clone(), secret.clone());
-                tokio::spawn(async move { connection(stream, addr, node, secret).await });
-            }
+            Ok((stream, addr)) => match places.clone().try_acquire_owned() {
+                Ok(place) => {
+                    let served = serve(stream, addr);
+                    tokio::spawn(async move {
+                        served.await;
+                        drop(place);
+                    });
+                }
+                Err(_) => {
+                    drop(stream);
+                    if let Some(n) = refusals.note(Instant::now()) {
+                        tracing::warn!(%addr, "connection limit ({max}) reached: closed {n} new connection(s) since the last such line");
+                    }
+                }
+            },
             Err(e) => {
                 tracing::warn!("accept: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -37,21 +82,37 @@ pub async fn serve(listener: TcpListener, node: NodeHandle, secret: Secret) {
     }
 }
 
+/// Connections closed for the limit, counted between two log lines.
+#[derive(Default)]
+struct Refusals {
+    /// When the last line was logged.
+    logged: Option<Instant>,
+    /// Refusals not logged yet.
+    pending: u64,
+}
+
+impl Refusals {
+    /// Counts one refusal at `now`; the count to log, when a line is due.
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        let due = self
+            .logged
+            .is_none_or(|t| now.saturating_duration_since(t) >= REFUSALS_LOGGED_EVERY);
+        if !due {
+            return None;
+        }
+        self.logged = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
 async fn connection(mut stream: TcpStream, addr: SocketAddr, node: NodeHandle, secret: Secret) {
     let _ = stream.set_nodelay(true);
-    let (hello, session) = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        accept_handshake(&mut stream, &secret, |id| node.is_member(id)),
-    )
-    .await
+    let (hello, session) = match accept_within(&mut stream, &secret, |id| node.is_member(id)).await
     {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
+        Ok(h) => h,
+        Err(e) => {
             tracing::warn!(%addr, "connection refused: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%addr, "connection refused: no handshake within {HANDSHAKE_TIMEOUT:?}");
             return;
         }
     };
@@ -305,5 +366,21 @@ async fn watch(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_once_per_period_with_their_count() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        assert_eq!(r.note(t0), Some(1));
+        assert_eq!(r.note(t0 + Duration::from_secs(1)), None);
+        assert_eq!(r.note(t0 + Duration::from_secs(9)), None);
+        assert_eq!(r.note(t0 + REFUSALS_LOGGED_EVERY), Some(3));
+        assert_eq!(r.note(t0 + REFUSALS_LOGGED_EVERY), None);
     }
 }

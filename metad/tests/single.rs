@@ -249,3 +249,46 @@ fn the_blocking_client_works() {
     );
     assert!(b.get_prefix("b/").unwrap().0.is_empty());
 }
+
+/// Waits (generously: this only catches a hang) for `s` to be closed by
+/// the other side; whether it was.
+async fn closed_by_peer(s: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), s.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_cap_are_closed_and_clients_are_served_afterwards() {
+    const CAP: usize = 4;
+    let c = Cluster::start_with(1, &["--max-connections", &CAP.to_string()]);
+    let secret = Secret::load(&c.secret_file()).unwrap();
+    let addr = &c.members[0].addr;
+    // CAP authenticated connections fill the member...
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        connect_handshake(&mut s, &secret, Role::Client, 0)
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // ...so one more is closed at once, before its handshake, and logged.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let r = connect_handshake(&mut s, &secret, Role::Client, 0).await;
+    assert!(r.is_err(), "a connection past the cap was served");
+    drop(held);
+    // A flood of silent connections, more than the cap: the ones past it
+    // are closed at once, the others when their handshake time is up...
+    let mut flood = Vec::new();
+    for _ in 0..3 * CAP {
+        flood.push(TcpStream::connect(addr).await.unwrap());
+    }
+    for s in &mut flood {
+        assert!(closed_by_peer(s).await, "a silent connection stayed open");
+    }
+    // ...and a client is served afterwards.
+    c.client().put("after", "flood").await.unwrap();
+    assert!(c.log(0).contains("connection limit"), "{}", c.log(0));
+}

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The heartbeat task's view of the lease, shared with the main loop: the
 /// heartbeat runs on its own task so that a slow VM start (a KVM probe, a
@@ -28,8 +28,11 @@ use std::time::Duration;
 struct Beat {
     /// The lease being kept alive.
     lease: AtomicU64,
-    /// When it was last renewed, ms since the epoch.
-    renewed_ms: AtomicU64,
+    /// When the last renewal that metad answered was sent (None: none
+    /// yet), on the monotonic clock: a wall clock stepped back (NTP, an
+    /// operator) would keep a cut-off node's guests running past the
+    /// lease's end, one stepped forward would fence a healthy node.
+    renewed: std::sync::Mutex<Option<Instant>>,
     /// metad says the lease is gone, or it could not be renewed in time.
     lost: AtomicBool,
     /// Hypervisor pids of the local VMs, killed by the heartbeat task
@@ -41,7 +44,24 @@ struct Beat {
 /// expire on metad's side, so a VM never runs on two nodes at once.
 const FENCE_MARGIN: Duration = Duration::from_millis(1500);
 
+/// Whether a node whose lease was last renewed at `renewed` must kill its
+/// guests at `now`: the lease may lapse on metad's side within
+/// [`FENCE_MARGIN`], and the scheduler then starts them elsewhere.
+fn must_fence(renewed: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(renewed) + FENCE_MARGIN >= LEASE_TTL
+}
+
 impl Beat {
+    /// Notes a renewal sent at `sent` and answered.
+    fn renewed_at(&self, sent: Instant) {
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent);
+    }
+
+    /// When the last answered renewal was sent.
+    fn last_renewal(&self) -> Option<Instant> {
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn kill_all(&self) {
         let pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
         for (vm, pid) in pids.iter() {
@@ -59,24 +79,28 @@ async fn heartbeat_task(store: Arc<Store>, beat: Arc<Beat>) {
         if lease == 0 || beat.lost.load(Ordering::SeqCst) {
             continue;
         }
-        let silent = model::now_ms().saturating_sub(beat.renewed_ms.load(Ordering::SeqCst));
-        if silent + FENCE_MARGIN.as_millis() as u64 >= LEASE_TTL.as_millis() as u64 {
-            tracing::warn!("heartbeat: no renewal for {silent} ms; fencing");
+        let now = Instant::now();
+        let renewed = beat.last_renewal();
+        if renewed.is_none_or(|t| must_fence(t, now)) {
+            let silent = renewed.map(|t| now.saturating_duration_since(t));
+            tracing::warn!("heartbeat: no renewal for {silent:?}; fencing");
             beat.lost.store(true, Ordering::SeqCst);
             beat.kill_all();
             continue;
         }
         // Renew once a second (a Raft write each): check twice as often.
-        if silent < 1000 {
+        if renewed.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
             continue;
         }
+        // The lease runs from no earlier than the renewal was sent.
+        let sent = Instant::now();
         match tokio::time::timeout(
             Duration::from_millis(800),
             store.client.lease_keepalive(lease),
         )
         .await
         {
-            Ok(Ok(_)) => beat.renewed_ms.store(model::now_ms(), Ordering::SeqCst),
+            Ok(Ok(_)) => beat.renewed_at(sent),
             Ok(Err(e)) => {
                 tracing::warn!("heartbeat: {e}");
                 if matches!(
@@ -207,15 +231,14 @@ impl Agent {
     }
 
     async fn register(&mut self) -> Result<(), StoreError> {
+        let sent = Instant::now();
         self.lease = self.store.client.lease_grant(LEASE_TTL).await?;
         let rec = crate::store::to_json(&self.node_record());
         self.store
             .client
             .put_with_lease(model::node_key(&self.cfg.node), rec, self.lease)
             .await?;
-        self.beat
-            .renewed_ms
-            .store(model::now_ms(), Ordering::SeqCst);
+        self.beat.renewed_at(sent);
         self.beat.lease.store(self.lease, Ordering::SeqCst);
         self.beat.lost.store(false, Ordering::SeqCst);
         tracing::info!("registered {} (lease {})", self.cfg.node, self.lease);
@@ -239,9 +262,12 @@ impl Agent {
     /// renewed for its whole TTL), stops every local VM (fencing: the
     /// scheduler is placing them elsewhere) and registers again.
     async fn check_heartbeat(&mut self) {
-        let silent = model::now_ms().saturating_sub(self.beat.renewed_ms.load(Ordering::SeqCst));
+        let lapsed = self
+            .beat
+            .last_renewal()
+            .is_none_or(|t| t.elapsed() >= LEASE_TTL);
         let lost = self.beat.lost.load(Ordering::SeqCst);
-        if !lost && silent < LEASE_TTL.as_millis() as u64 {
+        if !lost && !lapsed {
             return;
         }
         let why = if lost {
@@ -899,5 +925,27 @@ impl Agent {
             // Coalesce bursts of events.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_fences_before_its_lease_can_lapse_by_the_monotonic_clock() {
+        let renewed = Instant::now();
+        let at = |d: Duration| renewed + d;
+        assert!(!must_fence(renewed, renewed));
+        assert!(!must_fence(renewed, at(Duration::from_secs(1))));
+        // Within the margin of the lease's end, and past it: fenced.
+        assert!(must_fence(renewed, at(LEASE_TTL - FENCE_MARGIN)));
+        assert!(must_fence(renewed, at(LEASE_TTL)));
+        assert!(must_fence(renewed, at(LEASE_TTL * 10)));
+        // Just short of the margin: not yet.
+        let just_before = LEASE_TTL - FENCE_MARGIN - Duration::from_millis(1);
+        assert!(!must_fence(renewed, at(just_before)));
+        // A renewal noted after `now` (another thread's) is no silence.
+        assert!(!must_fence(at(Duration::from_secs(1)), renewed));
     }
 }

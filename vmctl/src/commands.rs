@@ -163,18 +163,19 @@ pub async fn app_create_from(
         )));
     }
     let mut vms = Vec::new();
+    // Every component's directory, and (volume, its clone) of each.
+    let (mut dirs, mut clones) = (Vec::new(), Vec::new());
     for (c, comp) in &spec.components {
         let img = &images[c];
         let nic = wiring.as_ref().and_then(|w| w.nics.get(c));
         let dir = app_dir.join(c);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| CmdError::Io(format!("creating {}: {e}", dir.display())))?;
         let mut disks = Vec::new();
         for v in &img.volumes {
             let dst = dir.join(v.file_name().expect("a file"));
-            volumes::clone_volume(v, &dst)?;
             disks.push(dst.display().to_string());
+            clones.push((v, dst));
         }
+        dirs.push(dir);
         vms.push(VmRecord {
             name: model::vm_name(&spec.name, c),
             app: spec.name.clone(),
@@ -203,6 +204,18 @@ pub async fn app_create_from(
             reason: None,
             nic: nic.map(|n| n.0.clone()),
         });
+    }
+    // What the agents will hand QEMU, checked before anything is cloned.
+    for v in &vms {
+        crate::values::check_record(v)
+            .map_err(|e| CmdError::Refused(format!("{}: {e}", v.name)))?;
+    }
+    for dir in &dirs {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CmdError::Io(format!("creating {}: {e}", dir.display())))?;
+    }
+    for (v, dst) in &clones {
+        volumes::clone_volume(v, dst)?;
     }
     let rec = AppRecord {
         spec: spec.clone(),

@@ -9,6 +9,7 @@
 //! - [`controller`]: the elected scheduler loop (placement, release, failover);
 //! - [`agent`]: the node agent (heartbeat, running VMs, crash restarts);
 //! - [`backend`]: hypervisors behind one trait (QEMU with QMP, Xen's xl);
+//! - [`values`]: the checks of every value a hypervisor is given;
 //! - [`console`]: console tails in metad, readable from any node;
 //! - [`volumes`]: images in /gvs/catalog and cloned volumes;
 //! - [`guest`]: guests' NICs on lcmd (the application as lcmd appliances);
@@ -26,4 +27,5 @@ pub mod model;
 pub mod scheduler;
 pub mod store;
 pub mod units;
+pub mod values;
 pub mod volumes;

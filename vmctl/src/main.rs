@@ -95,6 +95,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.cmd, Cmd::Agent { .. }) {
         metad::logging::init();
+        metad::limits::raise_nofile_limit_or_warn();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -31,6 +31,9 @@ pub enum BackendError {
     /// The operation is not possible with this backend or here.
     #[error("{0}")]
     Unsupported(String),
+    /// A value of the VM may not reach the hypervisor.
+    #[error("refused: {0}")]
+    Invalid(#[from] crate::values::ValueError),
 }
 
 /// A virtual NIC. An appliance's NIC is served by lcmd on the VM's node

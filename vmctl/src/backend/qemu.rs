@@ -36,12 +36,16 @@ impl Accel {
     }
 }
 
-/// QEMU's command line for `vm` (without the binary).
-pub fn qemu_argv(vm: &VmConfig, accel: Accel) -> Vec<String> {
+/// QEMU's command line for `vm` (without the binary), refused when a
+/// value would not reach QEMU as itself (see [`crate::values`]).
+pub fn qemu_argv(vm: &VmConfig, accel: Accel) -> Result<Vec<String>, BackendError> {
+    // Every value below that stands inside an option string is checked
+    // to hold no ',' or '=': none needs escaping.
+    crate::values::check_config(vm)?;
     let mut a: Vec<String> = Vec::new();
     let mut push = |v: &[&str]| a.extend(v.iter().map(|s| s.to_string()));
     let qmp = vm.run_dir.join("qmp.sock");
-    push(&["-name", &format!("{},process=vm-{}", vm.name, vm.name)]);
+    push(&["-name", &name_arg(&vm.name)]);
     push(&["-machine", "pc", "-accel", accel.as_str()]);
     if accel == Accel::Kvm {
         push(&["-cpu", "host"]);
@@ -71,7 +75,7 @@ pub fn qemu_argv(vm: &VmConfig, accel: Accel) -> Vec<String> {
             "-drive",
             &format!(
                 "file={},format=raw,if=virtio,cache=writeback,file.locking=off,id=disk{i}",
-                d.to_string_lossy().replace(',', ",,")
+                d.to_string_lossy()
             ),
         ]);
     }
@@ -89,8 +93,8 @@ pub fn qemu_argv(vm: &VmConfig, accel: Accel) -> Vec<String> {
                 "-netdev",
                 &format!(
                     "dgram,id=net{i},local.type=unix,local.path={},remote.type=unix,remote.path={}",
-                    local.to_string_lossy().replace(',', ",,"),
-                    remote.to_string_lossy().replace(',', ",,")
+                    local.to_string_lossy(),
+                    remote.to_string_lossy()
                 ),
                 "-device",
                 &format!("virtio-net-pci,netdev=net{i},mac={mac},id=nic{i}"),
@@ -114,7 +118,7 @@ pub fn qemu_argv(vm: &VmConfig, accel: Accel) -> Vec<String> {
     if let Some(p) = vm.incoming_port {
         push(&["-incoming", &format!("tcp:0.0.0.0:{p}")]);
     }
-    a
+    Ok(a)
 }
 
 /// Whether a guest kernel runs under KVM here: boots `kernel` with
@@ -206,8 +210,7 @@ fn kill_leftover(vm: &VmConfig) {
         return;
     };
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let mark = format!("process=vm-{}", vm.name);
-    if String::from_utf8_lossy(&cmdline).contains(&mark) {
+    if runs_vm(&cmdline, &vm.name) {
         tracing::warn!(
             "{}: killing the QEMU an earlier agent left (pid {pid})",
             vm.name
@@ -216,6 +219,27 @@ fn kill_leftover(vm: &VmConfig) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// QEMU's `-name` value for VM `name`: the guest's name and its process
+/// name, by which [`kill_leftover`] knows the QEMU of a VM.
+fn name_arg(name: &str) -> String {
+    format!("{name},process=vm-{name}")
+}
+
+/// Whether `cmdline` (as /proc/PID/cmdline holds it: NUL-terminated
+/// arguments) is that of a QEMU running VM `name`: its `-name` argument is
+/// exactly this VM's, so neither a VM whose name starts with `name` nor a
+/// process that merely mentions it matches.
+fn runs_vm(cmdline: &[u8], name: &str) -> bool {
+    let want = name_arg(name);
+    let mut args = cmdline.split(|b| *b == 0);
+    while let Some(a) = args.next() {
+        if a == b"-name" {
+            return args.next() == Some(want.as_bytes());
+        }
+    }
+    false
 }
 
 /// Runs VMs with QEMU.
@@ -264,7 +288,7 @@ impl Hypervisor for QemuBackend {
         let log =
             fs::File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
         let log2 = log.try_clone().map_err(io("duplicating the log"))?;
-        let argv = qemu_argv(vm, self.accel);
+        let argv = qemu_argv(vm, self.accel)?;
         fs::write(
             vm.run_dir.join("cmdline"),
             format!("{QEMU} {}\n", argv.join(" ")),
@@ -487,7 +511,7 @@ mod tests {
 
     #[test]
     fn command_line_follows_the_spec() {
-        let a = qemu_argv(&vm(), Accel::Tcg);
+        let a = qemu_argv(&vm(), Accel::Tcg).unwrap();
         assert!(has(&a, ["-accel", "tcg"]));
         assert!(has(&a, ["-m", "256M"]));
         assert!(has(&a, ["-smp", "2"]));
@@ -516,7 +540,8 @@ mod tests {
                 ..vm()
             },
             Accel::Kvm,
-        );
+        )
+        .unwrap();
         assert!(has(&a, ["-accel", "kvm"]) && has(&a, ["-cpu", "host"]));
         assert!(has(&a, ["-incoming", "tcp:0.0.0.0:4444"]));
     }
@@ -528,7 +553,7 @@ mod tests {
             ifname: "lc-shop-web".into(),
             mac: "52:54:00:00:00:01".into(),
         }];
-        let a = qemu_argv(&v, Accel::Tcg);
+        let a = qemu_argv(&v, Accel::Tcg).unwrap();
         assert!(has(&a, ["-nic", "tap,ifname=lc-shop-web,script=no,downscript=no,model=virtio-net-pci,mac=52:54:00:00:00:01,id=nic0"]));
         assert!(!has(&a, ["-nic", "none"]));
         v.nics = vec![Nic::Socket {
@@ -536,7 +561,7 @@ mod tests {
             remote: "/run/grid/lcmd/lcx.lcmd".into(),
             mac: "02:4c:00:00:00:01".into(),
         }];
-        let a = qemu_argv(&v, Accel::Tcg);
+        let a = qemu_argv(&v, Accel::Tcg).unwrap();
         assert!(has(&a, ["-netdev", "dgram,id=net0,local.type=unix,local.path=/run/grid/lcmd/lcx.vm,remote.type=unix,remote.path=/run/grid/lcmd/lcx.lcmd"]));
         assert!(has(
             &a,
@@ -547,11 +572,119 @@ mod tests {
         ));
     }
 
+    /// The field a refusal of `v`'s command line names.
+    fn refused_field(v: &VmConfig) -> String {
+        match qemu_argv(v, Accel::Tcg) {
+            Err(BackendError::Invalid(e)) => e.field,
+            other => panic!("built: {other:?}"),
+        }
+    }
+
     #[test]
-    fn commas_in_paths_are_escaped() {
+    fn hostile_values_never_reach_the_command_line() {
+        let with = |f: &dyn Fn(&mut VmConfig)| {
+            let mut v = vm();
+            f(&mut v);
+            refused_field(&v)
+        };
+        let socket = |mac: &str, local: &str| Nic::Socket {
+            local: local.into(),
+            remote: "/run/grid/lcmd/lcx.lcmd".into(),
+            mac: mac.into(),
+        };
+        // A comma or '=' in a disk path would add QEMU options.
+        assert_eq!(with(&|v| v.disks = vec!["/gvs/a,b.vol".into()]), "disks[0]");
+        assert_eq!(
+            with(&|v| v.disks.push("/gvs/a.vol,file.locking=on".into())),
+            "disks[1]"
+        );
+        assert_eq!(with(&|v| v.disks = vec!["/gvs/a=b.vol".into()]), "disks[0]");
+        // Disks are in /gvs, named canonically.
+        assert_eq!(with(&|v| v.disks = vec!["/etc/shadow".into()]), "disks[0]");
+        assert_eq!(
+            with(&|v| v.disks = vec!["/gvs/apps/../../etc/shadow".into()]),
+            "disks[0]"
+        );
+        assert_eq!(with(&|v| v.disks = vec!["/gvs/./a.vol".into()]), "disks[0]");
+        assert_eq!(with(&|v| v.disks = vec!["gvs/a.vol".into()]), "disks[0]");
+        assert_eq!(with(&|v| v.disks = vec!["/gvsx/a.vol".into()]), "disks[0]");
+        assert_eq!(
+            with(&|v| v.kernel = "/gvs/../boot/vmlinuz".into()),
+            "kernel"
+        );
+        assert_eq!(
+            with(&|v| v.initrd = Some("/tmp/initrd.img".into())),
+            "initrd"
+        );
+        // A MAC is a MAC.
+        assert_eq!(
+            with(&|v| v.nics = vec![socket(
+                "52:54:00:00:00:01,romfile=/x",
+                "/run/grid/lcmd/lcx.vm"
+            )]),
+            "nics[0].mac"
+        );
+        assert_eq!(
+            with(&|v| v.nics = vec![Nic::User {
+                mac: "52:54:00:00:00".into()
+            }]),
+            "nics[0].mac"
+        );
+        assert_eq!(
+            with(&|v| v.nics = vec![socket("52:54:00:00:00:01", "/run/x,y.vm")]),
+            "nics[0].local"
+        );
+        assert_eq!(
+            with(&|v| v.nics = vec![Nic::Tap {
+                ifname: "lc,script=/x".into(),
+                mac: "52:54:00:00:00:01".into()
+            }]),
+            "nics[0].ifname"
+        );
+        // The name is app.component, as descriptors name them.
+        assert_eq!(
+            with(&|v| v.name = "shop.web,debug-threads=on".into()),
+            "name"
+        );
+        assert_eq!(with(&|v| v.name = "shop".into()), "name");
+        assert_eq!(with(&|v| v.name = "Shop.web".into()), "name");
+        assert_eq!(
+            with(&|v| v.console = "/run/grid/vmctl/a,append=off".into()),
+            "console"
+        );
+        assert_eq!(
+            with(&|v| v.run_dir = "/run/grid/vmctl/a=b".into()),
+            "run_dir"
+        );
+        // The error says what is wrong.
         let mut v = vm();
         v.disks = vec!["/gvs/a,b.vol".into()];
-        let a = qemu_argv(&v, Accel::Tcg);
-        assert!(a.iter().any(|s| s.starts_with("file=/gvs/a,,b.vol,")));
+        let e = qemu_argv(&v, Accel::Tcg).unwrap_err().to_string();
+        assert!(e.contains("disks[0]") && e.contains("','"), "{e}");
+    }
+
+    #[test]
+    fn a_leftover_qemu_is_recognised_by_its_exact_name() {
+        let cmdline = |name: &str| {
+            let mut v = vm();
+            v.name = name.into();
+            let mut b = QEMU.as_bytes().to_vec();
+            for a in qemu_argv(&v, Accel::Tcg).unwrap() {
+                b.push(0);
+                b.extend_from_slice(a.as_bytes());
+            }
+            b.push(0);
+            b
+        };
+        let db = cmdline("shop.db");
+        assert!(runs_vm(&db, "shop.db"));
+        // A name that is a prefix of another VM's is not that VM.
+        assert!(!runs_vm(&db, "shop.d"), "shop.d matched shop.db's QEMU");
+        assert!(!runs_vm(&cmdline("shop.dbx"), "shop.db"));
+        assert!(!runs_vm(&cmdline("xshop.db"), "shop.db"));
+        // Nor is a process that merely mentions the name elsewhere.
+        let other = b"sh\0-c\0echo shop.db,process=vm-shop.db\0".to_vec();
+        assert!(!runs_vm(&other, "shop.db"));
+        assert!(!runs_vm(b"", "shop.db"));
     }
 }
