@@ -6,10 +6,11 @@ use crate::engine::{self, Engine};
 use crate::model::{self, NodeRecord};
 use crate::store::Store;
 use crate::topology::Topology;
+use crate::tunnel::SeqSource;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,45 @@ pub struct Options {
     pub nic_dir: PathBuf,
 }
 
+/// The tunnel's sequence numbers, starting past the mark the last run
+/// stored (see [`SeqSource`]), with the first block reserved: no datagram
+/// is sent before the mark covering its number is stored.
+async fn start_seq(store: &Store, node: &str) -> SeqSource {
+    let mark = loop {
+        match store.seq_mark(node).await {
+            Ok(m) => break m,
+            Err(e) => tracing::warn!("reading the tunnel sequence mark: {e}; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let clock_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let seq = SeqSource::start(clock_ns, mark);
+    while !reserve_seq(store, node, &seq).await {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    seq
+}
+
+/// Stores the next reservation of sequence numbers when one is due;
+/// false if storing it failed (the numbers reserved so far still last).
+async fn reserve_seq(store: &Store, node: &str, seq: &SeqSource) -> bool {
+    let Some(mark) = seq.wanted_mark() else {
+        return true;
+    };
+    match store.put_seq_mark(node, mark).await {
+        Ok(()) => {
+            seq.reserved(mark);
+            true
+        }
+        Err(e) => {
+            tracing::warn!("storing the tunnel sequence mark: {e}");
+            false
+        }
+    }
+}
+
 /// Runs the daemon until the process is killed.
 pub async fn run(store: Store, opts: Options) -> Result<(), DaemonError> {
     let store = Arc::new(store);
@@ -44,8 +84,9 @@ pub async fn run(store: Store, opts: Options) -> Result<(), DaemonError> {
         port: opts.port,
         source,
     })?;
+    let seq = start_seq(&store, &opts.node).await;
     let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let engine = Engine::new(&opts.node, opts.advertise, &opts.nic_dir, udp, ev_tx);
+    let engine = Engine::new(&opts.node, opts.advertise, &opts.nic_dir, udp, seq, ev_tx);
     {
         let e = engine.clone();
         std::thread::Builder::new()
@@ -79,11 +120,12 @@ pub async fn run(store: Store, opts: Options) -> Result<(), DaemonError> {
         }
     });
 
-    let (s, e) = (store.clone(), engine.clone());
+    let (s, e, node) = (store.clone(), engine.clone(), opts.node.clone());
     tokio::spawn(async move {
         let mut last = None;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            reserve_seq(&s, &node, e.seq()).await;
             e.expire();
             let now = e.stats();
             if last.as_ref() != Some(&now) && s.put_stats(&now).await.is_ok() {

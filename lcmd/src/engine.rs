@@ -9,7 +9,7 @@
 //! topology is an `Arc` swapped whole on every change of the model.
 
 use crate::bandwidth::TokenBucket;
-use crate::conntrack::{Conntrack, FlowKey};
+use crate::conntrack::{Conntrack, Evicted, FlowKey};
 use crate::events::{RateLimiter, Reason, SecurityEvent};
 use crate::model::{self, Appliance, Connection, NicKind, GATEWAY_MAC};
 use crate::nic::Nic;
@@ -22,7 +22,7 @@ use crate::responder;
 use crate::stats::{ConnStats, NodeStats};
 use crate::tap::VNET_HDR;
 use crate::topology::Topology;
-use crate::tunnel::{self, Header, Outbound, TunnelError, Windows};
+use crate::tunnel::{self, Header, Outbound, SeqSource, TunnelError, Windows};
 use crate::udp::{self, Message};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -30,7 +30,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 type Key = (String, String);
 
@@ -57,7 +57,7 @@ pub struct Engine {
     udp: UdpSocket,
     local_addr: Ipv4Addr,
     nic_dir: PathBuf,
-    seq: AtomicU64,
+    seq: SeqSource,
     tunnel_tx: AtomicU64,
     tunnel_rx: AtomicU64,
 }
@@ -68,18 +68,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Engine {
     /// A datapath for `node`, sending tunnel datagrams from `udp` (bound to
-    /// the tunnel port), keeping VM NIC sockets in `nic_dir`, reporting
-    /// drops on `events`.
+    /// the tunnel port) numbered by `seq`, keeping VM NIC sockets in
+    /// `nic_dir`, reporting drops on `events`.
     pub fn new(
         node: &str,
         local_addr: Ipv4Addr,
         nic_dir: &Path,
         udp: UdpSocket,
+        seq: SeqSource,
         events: tokio::sync::mpsc::UnboundedSender<SecurityEvent>,
     ) -> Arc<Engine> {
-        let boot = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
         Arc::new(Engine {
             node: node.into(),
             node_id: model::node_id(node),
@@ -94,10 +92,15 @@ impl Engine {
             udp,
             local_addr,
             nic_dir: nic_dir.to_path_buf(),
-            seq: AtomicU64::new(boot),
+            seq,
             tunnel_tx: AtomicU64::new(0),
             tunnel_rx: AtomicU64::new(0),
         })
+    }
+
+    /// The tunnel's sequence numbers, whose reservations the daemon stores.
+    pub fn seq(&self) -> &SeqSource {
+        &self.seq
     }
 
     fn topo(&self) -> Arc<Topology> {
@@ -288,9 +291,8 @@ impl Engine {
             );
         };
         let now = Instant::now();
-        let verdict = policy::decide(topo, &mut lock(&self.ct), a, peer, ip.proto(), &t, now);
-        match verdict {
-            Verdict::Forward(c) => {
+        match self.decide(topo, a, peer, ip.proto(), &t, now) {
+            Verdict::Forward(c, advance) => {
                 if !self.admit_bw(a, false, frame.len(), now) {
                     return self.count_shaped(&c);
                 }
@@ -301,11 +303,13 @@ impl Engine {
                     e.packets += 1;
                     e.bytes += frame.len() as u64;
                 }
-                if peer.node == self.node {
-                    self.deliver(peer, &c, vnet, frame);
+                let advance = advance.filter(|_| packet::tcp_checksum_ok(vnet, &ip));
+                let sent = if peer.node == self.node {
+                    self.deliver(peer, &c, vnet, frame)
                 } else {
-                    self.send_tunnel(topo, peer, &c, out);
-                }
+                    self.send_tunnel(topo, peer, &c, out)
+                };
+                self.commit(sent, advance);
             }
             Verdict::Drop(r, c) => {
                 if let Some(c) = &c {
@@ -316,48 +320,101 @@ impl Engine {
         }
     }
 
-    /// Writes a frame to local appliance `dst`.
-    fn deliver(&self, dst: &Appliance, c: &Connection, vnet: &[u8], frame: &[u8]) {
+    /// Decides on a packet (see [`policy::decide`]) and reports the flows
+    /// the table evicted to make room, if it had to.
+    fn decide(
+        &self,
+        topo: &Topology,
+        src: &Appliance,
+        dst: &Appliance,
+        proto: u8,
+        t: &packet::Transport,
+        now: Instant,
+    ) -> Verdict {
+        let (verdict, evicted) = {
+            let mut ct = lock(&self.ct);
+            let v = policy::decide(topo, &mut ct, src, dst, proto, t, now);
+            (v, ct.take_evicted())
+        };
+        for ev in evicted {
+            self.report_evicted(ev);
+        }
+        verdict
+    }
+
+    /// Commits an `http` check's advance once its segment was `sent` (see
+    /// [`policy::Advance`]).
+    fn commit(&self, sent: bool, advance: Option<policy::Advance>) {
+        if let (true, Some(a)) = (sent, advance) {
+            policy::commit(&mut lock(&self.ct), a);
+        }
+    }
+
+    fn report_evicted(&self, ev: Evicted) {
+        let Evicted { key, conn } = ev;
+        let mut e =
+            SecurityEvent::new(&self.node, Reason::FlowEvicted, key.proto, key.src, key.dst);
+        e.app = Some(conn.app.clone());
+        e.src_appliance = Some(conn.from.appliance);
+        e.src_terminal = Some(conn.from.terminal);
+        e.dst_appliance = Some(conn.to.appliance);
+        e.dst_terminal = Some(conn.to.terminal);
+        self.emit(e);
+    }
+
+    /// Writes a frame to local appliance `dst`; whether it was written.
+    fn deliver(&self, dst: &Appliance, c: &Connection, vnet: &[u8], frame: &[u8]) -> bool {
         let nic = self
             .nics
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(dst.app.clone(), dst.name.clone()))
             .cloned();
-        if let Some(h) = nic {
-            if !self.admit_bw(dst, true, frame.len(), Instant::now()) {
-                return self.count_shaped(c);
-            }
-            let mut macs = [0u8; 12];
-            packet::set_macs(&mut macs, GATEWAY_MAC.0, dst.mac.0);
-            if h.nic.send_parts(vnet, &[&macs, &frame[12..]]).is_err() {
-                lock(&self.stats).entry(c.id()).or_default().drops += 1;
-            }
+        let Some(h) = nic else { return false };
+        if !self.admit_bw(dst, true, frame.len(), Instant::now()) {
+            self.count_shaped(c);
+            return false;
         }
+        let mut macs = [0u8; 12];
+        packet::set_macs(&mut macs, GATEWAY_MAC.0, dst.mac.0);
+        if h.nic.send_parts(vnet, &[&macs, &frame[12..]]).is_err() {
+            lock(&self.stats).entry(c.id()).or_default().drops += 1;
+            return false;
+        }
+        true
     }
 
     /// Seals the frame in `out` and sends it to the node of appliance
-    /// `dst`.
-    fn send_tunnel(&self, topo: &Topology, dst: &Appliance, c: &Connection, out: &mut Outbound) {
-        let (Some(node), Some(key)) = (
+    /// `dst`; whether it was sent.
+    fn send_tunnel(
+        &self,
+        topo: &Topology,
+        dst: &Appliance,
+        c: &Connection,
+        out: &mut Outbound,
+    ) -> bool {
+        let (Some(node), Some(key), Some(seq)) = (
             topo.nodes.get(&dst.node),
             topo.apps.get(&dst.app).and_then(|a| a.key),
+            self.seq.next(),
         ) else {
             lock(&self.stats).entry(c.id()).or_default().drops += 1;
-            return;
+            return false;
         };
         let h = Header {
             app: model::app_id(&dst.app),
             sender: self.node_id,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            seq,
         };
         let to = SocketAddrV4::new(node.addr, node.port);
         // The sequence number tells a sender's datagrams apart, so it
         // numbers their pieces too.
         if udp::send_datagram(&self.udp, to, out.seal(&key, h), h.seq as u32).is_ok() {
             self.tunnel_tx.fetch_add(1, Ordering::Relaxed);
+            true
         } else {
             lock(&self.stats).entry(c.id()).or_default().drops += 1;
+            false
         }
     }
 
@@ -426,11 +483,12 @@ impl Engine {
         };
         let now = Instant::now();
         // The conntrack lock is released before the verdict is acted on.
-        let verdict = policy::decide(&topo, &mut lock(&self.ct), sa, da, ip.proto(), &t, now);
-        match verdict {
-            Verdict::Forward(c) => {
+        match self.decide(&topo, sa, da, ip.proto(), &t, now) {
+            Verdict::Forward(c, advance) => {
                 self.track_rtt(app, ip.proto(), &t, src, dst, false, now);
-                self.deliver(da, &c, vnet, frame)
+                let advance = advance.filter(|_| packet::tcp_checksum_ok(vnet, &ip));
+                let sent = self.deliver(da, &c, vnet, frame);
+                self.commit(sent, advance);
             }
             Verdict::Drop(r, c) => {
                 if let Some(c) = &c {
@@ -663,11 +721,14 @@ mod tests {
         let sock = udp::bind(0).unwrap();
         let at = SocketAddrV4::new(Ipv4Addr::LOCALHOST, sock.local_addr().unwrap().port());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let seq = SeqSource::start(1, None);
+        seq.reserved(u64::MAX);
         let e = Engine::new(
             "here",
             Ipv4Addr::LOCALHOST,
             Path::new("/nonexistent"),
             sock,
+            seq,
             tx,
         );
         let mut t = Topology::default();
@@ -742,5 +803,156 @@ mod tests {
         assert_eq!(e.stats().tunnel_rx, 1);
         let ev = events.try_recv().expect("the replay is reported");
         assert_eq!(ev.reason, Reason::ReplayedTunnelPacket);
+    }
+
+    /// An engine on node `here` holding VM appliance `db` (input `http`,
+    /// its NIC sockets in a fresh directory) of an application whose
+    /// `web`, on node `there`, may reach it; its tunnel address, events
+    /// and NIC directory.
+    fn http_engine() -> (
+        Arc<Engine>,
+        SocketAddrV4,
+        tokio::sync::mpsc::UnboundedReceiver<SecurityEvent>,
+        PathBuf,
+    ) {
+        use crate::model::AppSpec;
+        use metad::KeyValue;
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "lcmd-engine-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let sock = udp::bind(0).unwrap();
+        let at = SocketAddrV4::new(Ipv4Addr::LOCALHOST, sock.local_addr().unwrap().port());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let seq = SeqSource::start(1, None);
+        seq.reserved(u64::MAX);
+        let e = Engine::new("here", Ipv4Addr::LOCALHOST, &dir, sock, seq, tx);
+        let spec = AppSpec::from_toml(
+            r#"
+            name = "shop"
+            range = "10.200.1.0/24"
+            [appliances.web]
+            node = "there"
+            outputs = ["db"]
+            [appliances.db]
+            node = "here"
+            nic = "vm"
+            inputs = { http = "http" }
+            [[connections]]
+            from = "web.db"
+            to = "db.http"
+            "#,
+        )
+        .unwrap();
+        let r = spec.resolve().unwrap();
+        let kv = |k: String, v: Vec<u8>| KeyValue {
+            key: k.into_bytes(),
+            value: v,
+            create_rev: 1,
+            mod_rev: 1,
+            version: 1,
+            lease: 0,
+        };
+        let mut kvs = vec![kv(
+            model::app_key("shop"),
+            serde_json::to_vec(&r.app).unwrap(),
+        )];
+        for a in &r.appliances {
+            let k = model::appliance_key("shop", &a.name);
+            kvs.push(kv(k, serde_json::to_vec(a).unwrap()));
+        }
+        for c in &r.connections {
+            let k = model::connection_key("shop", c);
+            kvs.push(kv(k, serde_json::to_vec(c).unwrap()));
+        }
+        kvs.push(kv(
+            model::tunnel_key_key("shop"),
+            "05".repeat(32).into_bytes(),
+        ));
+        for (name, port) in [("here", at.port()), ("there", 1)] {
+            let n = NodeRecord {
+                name: name.into(),
+                addr: Ipv4Addr::LOCALHOST,
+                port,
+            };
+            kvs.push(kv(model::node_key(name), serde_json::to_vec(&n).unwrap()));
+        }
+        let (t, errors) = Topology::from_kvs(&kvs);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(t.apps["shop"].key, Some(KEY));
+        e.install(t);
+        (e, at, rx, dir)
+    }
+
+    /// A tunnel datagram from `there` (number `n`) carrying web's TCP
+    /// segment from `sport` to db:80 at `seq` with `data`, its checksum
+    /// right or not.
+    fn segment(n: u64, sport: u16, seq: u32, data: &[u8], good_sum: bool) -> Vec<u8> {
+        let (web, db) = ([10, 200, 1, 11], [10, 200, 1, 10]);
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, PROTO_TCP, 0, 0];
+        ip[2..4].copy_from_slice(&((40 + data.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&web);
+        ip.extend_from_slice(&db);
+        let mut tcp = [sport.to_be_bytes(), 80u16.to_be_bytes()].concat();
+        tcp.extend_from_slice(&seq.to_be_bytes());
+        tcp.extend_from_slice(&[0, 0, 0, 1, 0x50, TCP_ACK, 0xff, 0xff, 0, 0, 0, 0]);
+        tcp.extend_from_slice(data);
+        let mut pseudo = [&web[..], &db[..], &[0, PROTO_TCP]].concat();
+        pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+        let sum = packet::checksum(&[&pseudo[..], &tcp].concat()) ^ !good_sum as u16;
+        tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+        let mut frame = [GATEWAY_MAC.0, [2; 6]].concat();
+        frame.extend_from_slice(&ETH_IPV4.to_be_bytes());
+        let frame = [frame, ip, tcp].concat();
+        let mut out = Outbound::default();
+        out.room()[..VNET_HDR + frame.len()]
+            .copy_from_slice(&[&[0; VNET_HDR][..], &frame].concat());
+        out.set_len(VNET_HDR + frame.len());
+        let h = Header {
+            app: model::app_id("shop"),
+            sender: model::node_id("there"),
+            seq: n,
+        };
+        out.seal(&KEY, h).to_vec()
+    }
+
+    #[test]
+    fn http_bytes_count_as_checked_only_once_delivered_with_a_good_checksum() {
+        let (e, at, mut events, dir) = http_engine();
+        let ip_of = |name| e.topo().appliance("shop", name).unwrap().ip;
+        assert_eq!(
+            (ip_of("web"), ip_of("db")),
+            (Ipv4Addr::new(10, 200, 1, 11), Ipv4Addr::new(10, 200, 1, 10))
+        );
+        let get = b"GET / HTTP/1.1\r\n\r\n";
+        let junk = b"SSH-2.0-x\r\n";
+        let not_http = |events: &mut tokio::sync::mpsc::UnboundedReceiver<SecurityEvent>| {
+            std::iter::from_fn(|| events.try_recv().ok()).any(|ev| ev.reason == Reason::NotHttp)
+        };
+        // No guest bound yet: the request passes the check but is not
+        // delivered, so other bytes in its place are checked.
+        deliver_one(&e, at, &segment(1, 40000, 1000, get, true));
+        assert!(!not_http(&mut events));
+        deliver_one(&e, at, &segment(2, 40000, 1000, junk, true));
+        assert!(
+            not_http(&mut events),
+            "unchecked bytes passed where undelivered ones were"
+        );
+        // Another flow, with the guest there: delivered with a bad
+        // checksum (its stack drops it) does not count either.
+        let guest =
+            std::os::unix::net::UnixDatagram::bind(crate::vmnic::guest_socket(&dir, "shop", "db"))
+                .unwrap();
+        guest.set_nonblocking(true).unwrap();
+        deliver_one(&e, at, &segment(3, 40001, 5000, get, false));
+        assert!(guest.recv(&mut [0; 2048]).is_ok(), "not delivered");
+        deliver_one(&e, at, &segment(4, 40001, 5000, junk, true));
+        assert!(
+            not_http(&mut events),
+            "unchecked bytes passed where a bad checksum was"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

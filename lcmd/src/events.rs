@@ -36,6 +36,10 @@ pub enum Reason {
     ReplayedTunnelPacket,
     /// A frame lcmd cannot parse.
     Malformed,
+    /// Not a packet: a tracked flow forgotten because the flow table (or
+    /// what its HTTP checks hold) was full; the flow's next packets are
+    /// decided as a new flow's.
+    FlowEvicted,
 }
 
 impl Reason {
@@ -52,6 +56,7 @@ impl Reason {
             Reason::ForgedTunnelPacket => "forged-tunnel-packet",
             Reason::ReplayedTunnelPacket => "replayed-tunnel-packet",
             Reason::Malformed => "malformed",
+            Reason::FlowEvicted => "flow-evicted",
         }
     }
 }

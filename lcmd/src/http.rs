@@ -82,7 +82,7 @@ fn body_of(head: &[u8]) -> Result<State, &'static str> {
         }
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            let n: u64 = value.parse().map_err(|_| "bad Content-Length")?;
+            let n = parse_number(value, 10).ok_or("bad Content-Length")?;
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting Content-Length");
             }
@@ -109,6 +109,20 @@ impl RequestStream {
         RequestStream {
             next: first,
             state: State::Head(Vec::new()),
+        }
+    }
+
+    /// Sequence number of the next byte to check.
+    pub fn next(&self) -> u32 {
+        self.next
+    }
+
+    /// Bytes its buffers hold (a head, chunk-size line or trailer being
+    /// collected), for the limit on what all flows' checks hold.
+    pub fn held(&self) -> usize {
+        match &self.state {
+            State::Head(b) | State::ChunkSize(b) | State::Trailer(b) => b.capacity(),
+            State::Body(_) | State::ChunkData(_) => 0,
         }
     }
 
@@ -161,7 +175,7 @@ impl RequestStream {
                     let line =
                         std::str::from_utf8(&buf[..end - 2]).map_err(|_| "bad chunk size")?;
                     let size = line.split(';').next().unwrap_or("").trim();
-                    let size = u64::from_str_radix(size, 16).map_err(|_| "bad chunk size")?;
+                    let size = parse_number(size, 16).ok_or("bad chunk size")?;
                     data = &data[data.len() - rest..];
                     self.state = if size == 0 {
                         // Seeded with the last chunk-size line's CRLF, so
@@ -169,7 +183,8 @@ impl RequestStream {
                         // CRLF CRLF whether or not trailer lines come first.
                         State::Trailer(b"\r\n".to_vec())
                     } else {
-                        State::ChunkData(size + 2)
+                        // Its bytes and their CRLF must be countable.
+                        State::ChunkData(size.checked_add(2).ok_or("chunk size too large")?)
                     };
                 }
                 State::ChunkData(n) => {
@@ -200,6 +215,15 @@ impl RequestStream {
         }
         Ok(())
     }
+}
+
+/// A Content-Length (`radix` 10) or chunk size (16): digits only (no
+/// sign, which `from_str_radix` would take) that fit a u64.
+fn parse_number(s: &str, radix: u32) -> Option<u64> {
+    if s.is_empty() || !s.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(s, radix).ok()
 }
 
 /// Appends `data` to `buf` (a head or line being collected) and looks for
@@ -279,6 +303,31 @@ mod tests {
         }
         let endless = [b"GET / HTTP/1.1\r\n".as_slice(), &[b'a'; MAX_HEAD]].concat();
         assert!(matches!(run(&endless, 1000), Check::Fail(_)));
+    }
+
+    #[test]
+    fn chunk_sizes_and_lengths_that_do_not_fit_are_refused() {
+        // `size + 2` would wrap to 1: a one-byte "chunk" of just its LF.
+        let wrap = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            ffffffffffffffff\r\n\n0\r\n\r\n";
+        assert_eq!(run(wrap, 7), Check::Fail("chunk size too large"));
+        for bad in [
+            &b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nabcde\r\n0\r\n\r\n"[..],
+            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +2\r\n\r\nab",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        ] {
+            assert!(
+                matches!(run(bad, 5), Check::Fail(_)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // The largest size that fits still counts its bytes exactly.
+        let mut s = RequestStream::new(0);
+        let big = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffd\r\n";
+        assert_eq!(s.feed(0, big), Check::Pass);
+        assert_eq!(s.state, State::ChunkData(u64::MAX));
     }
 
     #[test]

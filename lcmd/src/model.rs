@@ -47,6 +47,12 @@ pub fn tunnel_key_key(app: &str) -> String {
 pub fn node_key(node: &str) -> String {
     format!("lcm/nodes/{node}")
 }
+/// Key of the high-water mark of a node's tunnel sequence numbers (see
+/// [`crate::tunnel::SeqSource`]); outside [`PREFIX`], which the daemons
+/// watch for changes of the model.
+pub fn seq_mark_key(node: &str) -> String {
+    format!("lcm-seq/{node}")
+}
 /// Key of a node's statistics.
 pub fn stats_key(node: &str) -> String {
     format!("{STATS_PREFIX}{node}")

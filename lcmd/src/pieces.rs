@@ -42,6 +42,10 @@ pub const PACKET: usize = 1500 - 20 - 8;
 const MAX_PARTIAL: usize = 256;
 /// How long the pieces of a datagram may take to arrive.
 const PARTIAL_TTL: Duration = Duration::from_millis(500);
+/// The longest datagram pieces may make up: the largest tunnel datagram.
+/// With [`MAX_PARTIAL`], it bounds what partial datagrams hold.
+pub const MAX_TOTAL: usize =
+    crate::tunnel::HEADER + crate::tunnel::Outbound::BODY + crate::tunnel::TAG;
 
 /// A piece's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +77,7 @@ impl Piece {
             count: h[15] as usize,
         };
         let ok = p.piece > 0
+            && p.total <= MAX_TOTAL
             && (1..=MAX_PIECES).contains(&p.count)
             && p.index < p.count
             && p.total.div_ceil(p.piece) == p.count
@@ -162,12 +167,38 @@ pub enum PieceError {
     Malformed,
 }
 
+/// A datagram whose pieces are coming in. Each piece is kept in a buffer
+/// of its own size, not in one of the length the header claims: nothing
+/// is authenticated until the datagram is whole (its MAC), so a forged
+/// piece must cost what it is, not what it says.
 struct Partial {
-    buf: Vec<u8>,
+    /// The pieces in so far, with their index.
+    pieces: Vec<(usize, Vec<u8>)>,
+    total: usize,
     piece: usize,
     count: usize,
     got: u64,
     born: Instant,
+}
+
+impl Partial {
+    /// Bytes held.
+    fn held(&self) -> usize {
+        self.pieces.iter().map(|(_, b)| b.capacity()).sum()
+    }
+
+    /// The datagram, once every piece is in, in `buf`. The pieces' lengths
+    /// were checked against `total` ([`Piece::parse`]), so together they
+    /// are exactly `total` bytes.
+    fn assemble(mut self, mut buf: Vec<u8>) -> Vec<u8> {
+        self.pieces.sort_unstable_by_key(|(i, _)| *i);
+        buf.clear();
+        buf.reserve(self.total);
+        for (_, b) in &self.pieces {
+            buf.extend_from_slice(b);
+        }
+        buf
+    }
 }
 
 /// Reassembles datagrams from their pieces, per sender.
@@ -201,29 +232,35 @@ impl Reassembler {
             count,
         } = pc;
         self.expire(now);
-        let spare = &mut self.spare;
-        let p = self.partial.entry((from, id)).or_insert_with(|| {
-            let mut buf = spare.pop().unwrap_or_default();
-            buf.resize(total, 0);
-            Partial {
-                buf,
-                piece,
-                count,
-                got: 0,
-                born: now,
-            }
+        let p = self.partial.entry((from, id)).or_insert_with(|| Partial {
+            pieces: Vec::new(),
+            total,
+            piece,
+            count,
+            got: 0,
+            born: now,
         });
-        if p.buf.len() != total || p.piece != piece || p.count != count {
+        if p.total != total || p.piece != piece || p.count != count {
             // Pieces of two datagrams under one id: keep neither.
             self.partial.remove(&(from, id));
             return Err(PieceError::Malformed);
         }
-        p.buf[pc.offset()..pc.offset() + body.len()].copy_from_slice(body);
-        p.got |= 1 << index;
-        if p.got.count_ones() as usize == p.count {
-            return Ok(self.partial.remove(&(from, id)).map(|p| p.buf));
+        if p.got & 1 << index != 0 {
+            // A duplicate; the MAC decides which copy was genuine.
+            return Ok(None);
         }
-        Ok(None)
+        p.pieces.push((index, body.to_vec()));
+        p.got |= 1 << index;
+        if p.got.count_ones() as usize != p.count {
+            return Ok(None);
+        }
+        let whole = self.partial.remove(&(from, id)).expect("just found");
+        Ok(Some(whole.assemble(self.spare.pop().unwrap_or_default())))
+    }
+
+    /// Bytes held for partial datagrams: what forged or lost pieces cost.
+    pub fn held(&self) -> usize {
+        self.partial.values().map(Partial::held).sum()
     }
 
     /// Takes back the buffer of a datagram [`Reassembler::push`] returned.
@@ -321,6 +358,52 @@ mod tests {
         let mut mixed = ps.clone();
         mixed[3] = cut(&data, 6, PACKET)[3].clone();
         assert_eq!(in_order(&heads(&mixed), len, seg), None);
+    }
+
+    #[test]
+    fn forged_pieces_cost_no_more_than_their_own_bytes() {
+        let mut r = Reassembler::default();
+        let now = Instant::now();
+        // The last of 64 pieces of 65535 bytes, one byte long: 17 bytes
+        // that claim a datagram of 4 MiB.
+        let claim = Piece {
+            id: 1,
+            total: 63 * 65535 + 1,
+            piece: 65535,
+            index: 63,
+            count: 64,
+        };
+        let forged = [&claim.bytes()[..], b"x"].concat();
+        assert_eq!(forged.len(), 17);
+        let _ = r.push(from(), &forged, now);
+        assert!(r.held() <= 1024, "17 bytes made it hold {}", r.held());
+        assert_eq!(r.push(from(), &forged, now), Err(PieceError::Malformed));
+        // The same within the largest tunnel datagram: kept, at its size.
+        let claim = Piece {
+            id: 2,
+            total: 44 * 1456 + 1,
+            piece: 1456,
+            index: 44,
+            count: 45,
+        };
+        let forged = [&claim.bytes()[..], b"x"].concat();
+        assert_eq!(r.push(from(), &forged, now), Ok(None));
+        assert!(r.held() <= 1024, "17 bytes made it hold {}", r.held());
+        // A flood of them, each under another id, holds a bounded amount.
+        for id in 3..10_000 {
+            let p = [&Piece { id, ..claim }.bytes()[..], b"x"].concat();
+            let _ = r.push(from(), &p, now);
+        }
+        assert!(r.held() <= MAX_PARTIAL * 1024, "held {}", r.held());
+        // Genuine pieces still reassemble among them.
+        let data: Vec<u8> = (0..30_000u32).map(|i| (i * 3) as u8).collect();
+        let ps = cut(&data, 77_777, PACKET);
+        let (last, rest) = ps.split_last().unwrap();
+        let later = now + Duration::from_millis(1);
+        for p in rest {
+            assert_eq!(r.push(from(), p, later).unwrap(), None);
+        }
+        assert_eq!(r.push(from(), last, later).unwrap(), Some(data));
     }
 
     #[test]

@@ -13,11 +13,76 @@ use std::time::Instant;
 /// The decision on one packet.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Deliver it; it belongs to this connection.
-    Forward(Connection),
+    /// Deliver it; it belongs to this connection. On an `http` connection,
+    /// with what its check makes of the segment's bytes: to be committed
+    /// ([`commit`]) once it is on its way, and only then.
+    Forward(Connection, Option<Advance>),
     /// Drop it, for this reason; `conn` is the connection it was closest
     /// to, when there is one (for terminals in the event and statistics).
     Drop(Reason, Option<Connection>),
+}
+
+/// An `http` check's state after a segment that passed it, not yet
+/// committed. Why not at once: bytes count as checked only once the
+/// server can have them. A segment dropped after the decision (by a
+/// bandwidth limit, a full socket) or by its receiver (a bad checksum)
+/// never reached the server, and other bytes may come in its place; had
+/// the check moved past them, those would pass unchecked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Advance {
+    key: FlowKey,
+    /// Where the check stood before the segment ([`position`]).
+    from: Option<u32>,
+    to: HttpState,
+}
+
+/// Where a check stands, to tell whether it moved since a decision.
+fn position(h: &HttpState) -> Option<u32> {
+    match h {
+        HttpState::Checking(s) => Some(s.next()),
+        HttpState::NotChecked | HttpState::Failed => None,
+    }
+}
+
+/// Commits the advance of a segment that was forwarded, unless its flow's
+/// check moved since the decision (another segment committed first) or
+/// the flow is gone.
+pub fn commit(ct: &mut Conntrack, a: Advance) {
+    let unmoved = match ct.lookup(&a.key) {
+        Some((Dir::Orig, e)) => e.http != HttpState::NotChecked && position(&e.http) == a.from,
+        _ => false,
+    };
+    if unmoved {
+        ct.set_http(&a.key, a.to);
+    }
+}
+
+/// Checks the client's segment `t` of flow `key` against its check `h`
+/// without changing it: the advance, if the segment moves it, or the
+/// reason to drop it. A new SYN starts a new request stream (the old
+/// flow's state does not carry over: its checked bytes would be taken as
+/// seen in the new one).
+fn check(key: &FlowKey, h: &HttpState, t: &Transport) -> Result<Option<Advance>, Reason> {
+    let syn = t.flags & TCP_SYN != 0 && t.flags & TCP_ACK == 0;
+    let mut s = match h {
+        HttpState::NotChecked => return Ok(None),
+        _ if syn => Box::new(RequestStream::new(t.seq.wrapping_add(1))),
+        HttpState::Failed => return Err(Reason::NotHttp),
+        // No bytes to check (a pure ACK, a FIN).
+        HttpState::Checking(_) if t.data.is_empty() => return Ok(None),
+        HttpState::Checking(s) => s.clone(),
+    };
+    let advance = |to| Advance {
+        key: key.clone(),
+        from: position(h),
+        to,
+    };
+    match s.feed(t.seq, t.data) {
+        Check::Pass if !syn && position(h) == Some(s.next()) => Ok(None),
+        Check::Pass => Ok(Some(advance(HttpState::Checking(s)))),
+        Check::Fail(_) => Err(Reason::NotHttp),
+        Check::Unordered => Err(Reason::HttpUnordered),
+    }
 }
 
 /// Methods accepted at the start of an HTTP request.
@@ -67,19 +132,18 @@ pub fn decide(
         if topo.has_connection(&e.conn) {
             e.last = now;
             let conn = e.conn.clone();
-            if let (HttpState::Checking(s), Dir::Orig) = (&mut e.http, dir) {
-                match s.feed(t.seq, t.data) {
-                    Check::Pass => {}
-                    Check::Fail(_) => e.http = HttpState::Failed,
-                    Check::Unordered => {
-                        return Verdict::Drop(Reason::HttpUnordered, Some(conn));
+            if dir == Dir::Reply {
+                return Verdict::Forward(conn, None);
+            }
+            return match check(&key, &e.http, t) {
+                Ok(advance) => Verdict::Forward(conn, advance),
+                Err(r) => {
+                    if r == Reason::NotHttp {
+                        ct.set_http(&key, HttpState::Failed);
                     }
+                    Verdict::Drop(r, Some(conn))
                 }
-            }
-            if e.http == HttpState::Failed {
-                return Verdict::Drop(Reason::NotHttp, Some(conn));
-            }
-            return Verdict::Forward(conn);
+            };
         }
         ct.remove(&key);
     }
@@ -119,19 +183,23 @@ pub fn decide(
         _ => HttpState::NotChecked,
     };
     let conn = (*c).clone();
-    let mut e = Entry {
+    let e = Entry {
         conn: conn.clone(),
         http,
         last: now,
         syn_at: None,
     };
-    if let HttpState::Checking(s) = &mut e.http {
-        if let Check::Fail(_) = s.feed(t.seq, t.data) {
-            return Verdict::Drop(Reason::NotHttp, Some(conn));
-        }
-    }
+    // A SYN's fresh stream is the one just made.
+    let t_new = Transport {
+        flags: t.flags & !TCP_SYN,
+        ..*t
+    };
+    let advance = match check(&key, &e.http, &t_new) {
+        Ok(a) => a,
+        Err(_) => return Verdict::Drop(Reason::NotHttp, Some(conn)),
+    };
     ct.insert(key, e);
-    Verdict::Forward(conn)
+    Verdict::Forward(conn, advance)
 }
 
 #[cfg(test)]
@@ -211,7 +279,7 @@ mod tests {
         assert_eq!(t.resolve(&web, "db"), Some(db.ip));
         assert!(matches!(
             decide(&t, &mut ct, &web, &db, 6, &tcp(5000, 80, TCP_SYN, b""), now),
-            Verdict::Forward(_)
+            Verdict::Forward(..)
         ));
         assert!(matches!(
             decide(
@@ -223,20 +291,13 @@ mod tests {
                 &tcp(80, 5000, TCP_SYN | TCP_ACK, b""),
                 now
             ),
-            Verdict::Forward(_)
+            Verdict::Forward(..)
         ));
-        assert!(matches!(
-            decide(
-                &t,
-                &mut ct,
-                &web,
-                &db,
-                6,
-                &tcp(5000, 80, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n"),
-                now
-            ),
-            Verdict::Forward(_)
-        ));
+        let get = tcp(5000, 80, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n");
+        let Verdict::Forward(_, Some(a)) = decide(&t, &mut ct, &web, &db, 6, &get, now) else {
+            panic!("a request did not pass");
+        };
+        commit(&mut ct, a);
         // The flow's next bytes are checked too: a second request that is
         // not HTTP kills it, and a segment past the checked bytes is refused.
         let next = |seq, data| Transport {
@@ -273,7 +334,7 @@ mod tests {
         ));
         assert!(matches!(
             decide(&t, &mut ct, &web, &db, 6, &tcp(5004, 80, TCP_SYN, b""), now),
-            Verdict::Forward(_)
+            Verdict::Forward(..)
         ));
         assert!(matches!(
             decide(
@@ -290,6 +351,103 @@ mod tests {
         assert!(matches!(
             decide(&t, &mut ct, &web, &db, 17, &tcp(5005, 80, 0, b""), now),
             Verdict::Drop(Reason::WrongPort, Some(_))
+        ));
+    }
+
+    /// The client's segment of flow `sport` at `seq`.
+    fn at(sport: u16, seq: u32, data: &[u8]) -> Transport<'_> {
+        Transport {
+            seq,
+            ..tcp(sport, 80, TCP_ACK, data)
+        }
+    }
+
+    #[test]
+    fn a_new_syn_on_a_flow_starts_a_fresh_request_stream() {
+        let t = topo();
+        let mut ct = Conntrack::default();
+        let now = Instant::now();
+        let web = t.appliance("shop", "web").unwrap().clone();
+        let db = t.appliance("shop", "db").unwrap().clone();
+        let get = b"GET / HTTP/1.1\r\n\r\n";
+        // Forwarded: their advances committed.
+        let mut pass = |seg: &Transport| match decide(&t, &mut ct, &web, &db, 6, seg, now) {
+            Verdict::Forward(_, a) => a.into_iter().for_each(|a| commit(&mut ct, a)),
+            v => panic!("{v:?}"),
+        };
+        pass(&tcp(5000, 80, TCP_SYN, b""));
+        pass(&at(5000, 0, get));
+        // The same 4-tuple again, its first byte at 0 again: not bytes
+        // the old flow's check saw.
+        pass(&tcp(5000, 80, TCP_SYN, b""));
+        assert!(matches!(
+            decide(
+                &t,
+                &mut ct,
+                &web,
+                &db,
+                6,
+                &at(5000, 0, b"SSH-2.0-x\r\n"),
+                now
+            ),
+            Verdict::Drop(Reason::NotHttp, Some(_))
+        ));
+    }
+
+    #[test]
+    fn bytes_count_as_checked_only_once_their_segment_is_forwarded() {
+        let t = topo();
+        let mut ct = Conntrack::default();
+        let now = Instant::now();
+        let web = t.appliance("shop", "web").unwrap().clone();
+        let db = t.appliance("shop", "db").unwrap().clone();
+        let get = b"GET / HTTP/1.1\r\n\r\n";
+        let v = decide(&t, &mut ct, &web, &db, 6, &tcp(5000, 80, TCP_SYN, b""), now);
+        assert!(matches!(v, Verdict::Forward(..)), "{v:?}");
+        // Passed, then dropped on the way (shaped, a bad checksum, a full
+        // socket): not committed, so other bytes at the same place are
+        // checked in their own right.
+        let v = decide(&t, &mut ct, &web, &db, 6, &at(5000, 0, get), now);
+        assert!(matches!(v, Verdict::Forward(..)), "{v:?}");
+        assert!(matches!(
+            decide(
+                &t,
+                &mut ct,
+                &web,
+                &db,
+                6,
+                &at(5000, 0, b"SSH-2.0-x\r\n"),
+                now
+            ),
+            Verdict::Drop(Reason::NotHttp, Some(_))
+        ));
+        // Forwarded and committed, they count: the retransmission passes,
+        // bytes beyond them are checked, and a stale advance (decided
+        // before another was committed) is not committed over it.
+        let v = decide(&t, &mut ct, &web, &db, 6, &tcp(5001, 80, TCP_SYN, b""), now);
+        assert!(matches!(v, Verdict::Forward(..)), "{v:?}");
+        let first =
+            |ct: &mut Conntrack, data| decide(&t, ct, &web, &db, 6, &at(5001, 0, data), now);
+        let Verdict::Forward(_, Some(stale)) = first(&mut ct, b"GET / HTTP/1.1\r\n") else {
+            panic!("a request did not pass");
+        };
+        let Verdict::Forward(_, Some(a)) = first(&mut ct, get) else {
+            panic!("a request did not pass");
+        };
+        commit(&mut ct, a);
+        commit(&mut ct, stale);
+        assert!(matches!(first(&mut ct, get), Verdict::Forward(_, None)));
+        assert!(matches!(
+            decide(
+                &t,
+                &mut ct,
+                &web,
+                &db,
+                6,
+                &at(5001, 18, b"SSH-2.0-x\r\n"),
+                now
+            ),
+            Verdict::Drop(Reason::NotHttp, Some(_))
         ));
     }
 

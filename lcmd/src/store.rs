@@ -198,6 +198,28 @@ impl Store {
         Ok(())
     }
 
+    /// The stored high-water mark of a node's tunnel sequence numbers.
+    pub async fn seq_mark(&self, node: &str) -> Result<Option<u64>, StoreError> {
+        let key = model::seq_mark_key(node);
+        let Some(kv) = self.client.get(key.clone()).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&kv.value)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key,
+                why: e.to_string(),
+            })
+    }
+
+    /// Stores the high-water mark of a node's tunnel sequence numbers.
+    pub async fn put_seq_mark(&self, node: &str, mark: u64) -> Result<(), StoreError> {
+        self.client
+            .put(model::seq_mark_key(node), json(&mark))
+            .await?;
+        Ok(())
+    }
+
     /// Appends a security event to the grid's event log.
     pub async fn put_event(&self, ev: &SecurityEvent) -> Result<(), StoreError> {
         events::append(&self.client, &ev.to_event()).await?;

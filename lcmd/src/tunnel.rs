@@ -21,12 +21,14 @@
 //! required by the invariant; an AEAD (ChaCha20-Poly1305) can replace the
 //! MAC later with the same header, nonce = seq.
 //!
-//! Replays: each sender keeps one counter, started at its boot time in
-//! nanoseconds (so a restarted sender never reuses numbers); receivers keep
+//! Replays: each sender keeps one counter that never goes back, not even
+//! across a restart after the wall clock stepped back ([`SeqSource`]:
+//! a high-water mark stored in metad); receivers keep
 //! a sliding window of the last [`WINDOW`] numbers per (application,
 //! sender) and drop a number seen before or older than the window.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Magic at the start of every tunnel datagram.
 pub const MAGIC: &[u8; 4] = b"LCM3";
@@ -256,6 +258,61 @@ impl Windows {
     }
 }
 
+/// Sequence numbers reserved at once (see [`SeqSource`]): at any rate a
+/// node sends, the next reservation is stored long before this many are
+/// used.
+pub const SEQ_BLOCK: u64 = 1 << 40;
+
+/// A sender's sequence numbers, increasing across restarts even when the
+/// wall clock steps back (receivers' windows, which outlive a sender's
+/// restart, refuse numbers below what they saw): every number handed out
+/// is below a high-water mark that was stored (in metad) before, and a
+/// restart starts at the stored mark, or at the wall clock in
+/// nanoseconds if that is later (as before any mark was stored).
+#[derive(Debug)]
+pub struct SeqSource {
+    next: AtomicU64,
+    /// Numbers below this may be used: the last mark stored.
+    mark: AtomicU64,
+}
+
+impl SeqSource {
+    /// Numbers for a sender whose stored mark is `mark` (None: never
+    /// stored), at wall-clock time `clock_ns`; none may be used until
+    /// [`SeqSource::reserved`].
+    pub fn start(clock_ns: u64, mark: Option<u64>) -> SeqSource {
+        let first = clock_ns.max(mark.unwrap_or(0)).max(1);
+        SeqSource {
+            next: AtomicU64::new(first),
+            mark: AtomicU64::new(first),
+        }
+    }
+
+    /// The next number, or None when the reservation is used up (the
+    /// datagram is dropped until the next one is stored).
+    pub fn next(&self) -> Option<u64> {
+        let mark = self.mark.load(Ordering::Acquire);
+        self.next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < mark).then_some(n + 1)
+            })
+            .ok()
+    }
+
+    /// The mark to store when less than half a block is left: a block past
+    /// the next number. Once stored, pass it to [`SeqSource::reserved`].
+    pub fn wanted_mark(&self) -> Option<u64> {
+        let next = self.next.load(Ordering::Relaxed);
+        let left = self.mark.load(Ordering::Acquire).saturating_sub(next);
+        (left < SEQ_BLOCK / 2).then(|| next.saturating_add(SEQ_BLOCK))
+    }
+
+    /// Records that `mark` is stored: numbers below it may be used.
+    pub fn reserved(&self, mark: u64) {
+        self.mark.fetch_max(mark, Ordering::Release);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +399,37 @@ mod tests {
         assert!(w.accept(1000 + WINDOW + 5));
         assert!(!w.accept(1000));
         assert!(w.accept(1000 + WINDOW + 4));
+    }
+
+    #[test]
+    fn a_restart_after_the_clock_stepped_back_never_reuses_numbers() {
+        let t = 1_800_000_000_000_000_000u64;
+        let run1 = SeqSource::start(t, None);
+        let mark = run1.wanted_mark().expect("a first reservation");
+        run1.reserved(mark);
+        let mut used = vec![];
+        for _ in 0..1000 {
+            used.push(run1.next().unwrap());
+        }
+        assert!(used.windows(2).all(|w| w[0] < w[1]));
+        // The stored mark is what survives; the clock is an hour behind.
+        let hour = 3_600_000_000_000;
+        let run2 = SeqSource::start(t - hour, Some(mark));
+        run2.reserved(run2.wanted_mark().unwrap());
+        let first = run2.next().unwrap();
+        assert!(first > *used.last().unwrap(), "{first} was used before");
+        // A receiver that saw run 1 takes run 2's numbers.
+        let mut w = ReplayWindow::default();
+        assert!(w.accept(*used.last().unwrap()));
+        assert!(w.accept(first));
+        // Numbers stop at the reservation until the next is stored.
+        let run3 = SeqSource::start(0, Some(mark));
+        assert_eq!(run3.next(), None, "a number used before it was reserved");
+        run3.reserved(mark + 2);
+        assert_eq!(
+            (run3.next(), run3.next(), run3.next()),
+            (Some(mark), Some(mark + 1), None)
+        );
+        assert!(run3.wanted_mark().unwrap() > mark + 2);
     }
 }
