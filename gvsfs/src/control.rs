@@ -161,6 +161,59 @@ fn refusal(e: &CmdError) -> Errno {
     }
 }
 
+/// A line written to an application's `ctl`, parsed (public for its fuzz
+/// target: anyone who may write the file reaches this grammar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppCommand {
+    /// `start`: schedule and start every VM.
+    Start,
+    /// `stop`: stop every VM and release its reservations.
+    Stop,
+    /// `destroy`: remove the application.
+    Destroy,
+}
+
+impl AppCommand {
+    /// Parses one line (surrounding and repeated whitespace ignored).
+    pub fn parse(line: &str) -> Result<AppCommand, CmdError> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["start"] => Ok(AppCommand::Start),
+            ["stop"] => Ok(AppCommand::Stop),
+            ["destroy"] => Ok(AppCommand::Destroy),
+            _ => Err(CmdError::Refused(format!(
+                "unknown command {line:?}; an application's ctl takes start, stop or destroy"
+            ))),
+        }
+    }
+}
+
+/// A line written to a VM's `ctl`, parsed (public for its fuzz target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmCommand<'a> {
+    /// `start`.
+    Start,
+    /// `stop`.
+    Stop,
+    /// `migrate NODE`: move the VM to that node.
+    Migrate(&'a str),
+}
+
+impl<'a> VmCommand<'a> {
+    /// Parses one line (surrounding and repeated whitespace ignored).
+    pub fn parse(line: &'a str) -> Result<VmCommand<'a>, CmdError> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["start"] => Ok(VmCommand::Start),
+            ["stop"] => Ok(VmCommand::Stop),
+            ["migrate", node] => Ok(VmCommand::Migrate(node)),
+            _ => Err(CmdError::Refused(format!(
+                "unknown command {line:?}; a VM's ctl takes start, stop or migrate NODE"
+            ))),
+        }
+    }
+}
+
 fn object_of(path: &str) -> String {
     path.rsplit_once('/').map_or("", |(o, _)| o).to_string()
 }
@@ -575,12 +628,11 @@ impl Grid {
     }
 
     fn app_ctl(&self, app: &str, line: &str) -> Result<String, CmdError> {
-        let words: Vec<&str> = line.split_whitespace().collect();
         let s = &self.store;
-        match words.as_slice() {
-            ["start"] => self.rt.block_on(cmd::app_start(s, app, START_WAIT)),
-            ["stop"] => self.rt.block_on(cmd::app_stop(s, app, STOP_WAIT)),
-            ["destroy"] => {
+        match AppCommand::parse(line)? {
+            AppCommand::Start => self.rt.block_on(cmd::app_start(s, app, START_WAIT)),
+            AppCommand::Stop => self.rt.block_on(cmd::app_stop(s, app, STOP_WAIT)),
+            AppCommand::Destroy => {
                 let r = self.rt.block_on(cmd::app_destroy(s, app, false))?;
                 // The errors of the app and its VMs go with it.
                 let gone = [format!("{ERRORS}apps/{app}"), format!("{ERRORS}vms/{app}.")];
@@ -595,19 +647,15 @@ impl Grid {
                 });
                 Ok(r)
             }
-            _ => Err(CmdError::Refused(format!(
-                "unknown command {line:?}; an application's ctl takes start, stop or destroy"
-            ))),
         }
     }
 
     fn vm_ctl(&self, vm: &str, line: &str) -> Result<String, CmdError> {
-        let words: Vec<&str> = line.split_whitespace().collect();
         let s = &self.store;
-        match words.as_slice() {
-            ["start"] => self.rt.block_on(cmd::vm_start(s, vm, START_WAIT)),
-            ["stop"] => self.rt.block_on(cmd::vm_stop(s, vm, STOP_WAIT)),
-            ["migrate", node] => {
+        match VmCommand::parse(line)? {
+            VmCommand::Start => self.rt.block_on(cmd::vm_start(s, vm, START_WAIT)),
+            VmCommand::Stop => self.rt.block_on(cmd::vm_stop(s, vm, STOP_WAIT)),
+            VmCommand::Migrate(node) => {
                 match self
                     .rt
                     .block_on(cmd::vm_migrate(&self.store, vm, node, START_WAIT))
@@ -617,9 +665,6 @@ impl Grid {
                     r => r,
                 }
             }
-            _ => Err(CmdError::Refused(format!(
-                "unknown command {line:?}; a VM's ctl takes start, stop or migrate NODE"
-            ))),
         }
     }
 

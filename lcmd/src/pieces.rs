@@ -226,6 +226,11 @@ impl Reassembler {
         Ok(None)
     }
 
+    /// Bytes held for partial datagrams: what forged or lost pieces cost.
+    pub fn held(&self) -> usize {
+        self.partial.values().map(|p| p.buf.capacity()).sum()
+    }
+
     /// Takes back the buffer of a datagram [`Reassembler::push`] returned.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
         if self.spare.len() < 8 {
