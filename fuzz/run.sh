@@ -12,7 +12,11 @@
 # assertions, so that an arithmetic overflow is a crash. The first build
 # compiles RocksDB (every target links metad): some 20 minutes on two
 # cores, in its own target directory (FUZZ_TARGET_DIR, default
-# fuzz/target), never the workspace's: cargo-fuzz's flags differ.
+# fuzz/target), never the workspace's: cargo-fuzz's flags differ. To
+# link the RocksDB a workspace build made instead (same sources, same
+# flags; no sanitizer instruments C++ here), point librocksdb-sys at the
+# directory holding its librocksdb.a, e.g.
+#   ROCKSDB_STATIC=1 ROCKSDB_LIB_DIR=/var/tmp/grid-target/release/build/librocksdb-sys-HASH/out
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 secs=${1:-60}

@@ -245,7 +245,8 @@ pub fn metad_client_frame(data: &[u8]) {
 
 /// metad's peer frames: a stream as it arrives (refused), and a frame
 /// sealed with the session key parsed as a Raft message, which encodes
-/// back to bytes that parse and encode the same.
+/// back to bytes that parse to the same message. (Not to the same bytes:
+/// rust-protobuf keeps unknown fields in a hash map, in no set order.)
 pub fn metad_peer_frame(data: &[u8]) {
     let mut input = Input::new(data);
     if input.byte() % 2 == 0 {
@@ -257,10 +258,9 @@ pub fn metad_peer_frame(data: &[u8]) {
     let Ok(m) = raft::prelude::Message::parse_from_bytes(payload) else {
         return;
     };
-    let once = m.write_to_bytes().expect("a parsed message encodes");
-    let back = raft::prelude::Message::parse_from_bytes(&once).expect("an encoded message parses");
-    let twice = back.write_to_bytes().expect("a parsed message encodes");
-    assert_eq!(twice, once, "a Raft message does not encode back the same");
+    let bytes = m.write_to_bytes().expect("a parsed message encodes");
+    let back = raft::prelude::Message::parse_from_bytes(&bytes).expect("an encoded message parses");
+    assert_eq!(back, m, "a Raft message does not encode back to itself");
 }
 
 /// The chunk protocol: what a chunk server reads from a connection (a
@@ -519,11 +519,12 @@ fn replay_window(mut input: Input) {
 }
 
 /// Tunnel pieces: a run of pieces from two senders over time, each
-/// either given whole or as a header whose body is made to the length it
-/// claims (so that the fuzzer reaches the reassembler with large
-/// claims): headers parse back to their bytes, datagrams come out at the
-/// length they claimed, and what is held stays within
-/// [`PIECES_HELD_MAX`]. Then the in-order check of a received message.
+/// either given whole (header and body) or made from the fields of a
+/// piece that adds up (so that the fuzzer reaches the reassembler with
+/// any claim, large ones included): headers parse back to their bytes,
+/// datagrams come out at the length they claimed, and what is held stays
+/// within [`PIECES_HELD_MAX`]. Then the in-order check of a received
+/// message.
 pub fn lcmd_pieces(data: &[u8]) {
     let mut input = Input::new(data);
     let from = [
@@ -543,12 +544,7 @@ pub fn lcmd_pieces(data: &[u8]) {
             let len = usize::from(input.u16());
             input.take(len)
         } else {
-            let head = input.take(lcmd::pieces::HEADER);
-            body.clear();
-            body.extend_from_slice(head);
-            if let Some(claim) = claimed_len(head) {
-                body.resize(head.len() + claim, 0);
-            }
+            made_piece(&mut input, &mut body);
             &body[..]
         };
         if let Some((head, rest)) = piece.split_first_chunk::<{ lcmd::pieces::HEADER }>() {
@@ -570,13 +566,25 @@ pub fn lcmd_pieces(data: &[u8]) {
     }
 }
 
-/// The body length a piece header claims for itself, if it adds up.
-fn claimed_len(head: &[u8]) -> Option<usize> {
-    let h: [u8; lcmd::pieces::HEADER] = head.try_into().ok()?;
-    let total = u32::from_le_bytes(h[8..12].try_into().ok()?) as usize;
-    let piece = usize::from(u16::from_le_bytes([h[12], h[13]]));
-    let offset = usize::from(h[14]) * piece;
-    Some(piece.min(total.checked_sub(offset)?))
+/// A piece made from fields read from `input`, in `out`: its id, its
+/// piece length, count and index, and where the datagram ends in its last
+/// piece; its body is zeros, of the length it claims.
+fn made_piece(input: &mut Input, out: &mut Vec<u8>) {
+    let id = input.u32();
+    let piece = usize::from(input.u16()).max(1);
+    let count = usize::from(input.byte()) % lcmd::pieces::MAX_PIECES + 1;
+    let index = usize::from(input.byte()) % count;
+    let total = piece * (count - 1) + 1 + usize::from(input.u16()) % piece;
+    let p = Piece {
+        id,
+        total,
+        piece,
+        index,
+        count,
+    };
+    out.clear();
+    out.extend_from_slice(&p.bytes());
+    out.resize(lcmd::pieces::HEADER + piece.min(total - p.offset()), 0);
 }
 
 /// A received message's piece headers, its length and GRO segment size:

@@ -412,7 +412,7 @@ fn lcmd_seeds() -> Vec<(&'static str, Vec<u8>)> {
     .concat();
 
     // The pieces of a 5000-byte datagram cut at 1000, as (ctl, len, piece)
-    // records: in order from one sender, then one piece as a claim.
+    // records: in order from one sender.
     let datagram: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
     let mut pieces = Vec::new();
     for p in plan(datagram.len(), 9, 1000).expect("pieces") {
@@ -422,14 +422,14 @@ fn lcmd_seeds() -> Vec<(&'static str, Vec<u8>)> {
         pieces.extend_from_slice(&(piece.len() as u16).to_le_bytes());
         pieces.extend_from_slice(&piece);
     }
-    let mut claim = vec![2];
-    claim.extend_from_slice(
-        &plan(60_000, 1, PACKET)
-            .expect("pieces")
-            .last()
-            .expect("one")
-            .bytes(),
-    );
+    // The last piece of 42 of 1456 bytes, made from its fields.
+    let claim = [
+        &[2][..],
+        &1u32.to_le_bytes(),
+        &1456u16.to_le_bytes(),
+        &[41, 41, 0, 1],
+    ]
+    .concat();
     let whole: Vec<u8> = plan(3000, 4, PACKET)
         .expect("pieces")
         .flat_map(|p| p.bytes())
