@@ -430,6 +430,17 @@ fn lcmd_seeds() -> Vec<(&'static str, Vec<u8>)> {
         &[41, 41, 0, 1],
     ]
     .concat();
+    // The first pieces of four datagrams of 4 MB, from both senders.
+    let large: Vec<u8> = (0..4u32)
+        .flat_map(|i| {
+            [
+                &[2 | (i as u8 & 1)][..],
+                &i.to_le_bytes(),
+                &[0xff, 0xff, 63, 0, 0, 0],
+            ]
+            .concat()
+        })
+        .collect();
     let whole: Vec<u8> = plan(3000, 4, PACKET)
         .expect("pieces")
         .flat_map(|p| p.bytes())
@@ -457,6 +468,7 @@ fn lcmd_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("lcmd_tunnel", cat(&[2], &[&seqs])),
         ("lcmd_pieces", pieces),
         ("lcmd_pieces", claim),
+        ("lcmd_pieces", large),
         ("lcmd_pieces", in_order),
         ("lcmd_packet", udp),
         ("lcmd_packet", arp.clone()),
