@@ -128,7 +128,7 @@ impl Delta {
     }
 
     /// The patched bytes of `base` (`None`: a patch reaches past its end).
-    fn apply(&self, mut base: Vec<u8>) -> Option<Vec<u8>> {
+    pub fn apply(&self, mut base: Vec<u8>) -> Option<Vec<u8>> {
         for (off, b) in &self.patches {
             let off = *off as usize;
             base.get_mut(off..off.checked_add(b.0.len())?)?

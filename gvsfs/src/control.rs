@@ -270,30 +270,77 @@ fn refusal(e: &CmdError) -> Errno {
     }
 }
 
-/// Parses a line of an application's `ctl`.
-fn app_ctl(app: &str, line: &str) -> Result<Ctl, CmdError> {
-    let app = app.to_string();
-    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-        ["start"] => Ok(Ctl::Long(Long::AppStart(app))),
-        ["stop"] => Ok(Ctl::Long(Long::AppStop(app))),
-        ["destroy"] => Ok(Ctl::Destroy(app)),
-        _ => Err(CmdError::Refused(format!(
-            "unknown command {line:?}; an application's ctl takes start, stop or destroy"
-        ))),
+/// A line written to an application's `ctl`, parsed (public for its fuzz
+/// target: anyone who may write the file reaches this grammar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppCommand {
+    /// `start`: schedule and start every VM.
+    Start,
+    /// `stop`: stop every VM and release its reservations.
+    Stop,
+    /// `destroy`: remove the application.
+    Destroy,
+}
+
+impl AppCommand {
+    /// Parses one line (surrounding and repeated whitespace ignored).
+    pub fn parse(line: &str) -> Result<AppCommand, CmdError> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["start"] => Ok(AppCommand::Start),
+            ["stop"] => Ok(AppCommand::Stop),
+            ["destroy"] => Ok(AppCommand::Destroy),
+            _ => Err(CmdError::Refused(format!(
+                "unknown command {line:?}; an application's ctl takes start, stop or destroy"
+            ))),
+        }
     }
 }
 
-/// Parses a line of a VM's `ctl`.
+/// A line written to a VM's `ctl`, parsed (public for its fuzz target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmCommand<'a> {
+    /// `start`.
+    Start,
+    /// `stop`.
+    Stop,
+    /// `migrate NODE`: move the VM to that node.
+    Migrate(&'a str),
+}
+
+impl<'a> VmCommand<'a> {
+    /// Parses one line (surrounding and repeated whitespace ignored).
+    pub fn parse(line: &'a str) -> Result<VmCommand<'a>, CmdError> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["start"] => Ok(VmCommand::Start),
+            ["stop"] => Ok(VmCommand::Stop),
+            ["migrate", node] => Ok(VmCommand::Migrate(node)),
+            _ => Err(CmdError::Refused(format!(
+                "unknown command {line:?}; a VM's ctl takes start, stop or migrate NODE"
+            ))),
+        }
+    }
+}
+
+/// Parses a line of an application's `ctl` into what to run.
+fn app_ctl(app: &str, line: &str) -> Result<Ctl, CmdError> {
+    let app = app.to_string();
+    Ok(match AppCommand::parse(line)? {
+        AppCommand::Start => Ctl::Long(Long::AppStart(app)),
+        AppCommand::Stop => Ctl::Long(Long::AppStop(app)),
+        AppCommand::Destroy => Ctl::Destroy(app),
+    })
+}
+
+/// Parses a line of a VM's `ctl` into what to run.
 fn vm_ctl(vm: &str, line: &str) -> Result<Ctl, CmdError> {
     let vm = vm.to_string();
-    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-        ["start"] => Ok(Ctl::Long(Long::VmStart(vm))),
-        ["stop"] => Ok(Ctl::Long(Long::VmStop(vm))),
-        ["migrate", node] => Ok(Ctl::Long(Long::Migrate(vm, node.to_string()))),
-        _ => Err(CmdError::Refused(format!(
-            "unknown command {line:?}; a VM's ctl takes start, stop or migrate NODE"
-        ))),
-    }
+    Ok(Ctl::Long(match VmCommand::parse(line)? {
+        VmCommand::Start => Long::VmStart(vm),
+        VmCommand::Stop => Long::VmStop(vm),
+        VmCommand::Migrate(node) => Long::Migrate(vm, node.to_string()),
+    }))
 }
 
 fn object_of(path: &str) -> String {

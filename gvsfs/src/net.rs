@@ -73,7 +73,7 @@ pub enum Response {
 }
 
 /// What a connection's reader hands its worker.
-enum Job {
+pub enum Job {
     /// A put's part with the bytes of its whole chunks.
     Put(Put, Vec<(ChunkId, Arc<Vec<u8>>)>),
     /// Any other request.
@@ -109,7 +109,7 @@ fn store_part(ingest: &mut Ingest, put: &Put, whole: &[(ChunkId, Arc<Vec<u8>>)])
 }
 
 /// Reads the next request and, for a put's part, the bytes after it.
-async fn read_job<R: AsyncRead + Unpin>(rd: &mut R, recv: &mut Opener) -> std::io::Result<Job> {
+pub async fn read_job<R: AsyncRead + Unpin>(rd: &mut R, recv: &mut Opener) -> std::io::Result<Job> {
     let frame = recv
         .read(rd, MAX_FRAME)
         .await

@@ -41,3 +41,5 @@ pub fn leader_node(status: &serde_json::Value) -> Option<usize> {
     let addr = member["addr"].as_str()?;
     addr.strip_prefix("node")?.split(':').next()?.parse().ok()
 }
+
+pub mod fuzzing;
