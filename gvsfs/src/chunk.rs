@@ -471,6 +471,24 @@ impl ChunkStore {
         self.ingest(sync).part(whole, deltas, check, true)
     }
 
+    /// The store's "held already?" for a repair: of `ids`, refreshes the
+    /// store time of each one held (so a sweep in progress keeps it) and
+    /// returns the ones not held, which the caller must copy.
+    pub fn keep_held(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        // A delta of a chunk onto itself: held, it is stored again (its
+        // time refreshed); not held, it is returned as needed.
+        let same: Vec<Delta> = ids
+            .iter()
+            .map(|&id| Delta {
+                id,
+                base: id,
+                len: 0,
+                patches: Vec::new(),
+            })
+            .collect();
+        self.put(&[], &same, Check::Trust, false)
+    }
+
     /// Starts a put that arrives in parts (see [`Ingest`]); `durable`:
     /// its last part returns only once every part is on disk.
     pub fn ingest(&self, durable: bool) -> Ingest {
@@ -1166,21 +1184,9 @@ mod tests {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "the child: {status}");
         let s = ChunkStore::open(&dir, 16 << 20).unwrap();
         let ids: Vec<ChunkId> = large_part().iter().map(|(id, _)| *id).collect();
-        // What the repair asks the store (see gc::keep_held).
-        let same: Vec<Delta> = ids
-            .iter()
-            .map(|&id| Delta {
-                id,
-                base: id,
-                len: 0,
-                patches: Vec::new(),
-            })
-            .collect();
-        let lacking: std::collections::HashSet<ChunkId> = s
-            .put(&[], &same, Check::Trust, false)
-            .unwrap()
-            .into_iter()
-            .collect();
+        // What the repair asks the store.
+        let lacking: std::collections::HashSet<ChunkId> =
+            s.keep_held(&ids).unwrap().into_iter().collect();
         for (id, data) in large_part() {
             if !lacking.contains(&id) {
                 assert!(

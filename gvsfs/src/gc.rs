@@ -66,7 +66,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::blockmap;
-use crate::chunk::{Check, ChunkId, Delta};
+use crate::chunk::ChunkId;
 use crate::error::{GvsError, Result};
 use crate::gvs::{conf, conf_rev, Gvs};
 use crate::meta::{self, Inode, Kind, Snapshot};
@@ -207,18 +207,7 @@ fn roots(gvs: &Gvs) -> Result<Vec<(ChunkId, Vec<String>)>> {
 /// must survive a round that read the roots before this node was a
 /// replica (see the module doc).
 pub fn keep_held(gvs: &Gvs, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
-    // A delta of a chunk onto itself is the store's "held already?": held,
-    // its time is refreshed; not held, it is returned as needed.
-    let same: Vec<Delta> = ids
-        .iter()
-        .map(|&id| Delta {
-            id,
-            base: id,
-            len: 0,
-            patches: Vec::new(),
-        })
-        .collect();
-    gvs.store.put(&[], &same, Check::Trust, false)
+    gvs.store.keep_held(ids)
 }
 
 fn now_nanos() -> u64 {
