@@ -28,8 +28,22 @@ pub fn parse_mem_mib(s: &str) -> Result<u64, String> {
     if !(n.is_finite() && n > 0.0) {
         return Err(format!("{s:?} must be more than zero"));
     }
-    Ok((kib / 1024.0).ceil() as u64)
+    let mib = (kib / 1024.0).ceil();
+    if mib > MAX_MEM_MIB as f64 {
+        return Err(format!(
+            "{s:?} is more memory than a node can have (at most 1024T)"
+        ));
+    }
+    Ok(mib as u64)
 }
+
+/// The most memory a size may name (1024 TiB, in MiB): past any machine,
+/// and small enough that the scheduler's sums never overflow.
+const MAX_MEM_MIB: u64 = 1 << 30;
+
+/// The most bandwidth a rate may name (1,000,000 Gbit/s, in Mbit/s), for
+/// the same reasons.
+const MAX_BW_MBIT: u64 = 1_000_000_000;
 
 /// Parses a bandwidth ("50M", "1G", "800K" bits per second, decimal units)
 /// into Mbit/s, rounding up.
@@ -55,6 +69,11 @@ pub fn parse_bw_mbit(s: &str) -> Result<u64, String> {
     };
     if !(n.is_finite() && n > 0.0) {
         return Err(format!("{s:?} must be more than zero"));
+    }
+    if mbit.ceil() > MAX_BW_MBIT as f64 {
+        return Err(format!(
+            "{s:?} is more bandwidth than a link can have (at most 1000000G)"
+        ));
     }
     Ok(mbit.ceil() as u64)
 }
@@ -103,6 +122,17 @@ mod tests {
         assert_eq!(fmt_mib(4096), "4 GiB");
         assert_eq!(fmt_mib(3072 + 512), "3.5 GiB");
         assert_eq!(fmt_mib(300), "300 MiB");
+    }
+
+    #[test]
+    fn sizes_and_rates_past_any_machine_are_refused() {
+        // Saturated to u64::MAX, they passed validation and overflowed the
+        // scheduler's sums.
+        let e = parse_mem_mib("99999999999999999999T").unwrap_err();
+        assert!(e.contains("at most 1024T"), "{e}");
+        assert_eq!(parse_mem_mib("1024T").unwrap(), 1 << 30);
+        let e = parse_bw_mbit("99999999999999999999G").unwrap_err();
+        assert!(e.contains("at most 1000000G"), "{e}");
     }
 
     #[test]
